@@ -1,1 +1,23 @@
-//! placeholder
+//! Khun Phaen Sync Server: a single-threaded mio server for the Khun Phaen
+//! Task Tracker's rooms.
+//!
+//! The sans-io cores ([`http`], [`ws`], [`protocol`], [`rooms`],
+//! [`ratelimit`], [`timers`]) are plain functions of bytes, events and `now`;
+//! [`server`] is the thin mio shell that owns sockets and applies their
+//! effects. Blocking work (accounts) runs on a worker pool in [`accounts`].
+
+pub mod accounts;
+pub mod api;
+pub mod config;
+pub mod healthcheck;
+pub mod http;
+pub mod memguard;
+pub mod notify;
+pub mod outq;
+pub mod protocol;
+pub mod ratelimit;
+pub mod rooms;
+pub mod server;
+pub mod timers;
+pub mod util;
+pub mod ws;

@@ -1,1 +1,67 @@
-fn main() {}
+//! `sync-server`: reads the configuration from the environment, sets up
+//! logging and runs the event loop until SIGTERM or SIGINT.
+//!
+//! `sync-server healthcheck` instead probes `/health` on the configured
+//! port and exits 0 or 1 (for container health checks without a shell).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None => {}
+        Some("healthcheck") => return ExitCode::from(sync_server::healthcheck::run_from_env() as u8),
+        Some("--version" | "-V") => {
+            println!("sync-server {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!(
+                "sync-server {}\n\nUsage:\n  sync-server              run the server (configured by environment variables)\n  sync-server healthcheck  exit 0 if GET /health on HOST:PORT answers healthy\n\nSee README.md for the environment variables.",
+                env!("CARGO_PKG_VERSION")
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("sync-server: unknown argument {other:?} (try --help)");
+            return ExitCode::from(2);
+        }
+    }
+
+    let cfg = match sync_server::config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sync-server: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_cfg = simplelog::ConfigBuilder::new()
+        .set_target_level(simplelog::LevelFilter::Off)
+        .set_thread_level(simplelog::LevelFilter::Off)
+        .add_filter_ignore_str("mongodb")
+        .add_filter_ignore_str("hickory")
+        .add_filter_ignore_str("rustls")
+        .build();
+    let _ = simplelog::WriteLogger::init(cfg.log_level, log_cfg, std::io::stderr());
+
+    let server = match sync_server::server::Server::bind(cfg.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot start on {}:{}: {e}", cfg.host, cfg.port);
+            eprintln!("sync-server: cannot start on {}:{}: {e}", cfg.host, cfg.port);
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "listening on {} (accounts {})",
+        server.local_addr(),
+        if cfg.accounts.is_some() { "enabled" } else { "disabled" }
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The REST routes of §1, as plain functions of a parsed request.
+//!
+//! [`route`] decides what a request is (answer now, upgrade, hand to the
+//! accounts workers, create a room after authorization) without touching
+//! sockets; the answers' JSON bodies are built here too.
+
+use crate::config::Config;
+use crate::http::{error_body, Method, Request};
+use crate::ratelimit::{retry_after_secs, RateLimiter};
+use crate::rooms::{CreateError, Rooms};
+use crate::util::rfc3339;
+use serde::Deserialize;
+use serde_json::json;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+/// A finished HTTP answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub allow: Option<&'static str>,
+    pub retry_after: Option<u64>,
+    /// A CORS preflight (adds the `Access-Control-Allow-*` set).
+    pub preflight: bool,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Answer {
+        Answer { status, body: error_body(message), allow: None, retry_after: None, preflight: false }
+    }
+}
+
+/// What the shell must do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    Answer(Answer),
+    /// A valid WebSocket upgrade on `/ws`.
+    Upgrade,
+    /// `/api/auth/*` with accounts enabled: hand to the workers.
+    Accounts,
+    /// `POST /api/rooms` under `REQUIRE_AUTH`: authorize this bearer token,
+    /// then call [`create_room`].
+    AuthorizeThenCreate(String),
+}
+
+/// Live figures `/health` reports.
+pub struct Stats<'a> {
+    pub connections: usize,
+    pub started: Instant,
+    pub store: &'a str,
+}
+
+const ROUTES: &[&str] = &[
+    "GET /",
+    "GET /health",
+    "POST /api/rooms",
+    "GET /api/rooms/:room_code",
+    "GET /ws",
+    "/api/auth/*",
+];
+
+/// The address a request is attributed to: the TCP peer, or the
+/// forwarding headers when the peer is the trusted proxy.
+pub fn client_ip(cfg: &Config, peer: IpAddr, req: &Request) -> IpAddr {
+    if cfg.trust_proxy != Some(peer) {
+        return peer;
+    }
+    // The proxy appends the address it saw to X-Forwarded-For; entries to
+    // its left came from the client and prove nothing.
+    let from_xff = req
+        .forwarded_for
+        .as_deref()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|s| s.trim().parse().ok());
+    let from_real = req.real_ip.as_deref().and_then(|s| s.trim().parse().ok());
+    from_xff.or(from_real).unwrap_or(peer)
+}
+
+/// Routes one request.
+pub fn route(
+    cfg: &Config,
+    rooms: &mut Rooms,
+    limiter: &mut RateLimiter<IpAddr>,
+    stats: &Stats<'_>,
+    peer: IpAddr,
+    req: &Request,
+    now: Instant,
+    fx: &mut Vec<crate::rooms::Effect>,
+) -> Routed {
+    let m = req.method();
+    let path = req.path.as_str();
+    if m == Method::Options {
+        return Routed::Answer(Answer {
+            status: 204,
+            body: Vec::new(),
+            allow: Some("GET, POST, PUT, DELETE, OPTIONS"),
+            retry_after: None,
+            preflight: true,
+        });
+    }
+    if path == "/api/auth" || path.starts_with("/api/auth/") {
+        return if cfg.accounts.is_some() {
+            Routed::Accounts
+        } else {
+            Routed::Answer(Answer::error(503, "Accounts are not configured"))
+        };
+    }
+    let get_only = |answer: fn() -> Answer| {
+        if m == Method::Get || m == Method::Head {
+            Routed::Answer(answer())
+        } else {
+            Routed::Answer(method_not_allowed("GET, OPTIONS"))
+        }
+    };
+    match path {
+        "/" => get_only(|| {
+            Answer::json(
+                200,
+                json!({
+                    "name": "khun-phaen-sync-server",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "status": "running",
+                    "websocket": "/ws",
+                    "api": ROUTES,
+                }),
+            )
+        }),
+        "/health" => {
+            if m != Method::Get && m != Method::Head {
+                return Routed::Answer(method_not_allowed("GET, OPTIONS"));
+            }
+            Routed::Answer(Answer::json(
+                200,
+                json!({
+                    "status": "healthy",
+                    "rooms": rooms.len(),
+                    "connections": stats.connections,
+                    "uptime_seconds": now.saturating_duration_since(stats.started).as_secs(),
+                    "store": stats.store,
+                    "timestamp": rfc3339(SystemTime::now()),
+                }),
+            ))
+        }
+        "/ws" => {
+            if m != Method::Get {
+                return Routed::Answer(method_not_allowed("GET, OPTIONS"));
+            }
+            if !(req.upgrade_websocket && req.conn_upgrade) {
+                return Routed::Answer(Answer::error(400, "Expected a WebSocket upgrade request"));
+            }
+            if req.ws_version.as_deref() != Some("13") {
+                return Routed::Answer(Answer::error(400, "Unsupported WebSocket version (use 13)"));
+            }
+            match req.ws_key.as_deref() {
+                Some(k) if valid_ws_key(k) => {}
+                _ => return Routed::Answer(Answer::error(400, "Missing or invalid Sec-WebSocket-Key")),
+            }
+            if !origin_allowed(cfg, req.origin.as_deref()) {
+                return Routed::Answer(Answer::error(403, "Origin not allowed"));
+            }
+            Routed::Upgrade
+        }
+        "/api/rooms" => {
+            if m != Method::Post {
+                return Routed::Answer(method_not_allowed("POST, OPTIONS"));
+            }
+            let ip = client_ip(cfg, peer, req);
+            if let Err(wait) = limiter.check(&ip, now) {
+                let mut a = Answer::error(429, "Too many rooms created; try again later");
+                a.retry_after = Some(retry_after_secs(wait));
+                return Routed::Answer(a);
+            }
+            if cfg.require_auth() {
+                return match bearer(req.authorization.as_deref()) {
+                    Some(t) => Routed::AuthorizeThenCreate(t.to_owned()),
+                    None => Routed::Answer(Answer::error(401, "Authentication required")),
+                };
+            }
+            Routed::Answer(create_room(cfg, rooms, peer, req, now, fx))
+        }
+        p if p.starts_with("/api/rooms/") => {
+            if m != Method::Get && m != Method::Head {
+                return Routed::Answer(method_not_allowed("GET, OPTIONS"));
+            }
+            let code = &p["/api/rooms/".len()..];
+            Routed::Answer(match rooms.find(code) {
+                Some((_, room)) => {
+                    let peers: serde_json::Value =
+                        serde_json::from_str(&room.peers_json()).unwrap_or_else(|_| json!([]));
+                    Answer::json(
+                        200,
+                        json!({
+                            "success": true,
+                            "room_code": room.code(),
+                            "host_id": room.host_id(),
+                            "peers": peers,
+                            "peer_count": room.peer_count(),
+                            "created_at": room.created_at(),
+                            "has_document": room.has_document(),
+                        }),
+                    )
+                }
+                None => Answer::error(404, "Room not found"),
+            })
+        }
+        _ => Routed::Answer(Answer::error(404, "Not found")),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Answer {
+    let mut a = Answer::error(405, "Method not allowed");
+    a.allow = Some(allow);
+    a
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    #[serde(default)]
+    desired_room_code: Option<String>,
+    #[serde(default)]
+    desired_host_id: Option<String>,
+}
+
+/// `POST /api/rooms` once any rate limit and authorization have passed.
+pub fn create_room(
+    cfg: &Config,
+    rooms: &mut Rooms,
+    peer: IpAddr,
+    req: &Request,
+    now: Instant,
+    fx: &mut Vec<crate::rooms::Effect>,
+) -> Answer {
+    let body = if req.body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody { desired_room_code: None, desired_host_id: None }
+    } else {
+        match serde_json::from_slice::<CreateBody>(&req.body) {
+            Ok(b) => b,
+            Err(e) => {
+                let mut detail = e.to_string();
+                if let Some(i) = detail.find(" at line ") {
+                    detail.truncate(i);
+                }
+                return Answer::error(400, &format!("Invalid request body: {detail}"));
+            }
+        }
+    };
+    let created = match rooms.create(
+        body.desired_room_code.as_deref(),
+        body.desired_host_id.as_deref(),
+        now,
+        SystemTime::now(),
+        &mut crate::util::fill_random,
+        fx,
+    ) {
+        Ok(c) => c,
+        Err(CreateError::BadRoomCode) => {
+            return Answer::error(
+                400,
+                "desired_room_code must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+            );
+        }
+        Err(CreateError::BadHostId) => {
+            return Answer::error(
+                400,
+                "desired_host_id must be 1-128 characters without control characters",
+            );
+        }
+    };
+    let room = rooms.get(created.room).expect("just created or found");
+    let scheme = if cfg.trust_proxy == Some(peer)
+        && req.forwarded_proto.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = req
+        .host
+        .clone()
+        .filter(|h| !h.is_empty() && !h.chars().any(|c| c.is_control() || c == '/' || c == ' '))
+        .unwrap_or_else(|| format!("localhost:{}", cfg.port));
+    let mut body = json!({
+        "success": true,
+        "room_code": room.code(),
+        "room_id": room.room_id(),
+        "host_id": room.host_id(),
+        "websocket_url": format!("{scheme}://{host}/ws"),
+    });
+    if created.restored {
+        body["restored"] = json!(true);
+        body["has_document"] = json!(room.has_document());
+    }
+    Answer::json(200, body)
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, token) = h.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+fn valid_ws_key(k: &str) -> bool {
+    // 16 random bytes in base64: 22 significant characters plus "==".
+    k.len() == 24
+        && k.ends_with("==")
+        && k[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// Whether a request's `Origin` passes `CORS_ALLOWED_ORIGINS`.
+pub fn origin_allowed(cfg: &Config, origin: Option<&str>) -> bool {
+    match (&cfg.cors_allowed_origins, origin) {
+        (None, _) | (Some(_), None) => true,
+        (Some(list), Some(o)) => list.iter().any(|a| a == o.trim_end_matches('/')),
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for a request, if any.
+pub fn cors_origin<'a>(cfg: &Config, origin: Option<&'a str>) -> Option<&'a str> {
+    match (&cfg.cors_allowed_origins, origin) {
+        (None, _) => Some("*"),
+        (Some(list), Some(o)) if list.iter().any(|a| a == o.trim_end_matches('/')) => Some(o),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn ws_key_shape() {
+        assert!(valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_ws_key("short=="));
+        assert!(!valid_ws_key("dGhlIHNhbXBsZSBub25jZQ!!"));
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_the_trusted_proxy() {
+        let cfg = Config::from_lookup(|k| (k == "TRUST_PROXY").then(|| "10.0.0.1".into())).unwrap();
+        let req = Request {
+            forwarded_for: Some("6.6.6.6, 1.2.3.4".into()),
+            ..Request::default()
+        };
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(client_ip(&cfg, proxy, &req), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(&cfg, other, &req), other);
+    }
+}

@@ -1,0 +1,219 @@
+//! Server configuration, read once from the environment at start-up.
+//!
+//! Every knob of the wire contract (§4 of the protocol) lives here with its
+//! default. Parsing is a pure function of a lookup closure so tests can build
+//! a configuration without touching the process environment. A value that
+//! does not parse is an error naming the variable; start-up stops on it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Largest HTTP request head (request line plus headers); beyond it: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Runtime configuration. Cheap to clone; the loop keeps one copy.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub log_level: log::LevelFilter,
+    /// `None` keeps empty rooms forever (`ROOM_IDLE_TIMEOUT_SECONDS=0`).
+    pub room_idle_timeout: Option<Duration>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub max_outbound_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub ping_interval: Duration,
+    pub room_create_rate: f64,
+    pub room_create_burst: f64,
+    pub trust_proxy: Option<IpAddr>,
+    /// `None` means any origin (`*`).
+    pub cors_allowed_origins: Option<Vec<String>>,
+    /// Accounts are enabled when `MONGODB_URI` is set; `REQUIRE_AUTH` lives
+    /// in there too.
+    pub accounts: Option<crate::accounts::AccountsConfig>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Builds a configuration from any key → value lookup.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let num = |k: &str, default: u64, min: u64| -> Result<u64, String> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    Ok(_) => Err(format!("{k} must be at least {min}, got {v:?}")),
+                    Err(_) => Err(format!("{k} must be a whole number, got {v:?}")),
+                },
+            }
+        };
+        let float = |k: &str, default: f64| -> Result<f64, String> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => match v.parse::<f64>() {
+                    Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+                    _ => Err(format!("{k} must be a positive number, got {v:?}")),
+                },
+            }
+        };
+
+        let host = get("HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
+        if host.parse::<IpAddr>().is_err() && host != "localhost" {
+            return Err(format!("HOST must be an IP address, got {host:?}"));
+        }
+        let port = match get("PORT") {
+            None => 3001,
+            Some(v) => v
+                .parse::<u16>()
+                .map_err(|_| format!("PORT must be a port number (0-65535), got {v:?}"))?,
+        };
+        let log_level = match get("RUST_LOG") {
+            None => log::LevelFilter::Info,
+            Some(v) => parse_level(&v).ok_or_else(|| {
+                format!("RUST_LOG must be one of off/error/warn/info/debug/trace, got {v:?}")
+            })?,
+        };
+        let idle = num("ROOM_IDLE_TIMEOUT_SECONDS", 3600, 0)?;
+        let trust_proxy = match get("TRUST_PROXY") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<IpAddr>()
+                    .map_err(|_| format!("TRUST_PROXY must be an IP address, got {v:?}"))?,
+            ),
+        };
+        let cors = match get("CORS_ALLOWED_ORIGINS") {
+            None => None,
+            Some(v) if v == "*" => None,
+            Some(v) => {
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(|s| s.trim().trim_end_matches('/').to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if list.iter().any(|o| o.chars().any(|c| c.is_control() || c == ' ')) {
+                    return Err(format!("CORS_ALLOWED_ORIGINS has an invalid origin: {v:?}"));
+                }
+                Some(list)
+            }
+        };
+        let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
+
+        Ok(Config {
+            host,
+            port,
+            log_level,
+            room_idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+            max_connections: num("MAX_CONNECTIONS", 10_000, 1)? as usize,
+            max_message_bytes: num("MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 64)? as usize,
+            max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
+            max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
+            request_timeout: Duration::from_secs(num("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
+            ping_interval: Duration::from_secs(num("PING_INTERVAL_SECONDS", 30, 1)?),
+            room_create_rate: float("ROOM_CREATE_RATE", 2.0)?,
+            room_create_burst: float("ROOM_CREATE_BURST", 5.0)?,
+            trust_proxy,
+            cors_allowed_origins: cors,
+            accounts,
+        })
+    }
+
+    /// Whether protected-rooms mode is on.
+    pub fn require_auth(&self) -> bool {
+        self.accounts.as_ref().is_some_and(|a| a.require_auth())
+    }
+}
+
+fn parse_level(v: &str) -> Option<log::LevelFilter> {
+    // Accept the plain level and the common `crate=level` form by taking the
+    // most verbose level mentioned, so `RUST_LOG=sync_server=debug` works.
+    let mut best: Option<log::LevelFilter> = None;
+    for part in v.split(',') {
+        let level = part.rsplit('=').next()?.trim();
+        let l = match level.to_ascii_lowercase().as_str() {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => return None,
+        };
+        best = Some(best.map_or(l, |b| b.max(l)));
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.port, 3001);
+        assert_eq!(c.room_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_message_bytes, 16_777_216);
+        assert_eq!(c.max_outbound_bytes, 33_554_432);
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.room_create_rate, 2.0);
+        assert_eq!(c.room_create_burst, 5.0);
+        assert!(c.trust_proxy.is_none());
+        assert!(c.cors_allowed_origins.is_none());
+        assert!(c.accounts.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("PORT", "http"),
+            ("PORT", "70000"),
+            ("MAX_CONNECTIONS", "-1"),
+            ("MAX_CONNECTIONS", "0"),
+            ("ROOM_CREATE_RATE", "fast"),
+            ("TRUST_PROXY", "proxy.local"),
+            ("RUST_LOG", "loud"),
+            ("PING_INTERVAL_SECONDS", "0"),
+        ] {
+            let err = cfg(&[(k, v)]).unwrap_err();
+            assert!(err.contains(k), "{err} should name {k}");
+        }
+    }
+
+    #[test]
+    fn zero_idle_timeout_means_forever() {
+        assert_eq!(cfg(&[("ROOM_IDLE_TIMEOUT_SECONDS", "0")]).unwrap().room_idle_timeout, None);
+    }
+
+    #[test]
+    fn cors_list_is_split_and_trimmed() {
+        let c = cfg(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap();
+        assert_eq!(
+            c.cors_allowed_origins.unwrap(),
+            vec!["https://a.example".to_string(), "http://b.example".to_string()]
+        );
+    }
+
+    #[test]
+    fn log_level_accepts_module_form() {
+        assert_eq!(parse_level("sync_server=debug"), Some(log::LevelFilter::Debug));
+        assert_eq!(parse_level("WARN"), Some(log::LevelFilter::Warn));
+    }
+}

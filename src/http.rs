@@ -1,0 +1,491 @@
+//! Sans-io HTTP/1.1: request parsing and response writing.
+//!
+//! [`parse_request`] is a pure function of the bytes received so far. It
+//! returns a complete request plus the number of bytes it used, `None` when
+//! more bytes are needed, or a [`HttpError`] that maps to exactly one status
+//! code. It never looks past [`MAX_HEADER_BYTES`] of head or the configured
+//! body limit, so a peer cannot make it buffer more than that. Pipelined
+//! requests are handled by calling it again on the remaining bytes.
+//!
+//! Responses are written by [`write_response`] into a caller-owned buffer;
+//! every response carries CORS headers and, except 101/204, a JSON body.
+
+use crate::config::MAX_HEADER_BYTES;
+
+/// Most headers a request may carry; more is answered like an oversized head.
+const MAX_HEADERS: usize = 64;
+
+/// The request methods the server routes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl Method {
+    fn parse(m: &str) -> Method {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+/// A parsed request. Only the headers the server acts on are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: Option<Method>,
+    pub path: String,
+    pub query: Option<String>,
+    /// `true` for HTTP/1.1, `false` for HTTP/1.0.
+    pub http11: bool,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    /// The `Connection` header asked for `close`.
+    pub conn_close: bool,
+    /// The `Connection` header asked for `keep-alive` (matters for 1.0).
+    pub conn_keep_alive: bool,
+    /// The `Connection` header lists `upgrade`.
+    pub conn_upgrade: bool,
+    /// `Upgrade: websocket` was present.
+    pub upgrade_websocket: bool,
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
+    pub forwarded_for: Option<String>,
+    pub real_ip: Option<String>,
+    pub forwarded_proto: Option<String>,
+    pub authorization: Option<String>,
+    pub setup_token: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Other)
+    }
+
+    /// Whether the connection stays open after the answer to this request.
+    pub fn keep_alive(&self) -> bool {
+        if self.conn_close {
+            false
+        } else {
+            self.http11 || self.conn_keep_alive
+        }
+    }
+
+    /// The value of one query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.query.as_deref()?;
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+        })
+    }
+}
+
+/// Why a request could not be parsed; each maps to one status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// 400: not HTTP, or a header we need is malformed.
+    BadRequest(&'static str),
+    /// 431: the head is over [`MAX_HEADER_BYTES`] or has too many headers.
+    HeadersTooLarge,
+    /// 413: the declared body is over the configured limit.
+    BodyTooLarge,
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            HttpError::BadRequest(m) => m,
+            HttpError::HeadersTooLarge => "Request headers are too large (limit 16 KiB)",
+            HttpError::BodyTooLarge => "Request body is too large",
+        }
+    }
+}
+
+/// Parses one request from the front of `buf`.
+///
+/// `Ok(None)` means the request is not complete yet. A returned request
+/// consumed exactly the returned number of bytes.
+pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usize)>, HttpError> {
+    // Browsers and proxies may send an empty line between keep-alive
+    // requests (RFC 9112 §2.2 says to ignore it).
+    let mut skip = 0;
+    while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') && skip < 4 {
+        skip += 1;
+    }
+    let buf = &buf[skip..];
+
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEADER_BYTES {
+                return Err(HttpError::HeadersTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(HttpError::BadRequest("Unsupported HTTP version"));
+        }
+        Err(_) => return Err(HttpError::BadRequest("Malformed HTTP request")),
+    };
+    if head_len > MAX_HEADER_BYTES {
+        return Err(HttpError::HeadersTooLarge);
+    }
+
+    let method = req.method.map(Method::parse);
+    let target = req.path.unwrap_or("/");
+    if !target.starts_with('/') {
+        return Err(HttpError::BadRequest("Request target must be an absolute path"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let mut out = Request {
+        method,
+        path: path.to_owned(),
+        query,
+        http11: req.version == Some(1),
+        ..Request::default()
+    };
+
+    let mut content_length: Option<u64> = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = || -> Result<String, HttpError> {
+            std::str::from_utf8(h.value)
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| HttpError::BadRequest("Header value is not valid UTF-8"))
+        };
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = value()?;
+            let n = v
+                .parse::<u64>()
+                .map_err(|_| HttpError::BadRequest("Invalid Content-Length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(HttpError::BadRequest("Conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only fixed-length bodies are accepted: the routes take small
+            // JSON documents and a length lets us refuse an oversized one
+            // before reading it.
+            return Err(HttpError::BadRequest(
+                "Transfer-Encoding is not supported; send Content-Length",
+            ));
+        } else if name.eq_ignore_ascii_case("host") {
+            out.host = Some(value()?);
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin = Some(value()?);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value()?.split(',') {
+                let t = token.trim();
+                if t.eq_ignore_ascii_case("close") {
+                    out.conn_close = true;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    out.conn_keep_alive = true;
+                } else if t.eq_ignore_ascii_case("upgrade") {
+                    out.conn_upgrade = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            if value()?
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+            {
+                out.upgrade_websocket = true;
+            }
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            out.ws_key = Some(value()?);
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            out.ws_version = Some(value()?);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            out.forwarded_for = Some(value()?);
+        } else if name.eq_ignore_ascii_case("x-real-ip") {
+            out.real_ip = Some(value()?);
+        } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+            out.forwarded_proto = Some(value()?);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = Some(value()?);
+        } else if name.eq_ignore_ascii_case("x-setup-token") {
+            out.setup_token = Some(value()?);
+        }
+    }
+
+    let body_len = content_length.unwrap_or(0);
+    if body_len > max_body as u64 {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let body_len = body_len as usize;
+    let total = head_len + body_len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    out.body = buf[head_len..total].to_vec();
+    Ok(Some((out, skip + total)))
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); `None` on bad escapes or
+/// invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The reason phrase for the status codes the server uses.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Headers beyond the fixed set that a response may carry.
+#[derive(Clone, Debug, Default)]
+pub struct Extra<'a> {
+    pub allow: Option<&'a str>,
+    pub retry_after: Option<u64>,
+    /// `Access-Control-Allow-Origin` value; `None` omits CORS headers
+    /// (origin not allowed).
+    pub cors_origin: Option<&'a str>,
+    /// Adds the preflight headers (`Allow-Methods`, `Allow-Headers`, `Max-Age`).
+    pub preflight: bool,
+    pub close: bool,
+    /// A `HEAD` request: headers as for `GET`, no body.
+    pub head: bool,
+}
+
+/// Appends a complete response to `out`. `body` must be JSON (or empty for
+/// 204).
+pub fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], extra: &Extra<'_>) {
+    use std::io::Write;
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status));
+    if status != 204 {
+        out.extend_from_slice(b"Content-Type: application/json\r\n");
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    }
+    if let Some(origin) = extra.cors_origin {
+        let _ = write!(out, "Access-Control-Allow-Origin: {origin}\r\n");
+        if origin != "*" {
+            out.extend_from_slice(b"Vary: Origin\r\n");
+        }
+        if extra.preflight {
+            out.extend_from_slice(
+                b"Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n\
+                  Access-Control-Allow-Headers: Content-Type, Authorization, X-Setup-Token\r\n\
+                  Access-Control-Max-Age: 86400\r\n",
+            );
+        }
+    }
+    if let Some(allow) = extra.allow {
+        let _ = write!(out, "Allow: {allow}\r\n");
+    }
+    if let Some(secs) = extra.retry_after {
+        let _ = write!(out, "Retry-After: {secs}\r\n");
+    }
+    if extra.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if status != 204 && !extra.head {
+        out.extend_from_slice(body);
+    }
+}
+
+/// `{"success":false,"error":"..."}` for any error sentence.
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"success": false, "error": message}))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET: &[u8] = b"GET /api/rooms/ABC?x=1 HTTP/1.1\r\nHost: example.org\r\nOrigin: http://a\r\n\r\n";
+
+    #[test]
+    fn parses_a_simple_get() {
+        let (req, n) = parse_request(GET, 1024).unwrap().unwrap();
+        assert_eq!(n, GET.len());
+        assert_eq!(req.method(), Method::Get);
+        assert_eq!(req.path, "/api/rooms/ABC");
+        assert_eq!(req.query.as_deref(), Some("x=1"));
+        assert_eq!(req.host.as_deref(), Some("example.org"));
+        assert!(req.keep_alive());
+    }
+
+    #[test]
+    fn every_split_point_needs_more_then_completes() {
+        let body = br#"{"desired_room_code":"R1"}"#;
+        let mut raw =
+            format!("POST /api/rooms HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len())
+                .into_bytes();
+        raw.extend_from_slice(body);
+        for cut in 0..raw.len() {
+            assert_eq!(parse_request(&raw[..cut], 1024), Ok(None), "cut at {cut}");
+        }
+        let (req, n) = parse_request(&raw, 1024).unwrap().unwrap();
+        assert_eq!(n, raw.len());
+        assert_eq!(req.body, body);
+    }
+
+    #[test]
+    fn pipelined_requests_come_out_in_order() {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(b"GET /a HTTP/1.1\r\n\r\n");
+        raw.extend_from_slice(b"GET /b HTTP/1.1\r\n\r\n");
+        let (a, n) = parse_request(&raw, 0).unwrap().unwrap();
+        let (b, m) = parse_request(&raw[n..], 0).unwrap().unwrap();
+        assert_eq!((a.path.as_str(), b.path.as_str()), ("/a", "/b"));
+        assert_eq!(n + m, raw.len());
+    }
+
+    #[test]
+    fn oversized_head_is_431_even_before_it_ends() {
+        let mut raw = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES + 1));
+        assert_eq!(parse_request(&raw, 0), Err(HttpError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn body_over_limit_is_413_before_the_body_arrives() {
+        let raw = b"POST /api/rooms HTTP/1.1\r\nContent-Length: 2000\r\n\r\n";
+        assert_eq!(parse_request(raw, 1000), Err(HttpError::BodyTooLarge));
+    }
+
+    #[test]
+    fn garbage_is_400() {
+        assert!(matches!(
+            parse_request(b"\x16\x03\x01\x02\x00 hello\r\n\r\n", 0),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 0),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 0),
+            Err(HttpError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn connection_header_tokens() {
+        let (r, _) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
+        assert!(!r.keep_alive());
+        let (r, _) = parse_request(b"GET / HTTP/1.0\r\n\r\n", 0).unwrap().unwrap();
+        assert!(!r.keep_alive());
+        let (r, _) = parse_request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
+        assert!(r.keep_alive());
+        let (r, _) = parse_request(
+            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            0,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.conn_upgrade && r.upgrade_websocket);
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let (r, _) = parse_request(b"GET /x?token=a%2Bb+c&y HTTP/1.1\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.query_param("token").as_deref(), Some("a+b c"));
+        assert_eq!(r.query_param("y").as_deref(), Some(""));
+        assert_eq!(r.query_param("z"), None);
+    }
+
+    #[test]
+    fn response_has_cors_and_length() {
+        let mut out = Vec::new();
+        let extra = Extra { cors_origin: Some("*"), retry_after: Some(3), ..Extra::default() };
+        write_response(&mut out, 429, b"{}", &extra);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(s.contains("Content-Type: application/json\r\n"));
+        assert!(s.contains("Content-Length: 2\r\n"));
+        assert!(s.contains("Access-Control-Allow-Origin: *\r\n"));
+        assert!(s.contains("Retry-After: 3\r\n"));
+        assert!(s.ends_with("\r\n\r\n{}"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Client → server messages of the WebSocket protocol (§2), decoded without
+//! copying the large fields.
+//!
+//! `data`, `document` and `metadata` are kept as borrowed raw JSON: the
+//! server forwards them verbatim, so a 10 MiB document is parsed once for
+//! validity and never copied into an owned string.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Largest serialized `metadata` accepted at join.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Longest `peer_id`, in characters.
+pub const MAX_PEER_ID_CHARS: usize = 128;
+
+/// A decoded client action.
+#[derive(Debug)]
+pub enum Action<'a> {
+    Join {
+        room_code: Cow<'a, str>,
+        peer_id: Cow<'a, str>,
+        is_host: bool,
+        /// Raw JSON, `None` when absent or `null`.
+        metadata: Option<&'a RawValue>,
+        token: Option<Cow<'a, str>>,
+    },
+    /// `data` is a raw JSON string literal, quotes included.
+    Broadcast { data: &'a RawValue },
+    /// `document` is a raw JSON string literal, quotes included.
+    SyncDocument { document: &'a RawValue },
+    RequestSync,
+    Leave,
+    Ping,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    room_code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    peer_id: Option<Cow<'a, str>>,
+    is_host: Option<bool>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    document: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
+}
+
+/// Decodes one text message. The error is the detail that follows
+/// `Invalid message format: ` in the reply.
+pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
+    let w: Wire<'a> = serde_json::from_str(text).map_err(|e| {
+        let mut s = e.to_string();
+        // serde's position suffix is noise to a browser developer when the
+        // message is one line; keep the part that names the problem.
+        if let Some(i) = s.find(" at line ") {
+            s.truncate(i);
+        }
+        s
+    })?;
+    let Some(action) = w.action else {
+        return Err("missing field `action`".into());
+    };
+    let string_field = |name: &str, v: Option<&'a RawValue>| -> Result<&'a RawValue, String> {
+        match v {
+            Some(raw) if raw.get().starts_with('"') => Ok(raw),
+            Some(_) => Err(format!("`{name}` must be a string")),
+            None => Err(format!("missing field `{name}`")),
+        }
+    };
+    Ok(match &*action {
+        "join" => {
+            let room_code = w.room_code.ok_or("missing field `room_code`")?;
+            let peer_id = w.peer_id.ok_or("missing field `peer_id`")?;
+            let chars = peer_id.chars().count();
+            if chars == 0 || chars > MAX_PEER_ID_CHARS {
+                return Err(format!("`peer_id` must be 1 to {MAX_PEER_ID_CHARS} characters"));
+            }
+            if peer_id.chars().any(char::is_control) {
+                return Err("`peer_id` must not contain control characters".into());
+            }
+            let metadata = w.metadata.filter(|m| m.get() != "null");
+            if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
+                return Err(format!("`metadata` must be at most {MAX_METADATA_BYTES} bytes"));
+            }
+            Action::Join {
+                room_code,
+                peer_id,
+                is_host: w.is_host.unwrap_or(false),
+                metadata,
+                token: w.token,
+            }
+        }
+        "broadcast" => Action::Broadcast { data: string_field("data", w.data)? },
+        "sync_document" => {
+            Action::SyncDocument { document: string_field("document", w.document)? }
+        }
+        "request_sync" => Action::RequestSync,
+        "leave" => Action::Leave,
+        "ping" => Action::Ping,
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            return Err(format!("unknown action `{shown}`"));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_action() {
+        let a = decode(r#"{"action":"join","room_code":"R","peer_id":"p","is_host":true,"metadata":{"n":1}}"#)
+            .unwrap();
+        match a {
+            Action::Join { room_code, peer_id, is_host, metadata, token } => {
+                assert_eq!((&*room_code, &*peer_id, is_host), ("R", "p", true));
+                assert_eq!(metadata.unwrap().get(), r#"{"n":1}"#);
+                assert!(token.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(r#"{"action":"broadcast","data":"a\"b"}"#).unwrap() {
+            Action::Broadcast { data } => assert_eq!(data.get(), r#""a\"b""#),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"{"action":"sync_document","document":""}"#).unwrap(),
+            Action::SyncDocument { .. }
+        ));
+        assert!(matches!(decode(r#"{"action":"request_sync"}"#).unwrap(), Action::RequestSync));
+        assert!(matches!(decode(r#"{"action":"leave"}"#).unwrap(), Action::Leave));
+        assert!(matches!(decode(r#"{"action":"ping","extra":[1,2]}"#).unwrap(), Action::Ping));
+    }
+
+    #[test]
+    fn bad_input_gives_a_detail() {
+        assert!(decode("not json").is_err());
+        assert!(decode("[]").is_err());
+        assert!(decode(r#"{"action":"dance"}"#).unwrap_err().contains("unknown action"));
+        assert!(decode(r#"{"action":"broadcast","data":5}"#).unwrap_err().contains("data"));
+        assert!(decode(r#"{"action":"broadcast"}"#).unwrap_err().contains("data"));
+        assert!(decode(r#"{"action":"join","room_code":5,"peer_id":"p"}"#).is_err());
+        assert!(decode(r#"{"action":"join","room_code":"R","peer_id":""}"#).is_err());
+        let long = "x".repeat(129);
+        assert!(decode(&format!(r#"{{"action":"join","room_code":"R","peer_id":"{long}"}}"#)).is_err());
+        let meta = "y".repeat(5000);
+        assert!(decode(&format!(
+            r#"{{"action":"join","room_code":"R","peer_id":"p","metadata":"{meta}"}}"#
+        ))
+        .unwrap_err()
+        .contains("metadata"));
+        assert!(decode(r#"{"room_code":"R"}"#).unwrap_err().contains("action"));
+    }
+
+    #[test]
+    fn null_metadata_is_absent() {
+        match decode(r#"{"action":"join","room_code":"R","peer_id":"p","metadata":null}"#).unwrap() {
+            Action::Join { metadata, .. } => assert!(metadata.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Sans-io token buckets keyed by client address.
+//!
+//! Each client gets `burst` tokens that refill at `rate` per second. The map
+//! is bounded: when it reaches its capacity, buckets that have refilled
+//! completely (and so carry no information) are dropped first; if every
+//! bucket is still draining, the whole map is cleared rather than growing
+//! (a flood of distinct addresses is itself the attack the limit can no
+//! longer tell apart).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// A set of per-key token buckets.
+#[derive(Debug)]
+pub struct RateLimiter<K> {
+    rate: f64,
+    burst: f64,
+    capacity: usize,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    pub fn new(rate: f64, burst: f64, capacity: usize) -> Self {
+        RateLimiter { rate, burst: burst.max(1.0), capacity: capacity.max(1), buckets: HashMap::new() }
+    }
+
+    /// Takes one token for `key`. `Err(wait)` says how long until one is
+    /// available.
+    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.capacity {
+            self.prune(now);
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        let b = self
+            .buckets
+            .entry(key.clone())
+            .or_insert(Bucket { tokens: burst, updated: now });
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.updated = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets.retain(|_, b| {
+            let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+            b.tokens + elapsed * rate < burst
+        });
+        if self.buckets.len() >= self.capacity {
+            self.buckets.clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Seconds for a `Retry-After` header: whole seconds, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refill() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(2.0, 5.0, 100);
+        for _ in 0..5 {
+            assert!(rl.check(&1, t0).is_ok());
+        }
+        let wait = rl.check(&1, t0).unwrap_err();
+        assert!(wait <= Duration::from_millis(500) && wait > Duration::from_millis(400));
+        assert_eq!(retry_after_secs(wait), 1);
+        // Another client is unaffected.
+        assert!(rl.check(&2, t0).is_ok());
+        // Half a second later one token is back, and only one.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(rl.check(&1, t1).is_ok());
+        assert!(rl.check(&1, t1).is_err());
+    }
+
+    #[test]
+    fn map_stays_bounded() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(1.0, 1.0, 10);
+        for k in 0..1000 {
+            let _ = rl.check(&k, t0);
+            assert!(rl.len() <= 10);
+        }
+        // Full buckets are the first to go once they have refilled.
+        let later = t0 + Duration::from_secs(5);
+        let _ = rl.check(&5000, later);
+        assert_eq!(rl.len(), 1);
+    }
+}

@@ -1,0 +1,688 @@
+//! Sans-io room state: who is in which room, in what order, and what each
+//! event makes the server send.
+//!
+//! Rooms live in a slab with a map from room code to key. Functions take the
+//! acting connection, its [`Session`] (owned by the shell) and `now`, and
+//! push [`Effect`]s into a caller-owned vector; they never touch sockets.
+//!
+//! Invariants:
+//! * A room's `members` are in join order and fan-out visits them in that
+//!   order, so the same input always gives the same output.
+//! * A connection is a member of at most one room, and only of the room its
+//!   session names; peer ids are unique within a room.
+//! * Every outgoing message is serialized once into a shared [`Frame`]; a
+//!   fan-out to `n` peers is one effect, not `n` copies.
+//! * An empty room carries `empty_since`; the shell arms a timer for
+//!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
+
+use crate::protocol::MAX_METADATA_BYTES;
+use crate::util::{json_str, random_string, rfc3339, uuid_v4};
+use crate::ws::{self, Frame, HEADROOM};
+use serde_json::value::RawValue;
+use slab::Slab;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Names a connection across events: slab key plus generation, since slab
+/// keys are reused after a connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnRef {
+    pub key: u32,
+    pub gen: u32,
+}
+
+/// Names a room the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomRef {
+    pub key: u32,
+    pub gen: u32,
+}
+
+/// Per-connection room state, stored by the shell next to the socket.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub room: Option<RoomRef>,
+    pub is_host: bool,
+    /// `{"type":"data","from":"<peer id>","data":` — built once at join so a
+    /// broadcast costs no escaping.
+    data_prefix: Box<[u8]>,
+}
+
+impl Session {
+    pub fn in_room(&self) -> bool {
+        self.room.is_some()
+    }
+}
+
+/// What the shell must do after a room operation.
+#[derive(Debug)]
+pub enum Effect {
+    /// Queue `frame` for one connection.
+    Send(ConnRef, Frame),
+    /// Queue `frame` for every member of `room` except `except`, in join
+    /// order.
+    Fanout { room: RoomRef, except: Option<ConnRef>, frame: Frame },
+    /// Close a connection with a WebSocket close code; its session must be
+    /// treated as having no room (the room already forgot it).
+    Close(ConnRef, u16, &'static str),
+    /// The room became empty: call [`Rooms::expire`] at this instant.
+    ExpireAt(RoomRef, Instant),
+}
+
+struct Member {
+    conn: ConnRef,
+    peer_id: Box<str>,
+    /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
+    peer_json: Box<str>,
+}
+
+/// One room.
+pub struct Room {
+    code: Box<str>,
+    room_id: Box<str>,
+    host_id: Box<str>,
+    created_at: Box<str>,
+    gen: u32,
+    members: Vec<Member>,
+    /// The stored document as a ready `document_sync` frame.
+    document: Option<Frame>,
+    empty_since: Option<Instant>,
+}
+
+impl Room {
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+    pub fn room_id(&self) -> &str {
+        &self.room_id
+    }
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+    pub fn created_at(&self) -> &str {
+        &self.created_at
+    }
+    pub fn has_document(&self) -> bool {
+        self.document.is_some()
+    }
+    pub fn peer_count(&self) -> usize {
+        self.members.len()
+    }
+    /// The JSON array of peer objects, in join order.
+    pub fn peers_json(&self) -> String {
+        let mut s = String::with_capacity(2 + self.members.len() * 96);
+        s.push('[');
+        for (i, m) in self.members.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&m.peer_json);
+        }
+        s.push(']');
+        s
+    }
+    /// The members' connections in join order.
+    pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
+        self.members.iter().map(|m| m.conn)
+    }
+}
+
+/// Why `POST /api/rooms` was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateError {
+    BadRoomCode,
+    BadHostId,
+}
+
+/// The answer to a create: the room and whether it already existed.
+pub struct Created {
+    pub room: RoomRef,
+    pub restored: bool,
+}
+
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+const HOST_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Every room of the server.
+pub struct Rooms {
+    rooms: Slab<Room>,
+    by_code: HashMap<Box<str>, usize>,
+    idle_timeout: Option<Duration>,
+    next_gen: u32,
+}
+
+impl Rooms {
+    pub fn new(idle_timeout: Option<Duration>) -> Rooms {
+        Rooms { rooms: Slab::new(), by_code: HashMap::new(), idle_timeout, next_gen: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    pub fn get(&self, r: RoomRef) -> Option<&Room> {
+        self.rooms.get(r.key as usize).filter(|room| room.gen == r.gen)
+    }
+
+    pub fn find(&self, code: &str) -> Option<(RoomRef, &Room)> {
+        let key = *self.by_code.get(code)?;
+        let room = &self.rooms[key];
+        Some((RoomRef { key: key as u32, gen: room.gen }, room))
+    }
+
+    /// Creates a room, or returns the existing one when `desired_code` names
+    /// it. `rand` supplies random bytes.
+    pub fn create(
+        &mut self,
+        desired_code: Option<&str>,
+        desired_host: Option<&str>,
+        now: Instant,
+        wall: SystemTime,
+        rand: &mut dyn FnMut(&mut [u8]),
+        fx: &mut Vec<Effect>,
+    ) -> Result<Created, CreateError> {
+        if let Some(code) = desired_code {
+            if !valid_room_code(code) {
+                return Err(CreateError::BadRoomCode);
+            }
+        }
+        if let Some(host) = desired_host {
+            let n = host.chars().count();
+            if n == 0 || n > 128 || host.chars().any(char::is_control) {
+                return Err(CreateError::BadHostId);
+            }
+        }
+        if let Some((r, _)) = desired_code.and_then(|c| self.find(c)) {
+            return Ok(Created { room: r, restored: true });
+        }
+        let code = match desired_code {
+            Some(c) => c.to_owned(),
+            None => loop {
+                let c = random_string(CODE_ALPHABET, 6, rand);
+                if !self.by_code.contains_key(c.as_str()) {
+                    break c;
+                }
+            },
+        };
+        let host_id = match desired_host {
+            Some(h) => h.to_owned(),
+            None => format!("host_{}", random_string(HOST_ALPHABET, 8, rand)),
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let room = Room {
+            code: code.clone().into(),
+            room_id: uuid_v4(rand).into(),
+            host_id: host_id.into(),
+            created_at: rfc3339(wall).into(),
+            gen: self.next_gen,
+            members: Vec::new(),
+            document: None,
+            empty_since: Some(now),
+        };
+        let key = self.rooms.insert(room);
+        self.by_code.insert(code.into(), key);
+        let r = RoomRef { key: key as u32, gen: self.next_gen };
+        if let Some(t) = self.idle_timeout {
+            fx.push(Effect::ExpireAt(r, now + t));
+        }
+        Ok(Created { room: r, restored: false })
+    }
+
+    /// Handles `join`. On failure only the joiner hears about it and nothing
+    /// changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join(
+        &mut self,
+        conn: ConnRef,
+        session: &mut Session,
+        room_code: &str,
+        peer_id: &str,
+        is_host: bool,
+        metadata: Option<&RawValue>,
+        now: Instant,
+        wall: SystemTime,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some((target, room)) = self.find(room_code) else {
+            fx.push(Effect::Send(conn, error_frame("Room not found")));
+            return;
+        };
+        if is_host && peer_id != &*room.host_id {
+            fx.push(Effect::Send(conn, error_frame("Only the room's host may join with is_host")));
+            return;
+        }
+        if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
+            fx.push(Effect::Send(conn, error_frame("Invalid message format: metadata too large")));
+            return;
+        }
+        self.leave(conn, session, now, fx);
+
+        let room = &mut self.rooms[target.key as usize];
+        // A reconnecting browser: the newer connection wins.
+        if let Some(i) = room.members.iter().position(|m| &*m.peer_id == peer_id) {
+            let old = room.members.remove(i);
+            fx.push(Effect::Send(old.conn, error_frame("Replaced by a newer connection")));
+            fx.push(Effect::Close(old.conn, ws::close::NORMAL, "Replaced by a newer connection"));
+            // Fan-outs are expanded after this call returns, when the
+            // joiner is already a member: exclude it explicitly.
+            fx.push(Effect::Fanout {
+                room: target,
+                except: Some(conn),
+                frame: peer_left_frame(&old.peer_id),
+            });
+        }
+
+        let id_json = json_str(peer_id);
+        let peer_json = format!(
+            r#"{{"id":{},"joined_at":"{}","is_host":{},"metadata":{}}}"#,
+            id_json,
+            rfc3339(wall),
+            is_host,
+            metadata.map_or("null", |m| m.get())
+        );
+        let joined_frame = build(|b| {
+            b.extend_from_slice(br#"{"type":"peer_joined","peer":"#);
+            b.extend_from_slice(peer_json.as_bytes());
+            b.push(b'}');
+        });
+        fx.push(Effect::Fanout { room: target, except: Some(conn), frame: joined_frame });
+        room.members.push(Member { conn, peer_id: peer_id.into(), peer_json: peer_json.into() });
+        room.empty_since = None;
+
+        let info = build(|b| {
+            b.extend_from_slice(br#"{"type":"room_info","room_code":"#);
+            b.extend_from_slice(json_str(&room.code).as_bytes());
+            b.extend_from_slice(br#","host_id":"#);
+            b.extend_from_slice(json_str(&room.host_id).as_bytes());
+            b.extend_from_slice(br#","peers":"#);
+            b.extend_from_slice(room.peers_json().as_bytes());
+            b.push(b'}');
+        });
+        fx.push(Effect::Send(conn, info));
+        let connected = build(|b| {
+            b.extend_from_slice(br#"{"type":"connected","peer_id":"#);
+            b.extend_from_slice(id_json.as_bytes());
+            b.extend_from_slice(br#","room_code":"#);
+            b.extend_from_slice(json_str(&room.code).as_bytes());
+            b.push(b'}');
+        });
+        fx.push(Effect::Send(conn, connected));
+        if let Some(doc) = &room.document {
+            fx.push(Effect::Send(conn, doc.clone()));
+        }
+
+        let mut prefix = Vec::with_capacity(id_json.len() + 32);
+        prefix.extend_from_slice(br#"{"type":"data","from":"#);
+        prefix.extend_from_slice(id_json.as_bytes());
+        prefix.extend_from_slice(br#","data":"#);
+        *session = Session { room: Some(target), is_host, data_prefix: prefix.into() };
+    }
+
+    /// Handles `broadcast`: every other member gets `data`. `data` must be a
+    /// JSON string literal (checked by the decoder).
+    pub fn broadcast(&self, conn: ConnRef, session: &Session, data: &RawValue, fx: &mut Vec<Effect>) {
+        let Some(r) = session.room.filter(|r| self.get(*r).is_some()) else {
+            fx.push(Effect::Send(conn, not_in_room()));
+            return;
+        };
+        let raw = data.get().as_bytes();
+        let mut b = Vec::with_capacity(HEADROOM + session.data_prefix.len() + raw.len() + 1);
+        b.resize(HEADROOM, 0);
+        b.extend_from_slice(&session.data_prefix);
+        b.extend_from_slice(raw);
+        b.push(b'}');
+        fx.push(Effect::Fanout { room: r, except: Some(conn), frame: ws::finish_text(b) });
+    }
+
+    /// Handles `sync_document` (host only).
+    pub fn sync_document(
+        &mut self,
+        conn: ConnRef,
+        session: &Session,
+        document: &RawValue,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(r) = session.room.filter(|r| self.get(*r).is_some()) else {
+            fx.push(Effect::Send(conn, not_in_room()));
+            return;
+        };
+        if !session.is_host {
+            fx.push(Effect::Send(conn, error_frame("Only the host can sync the document")));
+            return;
+        }
+        let frame = document_frame(document.get());
+        self.rooms[r.key as usize].document = Some(frame.clone());
+        fx.push(Effect::Fanout { room: r, except: Some(conn), frame });
+    }
+
+    /// Handles `request_sync`: the stored document, or `""` if none.
+    pub fn request_sync(&self, conn: ConnRef, session: &Session, fx: &mut Vec<Effect>) {
+        let Some(room) = session.room.and_then(|r| self.get(r)) else {
+            fx.push(Effect::Send(conn, not_in_room()));
+            return;
+        };
+        let frame = room.document.clone().unwrap_or_else(|| document_frame("\"\""));
+        fx.push(Effect::Send(conn, frame));
+    }
+
+    /// Takes the connection out of its room (leave, close, drop, timeout).
+    /// The others get `peer_left`. Idempotent.
+    pub fn leave(&mut self, conn: ConnRef, session: &mut Session, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(r) = session.room.take() else { return };
+        session.is_host = false;
+        session.data_prefix = Box::default();
+        let Some(room) = self.rooms.get_mut(r.key as usize).filter(|room| room.gen == r.gen) else {
+            return;
+        };
+        let Some(i) = room.members.iter().position(|m| m.conn == conn) else { return };
+        let gone = room.members.remove(i);
+        fx.push(Effect::Fanout { room: r, except: Some(conn), frame: peer_left_frame(&gone.peer_id) });
+        if room.members.is_empty() {
+            room.empty_since = Some(now);
+            if let Some(t) = self.idle_timeout {
+                fx.push(Effect::ExpireAt(r, now + t));
+            }
+        }
+    }
+
+    /// Removes the room if it has been empty for the whole idle timeout.
+    /// Returns whether it was removed.
+    pub fn expire(&mut self, r: RoomRef, now: Instant) -> bool {
+        let Some(timeout) = self.idle_timeout else { return false };
+        let Some(room) = self.get(r) else { return false };
+        match room.empty_since {
+            Some(since) if room.members.is_empty() && now >= since + timeout => {
+                let room = self.rooms.remove(r.key as usize);
+                self.by_code.remove(&room.code);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `^[A-Za-z0-9_-]{1,64}$`
+pub fn valid_room_code(code: &str) -> bool {
+    (1..=64).contains(&code.len())
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Builds a text frame whose payload `f` writes after the header room.
+fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
+    let mut b = Vec::with_capacity(128);
+    b.resize(HEADROOM, 0);
+    f(&mut b);
+    ws::finish_text(b)
+}
+
+fn document_frame(raw: &str) -> Frame {
+    let mut b = Vec::with_capacity(HEADROOM + raw.len() + 40);
+    b.resize(HEADROOM, 0);
+    b.extend_from_slice(br#"{"type":"document_sync","document":"#);
+    b.extend_from_slice(raw.as_bytes());
+    b.push(b'}');
+    ws::finish_text(b)
+}
+
+fn peer_left_frame(peer_id: &str) -> Frame {
+    build(|b| {
+        b.extend_from_slice(br#"{"type":"peer_left","peer_id":"#);
+        b.extend_from_slice(json_str(peer_id).as_bytes());
+        b.push(b'}');
+    })
+}
+
+/// `{"type":"error","message":...}`
+pub fn error_frame(message: &str) -> Frame {
+    build(|b| {
+        b.extend_from_slice(br#"{"type":"error","message":"#);
+        b.extend_from_slice(json_str(message).as_bytes());
+        b.push(b'}');
+    })
+}
+
+fn not_in_room() -> Frame {
+    error_frame("Not in a room")
+}
+
+/// `{"type":"pong"}`, shared by every connection.
+pub fn pong_frame() -> Frame {
+    Frame::from_static(b"\x81\x0f{\"type\":\"pong\"}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(key: u32) -> ConnRef {
+        ConnRef { key, gen: 1 }
+    }
+
+    fn rand(b: &mut [u8]) {
+        crate::util::fill_random(b)
+    }
+
+    /// A room plus helpers that render effects as readable strings.
+    struct World {
+        rooms: Rooms,
+        sessions: HashMap<ConnRef, Session>,
+        now: Instant,
+    }
+
+    fn payload(f: &Frame) -> String {
+        let n = match f[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        String::from_utf8(f[n..].to_vec()).unwrap()
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                rooms: Rooms::new(Some(Duration::from_secs(2))),
+                sessions: HashMap::new(),
+                now: Instant::now(),
+            }
+        }
+        fn create(&mut self, code: &str, host: &str) {
+            let mut fx = Vec::new();
+            self.rooms
+                .create(Some(code), Some(host), self.now, SystemTime::now(), &mut rand, &mut fx)
+                .unwrap();
+        }
+        /// Renders effects as `to:payload` lines, expanding fan-outs.
+        fn render(&mut self, fx: Vec<Effect>) -> Vec<String> {
+            let mut out = Vec::new();
+            for e in fx {
+                match e {
+                    Effect::Send(to, f) => out.push(format!("{}:{}", to.key, payload(&f))),
+                    Effect::Fanout { room, except, frame } => {
+                        for m in self.rooms.get(room).unwrap().member_conns() {
+                            if Some(m) != except {
+                                out.push(format!("{}:{}", m.key, payload(&frame)));
+                            }
+                        }
+                    }
+                    Effect::Close(to, code, _) => {
+                        self.sessions.remove(&to);
+                        out.push(format!("{}:close {code}", to.key))
+                    }
+                    Effect::ExpireAt(..) => out.push("-:expire".into()),
+                }
+            }
+            out
+        }
+        fn join(&mut self, conn: ConnRef, code: &str, peer: &str, host: bool) -> Vec<String> {
+            let mut fx = Vec::new();
+            let mut s = self.sessions.remove(&conn).unwrap_or_default();
+            self.rooms.join(conn, &mut s, code, peer, host, None, self.now, SystemTime::now(), &mut fx);
+            self.sessions.insert(conn, s);
+            self.render(fx)
+        }
+        fn say(&mut self, conn: ConnRef, data: &str) -> Vec<String> {
+            let mut fx = Vec::new();
+            let raw = RawValue::from_string(json_str(data)).unwrap();
+            let s = self.sessions.remove(&conn).unwrap_or_default();
+            self.rooms.broadcast(conn, &s, &raw, &mut fx);
+            self.sessions.insert(conn, s);
+            self.render(fx)
+        }
+        fn leave(&mut self, conn: ConnRef) -> Vec<String> {
+            let mut fx = Vec::new();
+            let mut s = self.sessions.remove(&conn).unwrap_or_default();
+            self.rooms.leave(conn, &mut s, self.now, &mut fx);
+            self.render(fx)
+        }
+    }
+
+    fn kinds(lines: &[String]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| {
+                let (to, body) = l.split_once(':').unwrap();
+                let t = body
+                    .split("\"type\":\"")
+                    .nth(1)
+                    .map(|r| r.split('"').next().unwrap().to_string())
+                    .unwrap_or_else(|| body.to_string());
+                format!("{to}:{t}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn join_order_and_replies() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        assert_eq!(kinds(&w.join(c(1), "R1", "h", true)), ["1:room_info", "1:connected"]);
+        let out = w.join(c(2), "R1", "p2", false);
+        assert_eq!(kinds(&out), ["1:peer_joined", "2:room_info", "2:connected"]);
+        assert!(out[1].contains(r#""peers":[{"id":"h""#) && out[1].contains(r#"{"id":"p2""#));
+        assert!(out[2].contains(r#""peer_id":"p2","room_code":"R1""#));
+    }
+
+    #[test]
+    fn unknown_room_and_false_host() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        assert_eq!(w.join(c(1), "nope", "p", false), [r#"1:{"type":"error","message":"Room not found"}"#]);
+        assert_eq!(kinds(&w.join(c(1), "R1", "p", true)), ["1:error"]);
+        assert!(!w.sessions[&c(1)].in_room());
+    }
+
+    #[test]
+    fn broadcast_reaches_others_in_join_order() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        for i in 1..=4 {
+            w.join(c(i), "R1", &format!("p{i}"), false);
+        }
+        let out = w.say(c(2), "hi");
+        assert_eq!(
+            out,
+            [
+                r#"1:{"type":"data","from":"p2","data":"hi"}"#,
+                r#"3:{"type":"data","from":"p2","data":"hi"}"#,
+                r#"4:{"type":"data","from":"p2","data":"hi"}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn not_in_room_errors() {
+        let mut w = World::new();
+        assert_eq!(kinds(&w.say(c(9), "x")), ["9:error"]);
+        let mut fx = Vec::new();
+        w.rooms.request_sync(c(9), &Session::default(), &mut fx);
+        assert!(payload(match &fx[0] {
+            Effect::Send(_, f) => f,
+            _ => panic!(),
+        })
+        .contains("Not in a room"));
+    }
+
+    #[test]
+    fn document_is_host_only_and_replayed_to_joiners() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.join(c(2), "R1", "p", false);
+        let doc = RawValue::from_string("\"DOC\"".into()).unwrap();
+        let mut fx = Vec::new();
+        w.rooms.sync_document(c(2), &w.sessions[&c(2)], &doc, &mut fx);
+        assert_eq!(kinds(&w.render(fx)), ["2:error"]);
+        let mut fx = Vec::new();
+        w.rooms.sync_document(c(1), &w.sessions[&c(1)], &doc, &mut fx);
+        assert_eq!(w.render(fx), [r#"2:{"type":"document_sync","document":"DOC"}"#]);
+        let out = w.join(c(3), "R1", "q", false);
+        assert_eq!(kinds(&out), ["1:peer_joined", "2:peer_joined", "3:room_info", "3:connected", "3:document_sync"]);
+    }
+
+    #[test]
+    fn moving_rooms_and_replacement() {
+        let mut w = World::new();
+        w.create("A", "ha");
+        w.create("B", "hb");
+        w.join(c(1), "A", "x", false);
+        w.join(c(2), "A", "y", false);
+        w.join(c(3), "B", "z", false);
+        let out = w.join(c(2), "B", "y", false);
+        assert_eq!(kinds(&out), ["1:peer_left", "3:peer_joined", "2:room_info", "2:connected"]);
+        // Same peer id from a new connection replaces the old one.
+        let out = w.join(c(4), "B", "y", false);
+        assert_eq!(
+            kinds(&out),
+            ["2:error", "2:close 1000", "3:peer_left", "3:peer_joined", "4:room_info", "4:connected"]
+        );
+        assert!(out[0].contains("Replaced by a newer connection"));
+        assert_eq!(w.rooms.find("B").unwrap().1.peer_count(), 2);
+    }
+
+    #[test]
+    fn empty_room_expires_after_timeout_only() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        assert_eq!(kinds(&w.leave(c(1))), ["-:expire"]);
+        let (r, _) = w.rooms.find("R1").unwrap();
+        assert!(!w.rooms.expire(r, w.now + Duration::from_secs(1)));
+        // A join in between keeps it.
+        w.join(c(2), "R1", "p", false);
+        assert!(!w.rooms.expire(r, w.now + Duration::from_secs(3)));
+        w.leave(c(2));
+        assert!(w.rooms.expire(r, w.now + Duration::from_secs(2)));
+        assert!(w.rooms.find("R1").is_none());
+        assert_eq!(w.rooms.len(), 0);
+    }
+
+    #[test]
+    fn create_restores_existing_and_validates() {
+        let mut r = Rooms::new(None);
+        let mut fx = Vec::new();
+        let now = Instant::now();
+        let a = r.create(None, None, now, SystemTime::now(), &mut rand, &mut fx).unwrap();
+        let room = r.get(a.room).unwrap();
+        assert_eq!(room.code().len(), 6);
+        assert!(room.code().bytes().all(|b| CODE_ALPHABET.contains(&b)));
+        assert!(room.host_id().starts_with("host_") && room.host_id().len() == 13);
+        let code = room.code().to_string();
+        let b = r.create(Some(&code), Some("other"), now, SystemTime::now(), &mut rand, &mut fx).unwrap();
+        assert!(b.restored);
+        assert_eq!(b.room, a.room);
+        assert_eq!(
+            r.create(Some("bad code"), None, now, SystemTime::now(), &mut rand, &mut fx).err(),
+            Some(CreateError::BadRoomCode)
+        );
+        assert_eq!(
+            r.create(None, Some(""), now, SystemTime::now(), &mut rand, &mut fx).err(),
+            Some(CreateError::BadHostId)
+        );
+        assert!(fx.is_empty(), "no idle timeout, no expiry");
+    }
+}

@@ -1,0 +1,1100 @@
+//! The mio shell: one thread, one `Poll`, every socket of the server.
+//!
+//! It owns the listener, the connections (a slab) and the timers, feeds
+//! bytes to the sans-io cores and applies the effects they return. Nothing
+//! here blocks: accounts work goes to the worker pool and comes back through
+//! the waker.
+//!
+//! Invariants:
+//! * A connection is named outside the current event by [`ConnRef`] (slab key
+//!   plus generation); a stale reference finds nothing and is ignored.
+//! * Everything written to a socket goes through its one [`OutQueue`], in
+//!   order. Connections that gained output this turn are flushed before the
+//!   loop polls again.
+//! * Every loop over one connection has a budget; a connection that used its
+//!   budget is revisited next turn, so one peer cannot starve the rest.
+//! * A connection is closed through [`Server::close`] only, which is
+//!   idempotent and always takes the connection out of its room first.
+//!   Closes requested while effects are being applied are deferred to
+//!   [`Server::reap`] so a room is never changed under a fan-out.
+
+use crate::accounts::{Accounts, AuthRequest, Job, Reply};
+use crate::api::{self, Answer, Routed, Stats};
+use crate::config::Config;
+use crate::http::{self, Extra, Request};
+use crate::outq::{Flush, OutQueue};
+use crate::protocol::{self, Action};
+use crate::ratelimit::RateLimiter;
+use crate::rooms::{self, ConnRef, Effect, RoomRef, Rooms, Session};
+use crate::timers::Timers;
+use crate::ws::{self, Decoder, Event, Frame, WsError};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Bytes read from one connection per turn before others get a go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Bytes written to one connection per turn.
+const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// Connections accepted per turn.
+const ACCEPT_BUDGET: usize = 512;
+/// Shared read buffer; data lands here first so idle connections hold none.
+const SCRATCH: usize = 64 * 1024;
+/// A connection's input buffer is released when drained if it grew past this.
+const KEEP_INBUF: usize = 8 * 1024;
+/// How long a closing connection may take to acknowledge our close.
+const LINGER: Duration = Duration::from_secs(2);
+/// How long shutdown waits for queues to drain.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest poll sleep when no timer is due sooner.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Request(ConnRef),
+    Ping(ConnRef),
+    Linger(ConnRef),
+    Room(RoomRef),
+    AcceptRetry,
+    Shutdown,
+}
+
+/// What a connection is doing.
+enum Phase {
+    /// Reading HTTP requests. `deadline` bounds the current request.
+    Http { deadline: Instant },
+    /// Waiting for a worker's answer; input is held until it arrives.
+    Waiting(Box<Pending>),
+    /// An open WebSocket.
+    Ws(Box<WsState>),
+    /// Our goodbye is queued; discard input until the peer closes or the
+    /// linger timer fires.
+    Closing,
+}
+
+/// Work parked while a worker answers.
+enum Pending {
+    /// An `/api/auth/*` request; the answer goes back on this connection.
+    Accounts { keep_alive: bool, origin: Option<String> },
+    /// `POST /api/rooms` under `REQUIRE_AUTH`.
+    CreateRoom { req: Request, origin: Option<String> },
+    /// A WebSocket `join` under `REQUIRE_AUTH`, with the message to replay.
+    Join { ws: Box<WsState>, message: String },
+}
+
+struct WsState {
+    decoder: Decoder,
+    session: Session,
+    last_seen: Instant,
+    /// A token given on the upgrade (header or `?token=`).
+    upgrade_token: Option<Box<str>>,
+}
+
+struct Conn {
+    sock: TcpStream,
+    gen: u32,
+    peer: IpAddr,
+    out: OutQueue,
+    inbuf: Vec<u8>,
+    phase: Phase,
+    /// Close once the queue drains (HTTP `Connection: close`, errors).
+    close_when_flushed: bool,
+    /// A close was requested and is waiting in `doomed`.
+    doomed: bool,
+}
+
+/// How to end a connection.
+#[derive(Clone, Copy, Debug)]
+enum Close {
+    /// Send a WebSocket close frame, then linger.
+    Ws(u16, &'static str),
+    /// Already said goodbye (HTTP error response queued): linger.
+    Linger,
+    /// Drop the socket now.
+    Abort,
+}
+
+/// The server: create with [`Server::bind`], then [`Server::run`].
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    conns: Slab<Conn>,
+    rooms: Rooms,
+    timers: Timers<Timer>,
+    limiter: RateLimiter<IpAddr>,
+    cfg: Config,
+    next_gen: u32,
+    scratch: Vec<u8>,
+    fx: Vec<Effect>,
+    dirty: Vec<ConnRef>,
+    again: Vec<ConnRef>,
+    doomed: Vec<(ConnRef, Close)>,
+    accept_paused: bool,
+    started: Instant,
+    signals: signal_hook_mio::v1_0::Signals,
+    waker: Arc<Waker>,
+    accounts: Option<Accounts>,
+    shutting_down: Option<Instant>,
+    memguard: crate::memguard::MemGuard,
+}
+
+impl Server {
+    /// Binds the listener and prepares the loop; starts the accounts workers
+    /// when configured.
+    pub fn bind(cfg: Config) -> io::Result<Server> {
+        let host = if cfg.host == "localhost" { "127.0.0.1" } else { cfg.host.as_str() };
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "HOST is not an IP address"))?;
+        let mut listener = TcpListener::bind(SocketAddr::new(ip, cfg.port))?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let accounts = match &cfg.accounts {
+            Some(a) => Some(
+                Accounts::start(a.clone(), waker.clone())
+                    .map_err(|e| io::Error::other(format!("accounts: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            conns: Slab::with_capacity(1024),
+            rooms: Rooms::new(cfg.room_idle_timeout),
+            timers: Timers::default(),
+            limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
+            next_gen: 0,
+            scratch: vec![0; SCRATCH],
+            fx: Vec::new(),
+            dirty: Vec::new(),
+            again: Vec::new(),
+            doomed: Vec::new(),
+            accept_paused: false,
+            started: Instant::now(),
+            signals,
+            waker,
+            accounts,
+            shutting_down: None,
+            memguard: crate::memguard::MemGuard::from_system(),
+            cfg,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that interrupts `poll` from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Runs until SIGTERM/SIGINT and a drained (or timed-out) shutdown.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let watchdog = crate::notify::watchdog_interval();
+        let mut next_watchdog = Instant::now();
+        crate::notify::ready();
+        loop {
+            let now = Instant::now();
+            let mut timeout = self.timers.timeout(now, MAX_SLEEP);
+            if !self.again.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            if watchdog.is_some() {
+                timeout = timeout.min(next_watchdog.saturating_duration_since(now));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if let Some(w) = watchdog {
+                if Instant::now() >= next_watchdog {
+                    crate::notify::watchdog();
+                    next_watchdog = Instant::now() + w;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.worker_replies(),
+                    SIGNALS => self.signals(),
+                    Token(key) => {
+                        let Some(c) = self.conns.get(key) else { continue };
+                        let cref = ConnRef { key: key as u32, gen: c.gen };
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(cref);
+                        }
+                        if ev.is_writable() {
+                            self.mark_dirty(cref);
+                        }
+                    }
+                }
+                self.reap();
+            }
+            // Connections that used their budget last turn.
+            for cref in std::mem::take(&mut self.again) {
+                if self.is_live(cref) {
+                    self.read(cref);
+                    self.reap();
+                }
+            }
+            self.fire_timers(Instant::now());
+            self.flush_dirty();
+            if let Some(deadline) = self.shutting_down {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    info!("shutdown complete ({} connections left)", self.conns.len());
+                    if let Some(a) = self.accounts.take() {
+                        a.shutdown();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn is_live(&self, c: ConnRef) -> bool {
+        self.conns.get(c.key as usize).is_some_and(|x| x.gen == c.gen)
+    }
+
+    fn conn(&mut self, c: ConnRef) -> Option<&mut Conn> {
+        self.conns.get_mut(c.key as usize).filter(|x| x.gen == c.gen)
+    }
+
+    // ---- accepting -------------------------------------------------------
+
+    fn accept(&mut self) {
+        if self.accept_paused || self.shutting_down.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((sock, addr)) => self.admit(sock, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: the pending connection
+                    // stays in the backlog. Retrying at once would spin, so
+                    // wait for a close or a short timer.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        warn!("accept paused: {e}");
+                        self.accept_paused = true;
+                        self.timers.arm(Instant::now() + Duration::from_millis(100), Timer::AcceptRetry);
+                        return;
+                    }
+                    debug!("accept failed: {e}");
+                }
+            }
+        }
+        // Budget used: more may be waiting, and edge-triggered polling will
+        // not say so again. Retry on the next turn via a zero-delay timer.
+        self.timers.arm(Instant::now(), Timer::AcceptRetry);
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
+        if self.conns.len() >= self.cfg.max_connections {
+            // Best effort: the socket is fresh, so a short write fits.
+            let mut resp = Vec::new();
+            http::write_response(
+                &mut resp,
+                503,
+                &http::error_body("Server is at its connection limit"),
+                &Extra { cors_origin: Some("*"), close: true, ..Extra::default() },
+            );
+            let _ = sock.write(&resp);
+            debug!("refused {addr}: at MAX_CONNECTIONS");
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let now = Instant::now();
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("register failed: {e}");
+            return;
+        }
+        let deadline = now + self.cfg.request_timeout;
+        entry.insert(Conn {
+            sock,
+            gen,
+            peer: addr.ip(),
+            out: OutQueue::default(),
+            inbuf: Vec::new(),
+            phase: Phase::Http { deadline },
+            close_when_flushed: false,
+            doomed: false,
+        });
+        let cref = ConnRef { key: key as u32, gen };
+        self.timers.arm(deadline, Timer::Request(cref));
+        debug!("[{key}] accepted {addr}");
+    }
+
+    // ---- reading ---------------------------------------------------------
+
+    fn read(&mut self, cref: ConnRef) {
+        let mut total = 0;
+        loop {
+            let max_message = self.cfg.max_message_bytes;
+            let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+                return;
+            };
+            if c.doomed || matches!(c.phase, Phase::Waiting(_)) {
+                // Input stays in the kernel until the worker answers (that
+                // is our back-pressure); reading resumes from `again`.
+                return;
+            }
+            // While a large frame is arriving, read straight into the
+            // connection's buffer; otherwise into the shared scratch.
+            let n = match c.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.eof(cref);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("[{}] read error: {e}", cref.key);
+                    self.close(cref, Close::Abort);
+                    return;
+                }
+            };
+            total += n;
+            match &mut c.phase {
+                Phase::Closing => {}
+                Phase::Http { .. } | Phase::Waiting(_) => {
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    self.process_http(cref);
+                }
+                Phase::Ws(ws) => {
+                    ws.last_seen = Instant::now();
+                    if c.inbuf.is_empty() {
+                        if let Some(need) = ws::frame_len(&self.scratch[..n]) {
+                            if need > n && need <= max_message + 14 {
+                                c.inbuf.reserve_exact(need);
+                            }
+                        }
+                    }
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    self.process_ws(cref);
+                }
+            }
+            if total >= READ_BUDGET {
+                self.again.push(cref);
+                return;
+            }
+        }
+    }
+
+    fn eof(&mut self, cref: ConnRef) {
+        let Some(c) = self.conn(cref) else { return };
+        match c.phase {
+            // The peer finished sending; answer what is complete, then go.
+            Phase::Http { .. } if c.out.is_empty() => self.close(cref, Close::Abort),
+            Phase::Http { .. } | Phase::Waiting(_) => c.close_when_flushed = true,
+            _ => self.close(cref, Close::Abort),
+        }
+    }
+
+    // ---- HTTP ------------------------------------------------------------
+
+    fn process_http(&mut self, cref: ConnRef) {
+        loop {
+            let max_body = self.cfg.max_body_bytes;
+            let Some(c) = self.conn(cref) else { return };
+            if c.doomed || c.close_when_flushed && c.inbuf.is_empty() {
+                return;
+            }
+            if !matches!(c.phase, Phase::Http { .. }) {
+                return;
+            }
+            let parsed = http::parse_request(&c.inbuf, max_body);
+            let (req, used) = match parsed {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    release_if_empty(&mut c.inbuf);
+                    return;
+                }
+                Err(e) => {
+                    debug!("[{}] bad request: {e:?}", cref.key);
+                    c.inbuf = Vec::new();
+                    let answer = Answer::error(e.status(), e.message());
+                    self.respond(cref, &answer, None, false);
+                    self.close(cref, Close::Linger);
+                    return;
+                }
+            };
+            c.inbuf.drain(..used);
+            let keep_alive = req.keep_alive() && self.shutting_down.is_none();
+            self.handle_request(cref, req, keep_alive);
+        }
+    }
+
+    fn handle_request(&mut self, cref: ConnRef, req: Request, keep_alive: bool) {
+        let Some(c) = self.conn(cref) else { return };
+        let peer = c.peer;
+        let now = Instant::now();
+        let connections = self.conns.len();
+        let store = self.accounts.as_ref().map_or("disabled", |a| a.store_status());
+        let stats = Stats { connections, started: self.started, store };
+        let routed = api::route(
+            &self.cfg,
+            &mut self.rooms,
+            &mut self.limiter,
+            &stats,
+            peer,
+            &req,
+            now,
+            &mut self.fx,
+        );
+        self.apply_effects();
+        debug!("[{}] {} {}", cref.key, req.method().as_str(), req.path);
+        match routed {
+            Routed::Answer(a) => {
+                // The contract closes after these; the peer may be out of sync.
+                let keep = keep_alive && !matches!(a.status, 400 | 408 | 413 | 431);
+                let head = req.method() == http::Method::Head;
+                self.respond_full(cref, &a, req.origin.as_deref(), !keep, head);
+                self.after_response(cref, keep);
+            }
+            Routed::Upgrade => self.upgrade(cref, &req),
+            Routed::Accounts => {
+                let client_ip = api::client_ip(&self.cfg, peer, &req);
+                let job = Job::Http(AuthRequest {
+                    method: req.method().as_str().to_owned(),
+                    path: req.path.clone(),
+                    query: req.query.clone(),
+                    authorization: req.authorization.clone(),
+                    setup_token: req.setup_token.clone(),
+                    body: req.body,
+                    client_ip,
+                });
+                let pending = Pending::Accounts { keep_alive, origin: req.origin.clone() };
+                self.submit(cref, job, pending);
+            }
+            Routed::AuthorizeThenCreate(token) => {
+                let origin = req.origin.clone();
+                self.submit(cref, Job::Authorize { token }, Pending::CreateRoom { req, origin });
+            }
+        }
+    }
+
+    fn respond(&mut self, cref: ConnRef, a: &Answer, origin: Option<&str>, close: bool) {
+        self.respond_full(cref, a, origin, close, false)
+    }
+
+    fn respond_full(&mut self, cref: ConnRef, a: &Answer, origin: Option<&str>, close: bool, head: bool) {
+        let cors = api::cors_origin(&self.cfg, origin);
+        let Some(c) = self.conn(cref) else { return };
+        let mut buf = Vec::with_capacity(256 + a.body.len());
+        http::write_response(
+            &mut buf,
+            a.status,
+            &a.body,
+            &Extra {
+                allow: a.allow,
+                retry_after: a.retry_after,
+                cors_origin: cors,
+                preflight: a.preflight,
+                close: close || matches!(a.status, 400 | 408 | 413 | 431),
+                head,
+            },
+        );
+        c.out.push(Frame::from(buf));
+        self.mark_dirty(cref);
+    }
+
+    fn after_response(&mut self, cref: ConnRef, keep_alive: bool) {
+        let timeout = self.cfg.request_timeout;
+        let Some(c) = self.conn(cref) else { return };
+        if !keep_alive {
+            c.close_when_flushed = true;
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        c.phase = Phase::Http { deadline };
+        self.timers.arm(deadline, Timer::Request(cref));
+    }
+
+    fn submit(&mut self, cref: ConnRef, job: Job, pending: Pending) {
+        let tag = ((cref.key as u64) << 32) | cref.gen as u64;
+        let Some(accounts) = &self.accounts else { return };
+        match accounts.submit(tag, job) {
+            Ok(()) => {
+                if let Some(c) = self.conn(cref) {
+                    c.phase = Phase::Waiting(Box::new(pending));
+                }
+            }
+            Err(_) => {
+                let busy = Answer::error(503, "Accounts service is busy; try again shortly");
+                match pending {
+                    Pending::Accounts { keep_alive, origin } => {
+                        self.respond(cref, &busy, origin.as_deref(), !keep_alive);
+                        self.after_response(cref, keep_alive);
+                    }
+                    Pending::CreateRoom { req, origin } => {
+                        self.respond(cref, &busy, origin.as_deref(), !req.keep_alive());
+                        self.after_response(cref, req.keep_alive());
+                    }
+                    Pending::Join { ws, .. } => {
+                        if let Some(c) = self.conn(cref) {
+                            c.phase = Phase::Ws(ws);
+                        }
+                        self.send(cref, rooms::error_frame("Accounts service is busy; try again shortly"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn worker_replies(&mut self) {
+        let mut replies = Vec::new();
+        if let Some(a) = &self.accounts {
+            a.drain(|tag, reply| replies.push((tag, reply)));
+        }
+        for (tag, reply) in replies {
+            let cref = ConnRef { key: (tag >> 32) as u32, gen: tag as u32 };
+            let Some(c) = self.conn(cref) else { continue };
+            let Phase::Waiting(_) = c.phase else { continue };
+            let Phase::Waiting(pending) =
+                std::mem::replace(&mut c.phase, Phase::Http { deadline: Instant::now() })
+            else {
+                unreachable!()
+            };
+            match (*pending, reply) {
+                (Pending::Accounts { keep_alive, origin }, Reply::Http(r)) => {
+                    let a = Answer {
+                        status: r.status,
+                        body: r.body,
+                        allow: r.allow,
+                        retry_after: r.retry_after,
+                        preflight: false,
+                    };
+                    self.respond(cref, &a, origin.as_deref(), !keep_alive);
+                    self.after_response(cref, keep_alive);
+                }
+                (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
+                    let a = if ok {
+                        let peer = self.conn(cref).map(|c| c.peer).expect("live");
+                        let a = api::create_room(&self.cfg, &mut self.rooms, peer, &req, Instant::now(), &mut self.fx);
+                        self.apply_effects();
+                        a
+                    } else {
+                        Answer::error(401, "Authentication required")
+                    };
+                    self.respond(cref, &a, origin.as_deref(), !req.keep_alive());
+                    self.after_response(cref, req.keep_alive());
+                }
+                (Pending::Join { ws, message }, Reply::Authorized(ok)) => {
+                    if let Some(c) = self.conn(cref) {
+                        c.phase = Phase::Ws(ws);
+                    }
+                    if ok {
+                        self.ws_text(cref, &message, true);
+                    } else {
+                        self.send(cref, rooms::error_frame("Authentication required"));
+                    }
+                }
+                (_, _) => {
+                    warn!("[{}] worker reply did not match the pending request", cref.key);
+                    self.close(cref, Close::Abort);
+                }
+            }
+            self.reap();
+            // Input that arrived meanwhile is still buffered (or in the
+            // kernel): carry on.
+            if let Some(c) = self.conn(cref) {
+                match c.phase {
+                    Phase::Http { .. } => self.process_http(cref),
+                    Phase::Ws(_) => self.process_ws(cref),
+                    _ => {}
+                }
+                self.again.push(cref);
+            }
+            self.reap();
+        }
+    }
+
+    // ---- WebSocket -------------------------------------------------------
+
+    fn upgrade(&mut self, cref: ConnRef, req: &Request) {
+        if !self.memguard.allow_new_websocket(Instant::now()) {
+            let a = Answer::error(503, "Server is near its memory limit; try again later");
+            self.respond(cref, &a, req.origin.as_deref(), true);
+            self.close(cref, Close::Linger);
+            return;
+        }
+        let key = req.ws_key.as_deref().unwrap_or_default();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let upgrade_token = api::bearer(req.authorization.as_deref())
+            .map(str::to_owned)
+            .or_else(|| req.query_param("token"))
+            .map(String::into_boxed_str);
+        let now = Instant::now();
+        let interval = self.cfg.ping_interval;
+        let Some(c) = self.conn(cref) else { return };
+        c.out.push(Frame::from(resp.into_bytes()));
+        c.phase = Phase::Ws(Box::new(WsState {
+            decoder: Decoder::default(),
+            session: Session::default(),
+            last_seen: now,
+            upgrade_token,
+        }));
+        self.timers.arm(now + interval, Timer::Ping(cref));
+        self.mark_dirty(cref);
+        debug!("[{}] websocket open", cref.key);
+        // Frames pipelined behind the upgrade request are already buffered.
+        self.process_ws(cref);
+    }
+
+    fn process_ws(&mut self, cref: ConnRef) {
+        let max_message = self.cfg.max_message_bytes;
+        let Some(c) = self.conn(cref) else { return };
+        let Phase::Ws(ws) = &mut c.phase else { return };
+        let mut decoder = std::mem::take(&mut ws.decoder);
+        let mut buf = std::mem::take(&mut c.inbuf);
+        let mut pos = 0;
+        let mut failure: Option<WsError> = None;
+        loop {
+            // Stop when the connection is closing or parked on a worker.
+            match self.conn(cref) {
+                Some(c) if !c.doomed && matches!(c.phase, Phase::Ws(_)) => {}
+                _ => break,
+            }
+            match decoder.next(&mut buf[pos..], max_message) {
+                Ok(None) => break,
+                Ok(Some((event, used))) => {
+                    pos += used;
+                    match event {
+                        None => {}
+                        Some(Event::Text(text)) => self.ws_text(cref, text, false),
+                        Some(Event::Binary) => self.send(
+                            cref,
+                            rooms::error_frame("Invalid message format: binary frames are not supported"),
+                        ),
+                        Some(Event::Ping(p)) => self.send(cref, ws::pong(p)),
+                        Some(Event::Pong) => {}
+                        Some(Event::Close(code)) => {
+                            let reply = match code {
+                                Some(c) if ws_code_ok(c) => c,
+                                Some(_) => ws::close::PROTOCOL,
+                                None => ws::close::NORMAL,
+                            };
+                            self.request_close(cref, Close::Ws(reply, ""));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.drain(..pos);
+        release_if_empty(&mut buf);
+        if let Some(c) = self.conn(cref) {
+            c.inbuf = buf;
+            match &mut c.phase {
+                Phase::Ws(ws) => ws.decoder = decoder,
+                Phase::Waiting(p) => {
+                    if let Pending::Join { ws, .. } = &mut **p {
+                        ws.decoder = decoder;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = failure {
+            debug!("[{}] websocket error: {}", cref.key, e.reason());
+            if let Some(c) = self.conn(cref) {
+                c.inbuf = Vec::new();
+            }
+            self.request_close(cref, Close::Ws(e.close_code(), e.reason()));
+        }
+    }
+
+    /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
+    /// for a join the workers already approved.
+    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: bool) {
+        let action = match protocol::decode(text) {
+            Ok(a) => a,
+            Err(detail) => {
+                self.send(cref, rooms::error_frame(&format!("Invalid message format: {detail}")));
+                return;
+            }
+        };
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            return;
+        };
+        let Phase::Ws(ws) = &mut c.phase else { return };
+        match action {
+            Action::Ping => self.send(cref, rooms::pong_frame()),
+            Action::Join { room_code, peer_id, is_host, metadata, token } => {
+                if self.cfg.require_auth() && !authorized {
+                    let token = token.map(|t| t.into_owned()).or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
+                    let Some(token) = token else {
+                        self.send(cref, rooms::error_frame("Authentication required"));
+                        return;
+                    };
+                    let Phase::Ws(ws) = std::mem::replace(&mut c.phase, Phase::Closing) else {
+                        unreachable!()
+                    };
+                    let pending = Pending::Join { ws, message: text.to_owned() };
+                    self.submit(cref, Job::Authorize { token }, pending);
+                    return;
+                }
+                self.rooms.join(
+                    cref,
+                    &mut ws.session,
+                    &room_code,
+                    &peer_id,
+                    is_host,
+                    metadata,
+                    now,
+                    std::time::SystemTime::now(),
+                    &mut self.fx,
+                );
+                self.apply_effects();
+            }
+            Action::Broadcast { data } => {
+                self.rooms.broadcast(cref, &ws.session, data, &mut self.fx);
+                self.apply_effects();
+            }
+            Action::SyncDocument { document } => {
+                self.rooms.sync_document(cref, &ws.session, document, &mut self.fx);
+                self.apply_effects();
+            }
+            Action::RequestSync => {
+                self.rooms.request_sync(cref, &ws.session, &mut self.fx);
+                self.apply_effects();
+            }
+            Action::Leave => {
+                self.rooms.leave(cref, &mut ws.session, now, &mut self.fx);
+                self.apply_effects();
+                self.request_close(cref, Close::Ws(ws::close::NORMAL, "Left the room"));
+            }
+        }
+    }
+
+    /// Queues a frame for one WebSocket connection, enforcing the outbound
+    /// bound.
+    fn send(&mut self, cref: ConnRef, frame: Frame) {
+        let max = self.cfg.max_outbound_bytes;
+        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            return;
+        };
+        if !push_bounded(c, frame, max) {
+            self.doom(cref, Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"));
+            return;
+        }
+        self.mark_dirty(cref);
+    }
+
+    fn apply_effects(&mut self) {
+        let max = self.cfg.max_outbound_bytes;
+        // Applying effects never produces new ones (closes are deferred to
+        // `reap`), so the vector can be taken and given back for reuse.
+        let mut fx = std::mem::take(&mut self.fx);
+        for effect in fx.drain(..) {
+            match effect {
+                Effect::Send(to, frame) => self.send(to, frame),
+                Effect::Fanout { room, except, frame } => {
+                    let Some(r) = self.rooms.get(room) else { continue };
+                    for to in r.member_conns() {
+                        if Some(to) == except {
+                            continue;
+                        }
+                        let Some(c) = self.conns.get_mut(to.key as usize).filter(|c| c.gen == to.gen)
+                        else {
+                            continue;
+                        };
+                        if push_bounded(c, frame.clone(), max) {
+                            self.dirty.push(to);
+                        } else if !c.doomed {
+                            c.doomed = true;
+                            self.doomed
+                                .push((to, Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded")));
+                        }
+                    }
+                }
+                Effect::Close(to, code, reason) => {
+                    // The room already removed this member.
+                    if let Some(c) = self.conns.get_mut(to.key as usize).filter(|c| c.gen == to.gen) {
+                        if let Phase::Ws(ws) = &mut c.phase {
+                            ws.session = Session::default();
+                        }
+                    }
+                    self.doom(to, Close::Ws(code, reason));
+                }
+                Effect::ExpireAt(room, at) => self.timers.arm(at, Timer::Room(room)),
+            }
+        }
+        debug_assert!(self.fx.is_empty());
+        self.fx = fx;
+    }
+
+    fn mark_dirty(&mut self, cref: ConnRef) {
+        self.dirty.push(cref);
+    }
+
+    // ---- writing ---------------------------------------------------------
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for cref in dirty.drain(..) {
+            self.flush(cref);
+        }
+        self.reap();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush(&mut self, cref: ConnRef) {
+        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            return;
+        };
+        match c.out.flush_to(&mut c.sock, WRITE_BUDGET) {
+            Ok(Flush::Drained) => {
+                if c.close_when_flushed && !matches!(c.phase, Phase::Waiting(_)) {
+                    let has_input = !c.inbuf.is_empty();
+                    if !has_input {
+                        self.close(cref, Close::Linger);
+                    }
+                } else if matches!(c.phase, Phase::Closing) {
+                    let _ = c.sock.shutdown(Shutdown::Write);
+                }
+            }
+            Ok(Flush::Blocked) => {}
+            Ok(Flush::Budget) => self.dirty.push(cref),
+            Err(e) => {
+                debug!("[{}] write error: {e}", cref.key);
+                self.close(cref, Close::Abort);
+            }
+        }
+    }
+
+    // ---- closing ---------------------------------------------------------
+
+    /// Asks for a close from inside effect application: deferred to `reap`.
+    fn doom(&mut self, cref: ConnRef, how: Close) {
+        if let Some(c) = self.conn(cref) {
+            if !c.doomed {
+                c.doomed = true;
+                self.doomed.push((cref, how));
+            }
+        }
+    }
+
+    fn request_close(&mut self, cref: ConnRef, how: Close) {
+        self.doom(cref, how);
+    }
+
+    /// Carries out deferred closes (which may cause more).
+    fn reap(&mut self) {
+        while let Some((cref, how)) = self.doomed.pop() {
+            if let Some(c) = self.conn(cref) {
+                c.doomed = false;
+            }
+            self.close(cref, how);
+        }
+    }
+
+    /// The one way a connection ends. Idempotent.
+    fn close(&mut self, cref: ConnRef, how: Close) {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            return;
+        };
+        // Leave the room first so the others hear `peer_left` in order.
+        if let Phase::Ws(ws) = &mut c.phase {
+            if ws.session.in_room() {
+                self.rooms.leave(cref, &mut ws.session, now, &mut self.fx);
+                self.apply_effects();
+            }
+        }
+        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            return;
+        };
+        let already_closing = matches!(c.phase, Phase::Closing);
+        match how {
+            Close::Abort => {
+                self.remove(cref);
+                return;
+            }
+            _ if already_closing => return,
+            Close::Ws(code, reason) => {
+                if matches!(c.phase, Phase::Ws(_)) {
+                    if code == ws::close::POLICY {
+                        // Whole frames only: keep the one being written.
+                        c.out.truncate_to_front();
+                    }
+                    c.out.push(ws::close_frame(code, reason));
+                }
+            }
+            Close::Linger => {}
+        }
+        c.phase = Phase::Closing;
+        c.inbuf = Vec::new();
+        self.timers.arm(now + LINGER, Timer::Linger(cref));
+        self.dirty.push(cref);
+    }
+
+    fn remove(&mut self, cref: ConnRef) {
+        if !self.is_live(cref) {
+            return;
+        }
+        let mut c = self.conns.remove(cref.key as usize);
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        debug!("[{}] closed", cref.key);
+        if self.accept_paused {
+            self.accept_paused = false;
+            self.timers.arm(Instant::now(), Timer::AcceptRetry);
+        }
+    }
+
+    // ---- timers and signals ------------------------------------------------
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((_, t)) = self.timers.pop_due(now) {
+            match t {
+                Timer::Request(cref) => {
+                    let Some(c) = self.conn(cref) else { continue };
+                    let Phase::Http { deadline } = c.phase else { continue };
+                    if deadline > now {
+                        continue;
+                    }
+                    if c.inbuf.is_empty() {
+                        // An idle keep-alive connection: nothing to answer.
+                        self.close(cref, Close::Abort);
+                    } else {
+                        c.inbuf = Vec::new();
+                        let a = Answer::error(408, "Request not completed in time");
+                        self.respond(cref, &a, None, true);
+                        self.close(cref, Close::Linger);
+                    }
+                }
+                Timer::Ping(cref) => {
+                    let interval = self.cfg.ping_interval;
+                    let Some(c) = self.conn(cref) else { continue };
+                    let last_seen = match &c.phase {
+                        Phase::Ws(ws) => ws.last_seen,
+                        Phase::Waiting(p) => match &**p {
+                            Pending::Join { ws, .. } => ws.last_seen,
+                            _ => continue,
+                        },
+                        _ => continue,
+                    };
+                    if now.saturating_duration_since(last_seen) >= interval * 2 {
+                        debug!("[{}] keepalive timeout", cref.key);
+                        self.close(cref, Close::Ws(ws::close::GOING_AWAY, "Keepalive timeout"));
+                    } else {
+                        self.send(cref, ws::ping());
+                        self.timers.arm(now + interval, Timer::Ping(cref));
+                    }
+                }
+                Timer::Linger(cref) => self.close(cref, Close::Abort),
+                Timer::Room(r) => {
+                    if self.rooms.expire(r, now) {
+                        debug!("room removed after idle timeout");
+                    }
+                }
+                Timer::AcceptRetry => {
+                    self.accept_paused = false;
+                    self.accept();
+                }
+                Timer::Shutdown => {}
+            }
+            self.reap();
+        }
+    }
+
+    fn signals(&mut self) {
+        let mut stop = false;
+        for s in self.signals.pending() {
+            info!("received signal {s}; shutting down");
+            stop = true;
+        }
+        if !stop || self.shutting_down.is_some() {
+            return;
+        }
+        crate::notify::stopping();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        self.shutting_down = Some(deadline);
+        self.timers.arm(deadline, Timer::Shutdown);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let all: Vec<ConnRef> =
+            self.conns.iter().map(|(k, c)| ConnRef { key: k as u32, gen: c.gen }).collect();
+        for cref in all {
+            let Some(c) = self.conn(cref) else { continue };
+            match c.phase {
+                Phase::Ws(_) => self.close(cref, Close::Ws(ws::close::GOING_AWAY, "Server shutting down")),
+                Phase::Http { .. } if c.out.is_empty() && c.inbuf.is_empty() => {
+                    self.close(cref, Close::Abort)
+                }
+                _ => c.close_when_flushed = true,
+            }
+        }
+        self.reap();
+    }
+}
+
+/// Queues `frame` unless that would pass `max` bytes.
+fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
+    if c.doomed || matches!(c.phase, Phase::Closing) {
+        // Already on the way out; its stream ends here, cleanly.
+        return true;
+    }
+    if c.out.len() + frame.len() > max {
+        return false;
+    }
+    c.out.push(frame);
+    true
+}
+
+fn release_if_empty(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > KEEP_INBUF {
+        *buf = Vec::new();
+    }
+}
+
+/// Close codes a peer may legitimately send (RFC 6455 §7.4).
+fn ws_code_ok(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
