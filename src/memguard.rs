@@ -1,0 +1,401 @@
+//! Admission control near the memory cap: decides whether a new WebSocket may
+//! be accepted, given our resident memory and the limit we run under.
+//!
+//! The limit is the cgroup v2 `memory.max` of our cgroup (the tightest one on
+//! the path to the root, since a parent's limit binds us too), or
+//! `MEMORY_LIMIT_BYTES` when set (`0` turns the guard off). Above the high-water
+//! mark (90 % of the limit) new upgrades are refused (the server answers 503),
+//! and they are admitted again only once RSS falls below the low-water mark
+//! (80 %): the gap keeps a server hovering at the threshold from flapping.
+//! Existing connections are never touched; they are what we protect.
+//!
+//! RSS comes from `/proc/self/statm`, read at most every 100 ms so that a join
+//! storm costs one small read per tick instead of one per upgrade. The
+//! decision itself ([`Admission`]) is pure: it sees (rss, limit, now) only, so
+//! the hysteresis is tested without `/proc`.
+//!
+//! RSS is a proxy: the cgroup also charges page cache and kernel socket
+//! buffers to us, which is why high water sits well below the limit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Fraction of the limit (in percent) above which new WebSockets are refused.
+pub const HIGH_WATER_PERCENT: u64 = 90;
+/// Fraction of the limit (in percent) below which they are admitted again.
+pub const LOW_WATER_PERCENT: u64 = 80;
+/// Minimum time between two RSS samples.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A change of admission state, returned so the caller (and tests) can see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// RSS crossed high water: new WebSockets are now refused.
+    Engaged,
+    /// RSS fell below low water: new WebSockets are admitted again.
+    Lifted,
+}
+
+/// The pure decision: thresholds, current state and the sampling clock.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    limit: u64,
+    high: u64,
+    low: u64,
+    engaged: bool,
+    last_sample: Option<Instant>,
+    last_rss: u64,
+}
+
+impl Admission {
+    /// Thresholds derived from `limit` bytes (must be non-zero).
+    pub fn new(limit: u64) -> Admission {
+        let limit = limit.max(1);
+        Admission {
+            limit,
+            // u128 so that a limit near u64::MAX cannot overflow.
+            high: (limit as u128 * HIGH_WATER_PERCENT as u128 / 100) as u64,
+            low: (limit as u128 * LOW_WATER_PERCENT as u128 / 100) as u64,
+            engaged: false,
+            last_sample: None,
+            last_rss: 0,
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+    pub fn high_water(&self) -> u64 {
+        self.high
+    }
+    pub fn low_water(&self) -> u64 {
+        self.low
+    }
+    /// True while new WebSockets are being refused.
+    pub fn engaged(&self) -> bool {
+        self.engaged
+    }
+    /// RSS of the latest sample, in bytes (0 before the first one).
+    pub fn last_rss(&self) -> u64 {
+        self.last_rss
+    }
+
+    /// Whether a sample is due at `now`.
+    pub fn sample_due(&self, now: Instant) -> bool {
+        match self.last_sample {
+            None => true,
+            Some(t) => now.saturating_duration_since(t) >= SAMPLE_INTERVAL,
+        }
+    }
+
+    /// Feeds one RSS sample taken at `now` and applies the hysteresis.
+    pub fn observe(&mut self, rss: u64, now: Instant) -> Option<Transition> {
+        self.last_sample = Some(now);
+        self.last_rss = rss;
+        if !self.engaged && rss >= self.high {
+            self.engaged = true;
+            Some(Transition::Engaged)
+        } else if self.engaged && rss < self.low {
+            self.engaged = false;
+            Some(Transition::Lifted)
+        } else {
+            None
+        }
+    }
+
+    /// The whole decision for one upgrade: samples through `read_rss` only
+    /// when due (a failed read keeps the previous state), then answers
+    /// whether the upgrade may proceed, plus any state change it caused.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        read_rss: impl FnOnce() -> Option<u64>,
+    ) -> (bool, Option<Transition>) {
+        let mut transition = None;
+        if self.sample_due(now) {
+            match read_rss() {
+                Some(rss) => transition = self.observe(rss, now),
+                // Do not retry on every upgrade if /proc is unreadable.
+                None => self.last_sample = Some(now),
+            }
+        }
+        (!self.engaged, transition)
+    }
+}
+
+/// Admission control for the server: [`Admission`] plus where the limit and
+/// RSS come from. Without a limit it admits everything and reads nothing.
+#[derive(Debug, Clone)]
+pub struct MemGuard {
+    admission: Option<Admission>,
+}
+
+impl MemGuard {
+    /// Limit from `MEMORY_LIMIT_BYTES` if set, else from our cgroup v2
+    /// `memory.max`; no limit found means no admission control.
+    pub fn from_system() -> MemGuard {
+        let limit = match std::env::var("MEMORY_LIMIT_BYTES") {
+            Ok(v) => match parse_limit_override(&v) {
+                Ok(l) => {
+                    log::info!("memory guard: limit from MEMORY_LIMIT_BYTES: {l:?}");
+                    l
+                }
+                Err(e) => {
+                    log::warn!("memory guard: {e}; using the cgroup limit instead");
+                    cgroup_limit()
+                }
+            },
+            Err(_) => cgroup_limit(),
+        };
+        let guard = MemGuard::with_limit(limit);
+        match &guard.admission {
+            Some(a) => log::info!(
+                "memory guard: limit {} bytes, refusing new WebSockets above {} and resuming below {}",
+                a.limit(),
+                a.high_water(),
+                a.low_water()
+            ),
+            None => log::info!("memory guard: no memory limit found, admission control off"),
+        }
+        guard
+    }
+
+    /// A guard for an explicit limit (`None` or `Some(0)`: off).
+    pub fn with_limit(limit: Option<u64>) -> MemGuard {
+        MemGuard {
+            admission: limit.filter(|&l| l > 0).map(Admission::new),
+        }
+    }
+
+    /// The limit in force, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.admission.as_ref().map(Admission::limit)
+    }
+
+    /// True while new WebSockets are being refused.
+    pub fn engaged(&self) -> bool {
+        self.admission.as_ref().is_some_and(Admission::engaged)
+    }
+
+    /// Call on each WebSocket upgrade request; `false` means answer 503.
+    pub fn allow_new_websocket(&mut self, now: Instant) -> bool {
+        self.allow_new_websocket_with(now, own_rss_bytes)
+    }
+
+    /// [`Self::allow_new_websocket`] with the RSS source supplied by the
+    /// caller; logs each transition once.
+    pub fn allow_new_websocket_with(
+        &mut self,
+        now: Instant,
+        read_rss: impl FnOnce() -> Option<u64>,
+    ) -> bool {
+        let Some(adm) = self.admission.as_mut() else {
+            return true;
+        };
+        let (allow, transition) = adm.decide(now, read_rss);
+        match transition {
+            Some(Transition::Engaged) => log::warn!(
+                "memory guard engaged: RSS {} bytes >= {} (limit {}); refusing new WebSockets with 503",
+                adm.last_rss(),
+                adm.high_water(),
+                adm.limit()
+            ),
+            Some(Transition::Lifted) => log::info!(
+                "memory guard lifted: RSS {} bytes < {}; accepting new WebSockets again",
+                adm.last_rss(),
+                adm.low_water()
+            ),
+            None => {}
+        }
+        allow
+    }
+}
+
+/// `MEMORY_LIMIT_BYTES`: a byte count; `0` disables the guard.
+fn parse_limit_override(v: &str) -> Result<Option<u64>, String> {
+    match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(format!("MEMORY_LIMIT_BYTES={v:?} is not a byte count")),
+    }
+}
+
+/// Our resident set size in bytes, from `/proc/self/statm`.
+pub fn own_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages = parse_statm_resident(&statm)?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = if page > 0 { page as u64 } else { 4096 };
+    Some(pages.saturating_mul(page))
+}
+
+/// Second field of statm: resident pages.
+fn parse_statm_resident(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Tightest cgroup v2 `memory.max` from our cgroup up to the root.
+pub fn cgroup_limit() -> Option<u64> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = parse_cgroup_v2_path(&cg)?;
+    cgroup_limit_under(Path::new("/sys/fs/cgroup"), &rel)
+}
+
+/// The v2 entry of `/proc/self/cgroup` (the `0::/path` line), relative.
+fn parse_cgroup_v2_path(cgroup: &str) -> Option<PathBuf> {
+    cgroup.lines().find_map(|l| {
+        let rest = l.strip_prefix("0::")?;
+        Some(PathBuf::from(rest.trim().trim_start_matches('/')))
+    })
+}
+
+fn cgroup_limit_under(root: &Path, rel: &Path) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    let mut dir = Some(rel);
+    while let Some(d) = dir {
+        if let Ok(s) = std::fs::read_to_string(root.join(d).join("memory.max")) {
+            if let Some(v) = parse_memory_max(&s) {
+                best = Some(best.map_or(v, |b| b.min(v)));
+            }
+        }
+        dir = d.parent();
+    }
+    best
+}
+
+/// `memory.max` holds a byte count or `max` (no limit).
+fn parse_memory_max(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s == "max" {
+        None
+    } else {
+        s.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1_000_000;
+
+    #[test]
+    fn hysteresis_engages_high_and_lifts_low() {
+        let mut a = Admission::new(100 * MB);
+        assert_eq!((a.high_water(), a.low_water()), (90 * MB, 80 * MB));
+        let t0 = Instant::now();
+        assert_eq!(a.observe(50 * MB, t0), None);
+        assert!(!a.engaged());
+        assert_eq!(a.observe(89 * MB, t0), None);
+        assert_eq!(a.observe(90 * MB, t0), Some(Transition::Engaged));
+        assert!(a.engaged());
+        // Still refusing between the marks, and no repeated transition.
+        assert_eq!(a.observe(95 * MB, t0), None);
+        assert_eq!(a.observe(85 * MB, t0), None);
+        assert_eq!(a.observe(80 * MB, t0), None);
+        assert!(a.engaged());
+        assert_eq!(a.observe(80 * MB - 1, t0), Some(Transition::Lifted));
+        assert!(!a.engaged());
+        // Between the marks from below: stays admitting.
+        assert_eq!(a.observe(85 * MB, t0), None);
+        assert!(!a.engaged());
+    }
+
+    #[test]
+    fn samples_at_most_every_interval() {
+        let mut a = Admission::new(100 * MB);
+        let t0 = Instant::now();
+        let mut reads = 0;
+        let mut read = |v| {
+            reads += 1;
+            Some(v)
+        };
+        assert_eq!(
+            a.decide(t0, || read(95 * MB)),
+            (false, Some(Transition::Engaged))
+        );
+        // Within 100 ms the cached decision holds, without reading.
+        let (allow, tr) = a.decide(t0 + Duration::from_millis(99), || panic!("no read due"));
+        assert_eq!((allow, tr), (false, None));
+        assert_eq!(
+            a.decide(t0 + Duration::from_millis(100), || read(10 * MB)),
+            (true, Some(Transition::Lifted))
+        );
+        assert_eq!(reads, 2);
+        // A failed read keeps the state and still waits the interval.
+        let t1 = t0 + Duration::from_millis(300);
+        assert_eq!(a.decide(t1, || None), (true, None));
+        let (allow, _) = a.decide(t1 + Duration::from_millis(50), || panic!("no read due"));
+        assert!(allow);
+    }
+
+    #[test]
+    fn guard_without_limit_admits_everything_without_reading() {
+        let mut g = MemGuard::with_limit(None);
+        assert!(g.allow_new_websocket_with(Instant::now(), || panic!("must not read")));
+        let mut g = MemGuard::with_limit(Some(0));
+        assert_eq!(g.limit(), None);
+        assert!(g.allow_new_websocket_with(Instant::now(), || panic!("must not read")));
+    }
+
+    #[test]
+    fn guard_refuses_and_resumes() {
+        let mut g = MemGuard::with_limit(Some(100 * MB));
+        let t0 = Instant::now();
+        assert!(g.allow_new_websocket_with(t0, || Some(60 * MB)));
+        let t1 = t0 + SAMPLE_INTERVAL;
+        assert!(!g.allow_new_websocket_with(t1, || Some(92 * MB)));
+        assert!(g.engaged());
+        let t2 = t1 + SAMPLE_INTERVAL;
+        assert!(!g.allow_new_websocket_with(t2, || Some(82 * MB)));
+        let t3 = t2 + SAMPLE_INTERVAL;
+        assert!(g.allow_new_websocket_with(t3, || Some(70 * MB)));
+        assert!(!g.engaged());
+    }
+
+    #[test]
+    fn real_rss_is_readable_and_plausible() {
+        let rss = own_rss_bytes().expect("/proc/self/statm readable on Linux");
+        assert!(rss > 100_000 && rss < 10_000_000_000, "rss {rss}");
+        let mut g = MemGuard::with_limit(Some(u64::MAX));
+        assert!(g.allow_new_websocket(Instant::now()));
+    }
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_statm_resident("1000 250 30 1 0 200 0\n"), Some(250));
+        assert_eq!(parse_statm_resident(""), None);
+        assert_eq!(parse_memory_max("max\n"), None);
+        assert_eq!(parse_memory_max("104857600\n"), Some(104_857_600));
+        assert_eq!(
+            parse_cgroup_v2_path("0::/system.slice/khun-phaen-sync.service\n"),
+            Some(PathBuf::from("system.slice/khun-phaen-sync.service"))
+        );
+        assert_eq!(parse_cgroup_v2_path("0::/\n"), Some(PathBuf::from("")));
+        assert_eq!(
+            parse_cgroup_v2_path("12:memory:/docker/abc\n"),
+            None,
+            "cgroup v1 lines are not ours"
+        );
+        assert_eq!(parse_limit_override("0"), Ok(None));
+        assert_eq!(parse_limit_override(" 104857600 "), Ok(Some(104_857_600)));
+        assert!(parse_limit_override("100M").is_err());
+    }
+
+    #[test]
+    fn tightest_limit_on_the_path_wins() {
+        let root = std::env::temp_dir().join(format!("sync-memguard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let leaf = root.join("system.slice/app.service");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(root.join("system.slice/memory.max"), "209715200\n").unwrap();
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        let rel = Path::new("system.slice/app.service");
+        assert_eq!(cgroup_limit_under(&root, rel), Some(209_715_200));
+        std::fs::write(leaf.join("memory.max"), "104857600\n").unwrap();
+        assert_eq!(cgroup_limit_under(&root, rel), Some(104_857_600));
+        assert_eq!(cgroup_limit_under(&root, Path::new("nowhere")), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
