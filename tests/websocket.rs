@@ -1,0 +1,494 @@
+//! §2 of the contract over real WebSockets: every action, reply order,
+//! error, host rule, move, replacement, ordering, limits, keepalive and
+//! shutdown.
+
+mod common;
+
+use common::{http, Client, TestServer};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+#[test]
+fn join_reply_order_and_peer_joined() {
+    let s = TestServer::start(&[]);
+    s.room("R1", "host1");
+    let mut host = s.ws();
+    host.send(json!({"action":"join","room_code":"R1","peer_id":"host1","is_host":true,"metadata":{"n":"H"}}));
+    let info = host.recv();
+    assert_eq!(info["type"], "room_info");
+    assert_eq!(info["room_code"], "R1");
+    assert_eq!(info["host_id"], "host1");
+    assert_eq!(info["peers"].as_array().unwrap().len(), 1);
+    assert_eq!(info["peers"][0]["id"], "host1");
+    assert_eq!(info["peers"][0]["is_host"], true);
+    assert_eq!(info["peers"][0]["metadata"]["n"], "H");
+    let c = host.recv();
+    assert_eq!(c, json!({"type":"connected","peer_id":"host1","room_code":"R1"}));
+
+    let mut p = s.ws();
+    let info = p.join("R1", "p2", false);
+    let ids: Vec<_> = info["peers"].as_array().unwrap().iter().map(|x| x["id"].clone()).collect();
+    assert_eq!(ids, [json!("host1"), json!("p2")]);
+    let pj = host.recv();
+    assert_eq!(pj["type"], "peer_joined");
+    assert_eq!(pj["peer"]["id"], "p2");
+    assert_eq!(pj["peer"]["is_host"], false);
+    assert_eq!(pj["peer"]["metadata"], serde_json::Value::Null);
+    assert!(pj["peer"]["joined_at"].is_string());
+    // The joiner does not hear about itself.
+    assert!(p.silent_for(Duration::from_millis(300)));
+}
+
+#[test]
+fn join_errors() {
+    let s = TestServer::start(&[]);
+    s.room("R1", "host1");
+    let mut c = s.ws();
+    c.send(json!({"action":"join","room_code":"ZZZ","peer_id":"p"}));
+    assert_eq!(c.recv(), json!({"type":"error","message":"Room not found"}));
+    c.send(json!({"action":"join","room_code":"R1","peer_id":"impostor","is_host":true}));
+    assert_eq!(c.recv_type(), "error");
+    // Not joined: a room action still says so, and the connection works.
+    c.send(json!({"action":"broadcast","data":"x"}));
+    assert_eq!(c.recv(), json!({"type":"error","message":"Not in a room"}));
+    c.join("R1", "p", false);
+}
+
+#[test]
+fn not_in_room_and_bad_input_keep_the_connection() {
+    let s = TestServer::start(&[]);
+    let mut c = s.ws();
+    for a in ["broadcast", "sync_document", "request_sync"] {
+        let msg = match a {
+            "broadcast" => json!({"action":a,"data":"x"}),
+            "sync_document" => json!({"action":a,"document":"x"}),
+            _ => json!({"action":a}),
+        };
+        c.send(msg);
+        assert_eq!(c.recv(), json!({"type":"error","message":"Not in a room"}), "{a}");
+    }
+    for bad in ["{not json", r#"{"action":"fly"}"#, r#"{"action":"broadcast","data":7}"#, "[1,2]", r#"{"action":5}"#] {
+        c.send_text(bad);
+        let e = c.recv();
+        assert_eq!(e["type"], "error");
+        assert!(e["message"].as_str().unwrap().starts_with("Invalid message format: "), "{e}");
+    }
+    c.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    assert_eq!(c.recv_type(), "error");
+    c.send(json!({"action":"ping"}));
+    assert_eq!(c.recv(), json!({"type":"pong"}));
+}
+
+#[test]
+fn broadcast_reaches_everyone_else_with_sender() {
+    let s = TestServer::start(&[]);
+    s.room("R1", "h");
+    let mut a = s.ws();
+    let mut b = s.ws();
+    let mut c = s.ws();
+    a.join("R1", "a", false);
+    b.join("R1", "b", false);
+    a.recv();
+    c.join("R1", "c", false);
+    a.recv();
+    b.recv();
+    b.send(json!({"action":"broadcast","data":"hello \"world\" ✓"}));
+    let expect = json!({"type":"data","from":"b","data":"hello \"world\" ✓"});
+    assert_eq!(a.recv(), expect);
+    assert_eq!(c.recv(), expect);
+    assert!(b.silent_for(Duration::from_millis(200)));
+}
+
+#[test]
+fn document_is_host_only_stored_and_replayed() {
+    let s = TestServer::start(&[]);
+    s.room("D", "h");
+    let mut host = s.ws();
+    host.join("D", "h", true);
+    let mut p = s.ws();
+    p.join("D", "p", false);
+    host.recv();
+    // A non-host cannot sync; nobody else hears anything.
+    p.send(json!({"action":"sync_document","document":"evil"}));
+    assert_eq!(p.recv_type(), "error");
+    assert!(host.silent_for(Duration::from_millis(200)));
+    // request_sync with no document gives "".
+    p.send(json!({"action":"request_sync"}));
+    assert_eq!(p.recv(), json!({"type":"document_sync","document":""}));
+
+    host.send(json!({"action":"sync_document","document":"{\"tasks\":[1,2]}"}));
+    assert_eq!(p.recv(), json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"}));
+    assert!(host.silent_for(Duration::from_millis(200)));
+    p.send(json!({"action":"request_sync"}));
+    assert_eq!(p.recv()["document"], "{\"tasks\":[1,2]}");
+    assert_eq!(http(s.addr, "GET", "/api/rooms/D", &[], b"").json()["has_document"], true);
+
+    // A late joiner gets room_info, connected, then the document.
+    let mut late = s.ws();
+    late.send(json!({"action":"join","room_code":"D","peer_id":"late"}));
+    assert_eq!(late.recv_type(), "room_info");
+    assert_eq!(late.recv_type(), "connected");
+    assert_eq!(late.recv(), json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"}));
+    // A restore reports the document.
+    assert_eq!(s.room("D", "h")["has_document"], true);
+}
+
+#[test]
+fn leave_closes_1000_and_others_hear_peer_left() {
+    let s = TestServer::start(&[]);
+    s.room("L", "h");
+    let mut a = s.ws();
+    let mut b = s.ws();
+    a.join("L", "a", false);
+    b.join("L", "b", false);
+    a.recv();
+    b.send(json!({"action":"leave"}));
+    assert_eq!(b.expect_close(), Some(1000));
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"b"}));
+    // A TCP drop is a leave too.
+    let mut c = s.ws();
+    c.join("L", "c", false);
+    a.recv();
+    drop(c);
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"c"}));
+    // So is a close frame.
+    let mut d = s.ws();
+    d.join("L", "d", false);
+    a.recv();
+    d.ws.close(None).unwrap();
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"d"}));
+}
+
+#[test]
+fn moving_between_rooms() {
+    let s = TestServer::start(&[]);
+    s.room("A", "ha");
+    s.room("B", "hb");
+    let mut a1 = s.ws();
+    let mut b1 = s.ws();
+    let mut mover = s.ws();
+    a1.join("A", "a1", false);
+    b1.join("B", "b1", false);
+    mover.join("A", "m", false);
+    a1.recv();
+    let info = mover.join("B", "m", false);
+    assert_eq!(info["room_code"], "B");
+    assert_eq!(a1.recv(), json!({"type":"peer_left","peer_id":"m"}));
+    assert_eq!(b1.recv()["type"], "peer_joined");
+    // Broadcasts now reach room B only.
+    mover.send(json!({"action":"broadcast","data":"in B"}));
+    assert_eq!(b1.recv()["data"], "in B");
+    assert!(a1.silent_for(Duration::from_millis(200)));
+    assert_eq!(http(s.addr, "GET", "/api/rooms/A", &[], b"").json()["peer_count"], 1);
+}
+
+#[test]
+fn newer_connection_replaces_older_with_same_peer_id() {
+    let s = TestServer::start(&[]);
+    s.room("R", "h");
+    let mut watcher = s.ws();
+    watcher.join("R", "w", false);
+    let mut old = s.ws();
+    old.join("R", "same", false);
+    watcher.recv();
+    let mut new = s.ws();
+    new.join("R", "same", false);
+    let e = old.recv();
+    assert_eq!(e, json!({"type":"error","message":"Replaced by a newer connection"}));
+    assert!(old.expect_close().is_some() || true);
+    let j = http(s.addr, "GET", "/api/rooms/R", &[], b"").json();
+    assert_eq!(j["peer_count"], 2);
+    let ids: Vec<_> = j["peers"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["w", "same"]);
+    // The new connection works.
+    new.send(json!({"action":"broadcast","data":"hi"}));
+    loop {
+        let m = watcher.recv();
+        if m["type"] == "data" {
+            assert_eq!(m["from"], "same");
+            break;
+        }
+    }
+}
+
+#[test]
+fn thousand_back_to_back_broadcasts_arrive_in_order_everywhere() {
+    let s = TestServer::start(&[]);
+    s.room("O", "h");
+    let mut sender = s.ws();
+    sender.join("O", "s", false);
+    let mut receivers: Vec<Client> = (0..4)
+        .map(|i| {
+            let mut c = s.ws();
+            c.join("O", &format!("r{i}"), false);
+            c
+        })
+        .collect();
+    // Drain peer_joined notices.
+    for (i, r) in receivers.iter_mut().enumerate() {
+        for _ in i + 1..4 {
+            assert_eq!(r.recv_type(), "peer_joined");
+        }
+    }
+    for _ in 0..4 {
+        sender.recv();
+    }
+    for i in 0..1000 {
+        sender.ws.write(Message::text(json!({"action":"broadcast","data":format!("m{i}")}).to_string())).unwrap();
+    }
+    sender.ws.flush().unwrap();
+    for r in receivers.iter_mut() {
+        for i in 0..1000 {
+            let m = r.recv();
+            assert_eq!(m["data"], format!("m{i}"));
+            assert_eq!(m["from"], "s");
+        }
+    }
+}
+
+#[test]
+fn oversized_message_closes_1009() {
+    let s = TestServer::start(&[("MAX_MESSAGE_BYTES", "1024")]);
+    s.room("R", "h");
+    let mut c = s.ws();
+    c.join("R", "p", false);
+    let big = "x".repeat(2000);
+    c.send(json!({"action":"broadcast","data":big}));
+    assert_eq!(c.expect_close(), Some(1009));
+    // The server goes on.
+    assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
+}
+
+#[test]
+fn invalid_utf8_closes_1007() {
+    let s = TestServer::start(&[]);
+    let mut sock = TcpStream::connect(s.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    // A masked text frame holding 0xFF 0xFE (mask of zeros).
+    sock.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).unwrap();
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&got[i..i + 4], &[0x88, got[i + 1], 0x03, 0xef], "close 1007");
+}
+
+#[test]
+fn slow_reader_is_cut_off_with_1008_while_others_keep_receiving() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = TestServer::start(&[("MAX_OUTBOUND_BYTES", "1048576")]);
+    s.room("S", "h");
+    let mut sender = s.ws();
+    sender.join("S", "sender", false);
+    let mut good = s.ws();
+    good.join("S", "good", false);
+    sender.recv();
+    // The slow peer joins with a raw socket and never reads again.
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let join = br#"{"action":"join","room_code":"S","peer_id":"slow"}"#;
+    let mut frame = vec![0x81, 0x80 | join.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(join);
+    slow.write_all(&frame).unwrap();
+    assert_eq!(sender.recv()["type"], "peer_joined");
+    assert_eq!(good.recv()["type"], "peer_joined");
+
+    let payload = "p".repeat(8 * 1024);
+    let n = 3000; // 24 MB in all: far past the kernel buffers and the bound.
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
+    let reader = std::thread::spawn(move || {
+        let mut saw_left = false;
+        let mut got = 0;
+        while got < n || !saw_left {
+            let m = good.recv();
+            match m["type"].as_str().unwrap() {
+                "data" => {
+                    // Complete and in order: each payload carries its index.
+                    let d = m["data"].as_str().unwrap();
+                    assert_eq!(d.len(), 8 * 1024 + 8);
+                    assert_eq!(&d[..8], format!("{got:08}"));
+                    got += 1;
+                    seen.store(got, Ordering::Release);
+                }
+                "peer_left" => {
+                    assert_eq!(m["peer_id"], "slow");
+                    saw_left = true;
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        got
+    });
+    for i in 0..n {
+        let data = format!("{i:08}{payload}");
+        sender.ws.send(Message::text(json!({"action":"broadcast","data":data}).to_string())).unwrap();
+        // Keep the healthy reader within its bound: it is the slow one
+        // that must be cut off, not a reader that merely lags a burst.
+        while i >= 32 && received.load(Ordering::Acquire) + 32 < i {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(reader.join().unwrap(), n);
+    // The slow reader was told 1008 at the end of a whole-frame stream.
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut all = Vec::new();
+    let _ = slow.read_to_end(&mut all);
+    assert_eq!(last_close_code(&all), Some(1008), "slow reader closed with 1008");
+}
+
+/// Walks server frames after the 101 response; returns the close code of
+/// the last frame if it is a close frame.
+fn last_close_code(raw: &[u8]) -> Option<u16> {
+    let mut i = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut last = None;
+    while i + 2 <= raw.len() {
+        let op = raw[i] & 0x0f;
+        let (len, hl) = match raw[i + 1] & 0x7f {
+            126 if i + 4 <= raw.len() => (u16::from_be_bytes([raw[i + 2], raw[i + 3]]) as usize, 4),
+            127 if i + 10 <= raw.len() => {
+                (u64::from_be_bytes(raw[i + 2..i + 10].try_into().unwrap()) as usize, 10)
+            }
+            n if n < 126 => (n as usize, 2),
+            _ => break,
+        };
+        if i + hl + len > raw.len() {
+            panic!("truncated frame in the slow reader's stream");
+        }
+        last = (op == 8 && len >= 2).then(|| u16::from_be_bytes([raw[i + hl], raw[i + hl + 1]]));
+        i += hl + len;
+    }
+    last
+}
+
+#[test]
+fn empty_room_is_removed_after_idle_timeout() {
+    let s = TestServer::start(&[("ROOM_IDLE_TIMEOUT_SECONDS", "2")]);
+    s.room("IDLE", "h");
+    let mut c = s.ws();
+    c.join("IDLE", "p", false);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Occupied rooms are kept.
+    assert_eq!(http(s.addr, "GET", "/api/rooms/IDLE", &[], b"").status, 200);
+    c.send(json!({"action":"leave"}));
+    c.expect_close();
+    let left = Instant::now();
+    // Still there just before the timeout...
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http(s.addr, "GET", "/api/rooms/IDLE", &[], b"").status, 200);
+    // ...and gone within a second after it.
+    loop {
+        let st = http(s.addr, "GET", "/api/rooms/IDLE", &[], b"").status;
+        if st == 404 {
+            break;
+        }
+        assert!(left.elapsed() < Duration::from_secs(3), "room outlived its timeout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(left.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(http(s.addr, "GET", "/health", &[], b"").json()["rooms"], 0);
+}
+
+#[test]
+fn keepalive_pings_and_silent_connections_are_closed() {
+    let s = TestServer::start(&[("PING_INTERVAL_SECONDS", "1")]);
+    // A tungstenite client answers pings while it reads, so it stays.
+    let mut alive = s.ws();
+    let answering = std::thread::spawn(move || {
+        let mut pings = 0;
+        alive.timeout(Duration::from_millis(200));
+        let end = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < end {
+            match alive.ws.read() {
+                Ok(Message::Ping(_)) => pings += 1,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("answering client dropped: {e}"),
+            }
+        }
+        alive.timeout(Duration::from_secs(5));
+        alive.send(json!({"action":"ping"}));
+        assert_eq!(alive.recv()["type"], "pong");
+        pings
+    });
+    // A raw socket that never answers is closed after two intervals.
+    let mut mute = TcpStream::connect(s.addr).unwrap();
+    mute.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    mute.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let t0 = Instant::now();
+    let mut all = Vec::new();
+    let _ = mute.read_to_end(&mut all);
+    assert!(t0.elapsed() < Duration::from_secs(5), "closed in time: {:?}", t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+    assert!(all.windows(2).any(|w| w == [0x89, 0x00]), "pings were sent");
+    assert!(answering.join().unwrap() >= 2, "the answering client was pinged and kept");
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_and_exits_0() {
+    let mut s = TestServer::start(&[]);
+    s.room("Q", "h");
+    let mut a = s.ws();
+    a.join("Q", "a", false);
+    let mut b = s.ws();
+    b.join("Q", "b", false);
+    s.signal(libc::SIGTERM);
+    assert_eq!(a.expect_close(), Some(1001));
+    assert_eq!(b.expect_close().unwrap_or(1001), 1001);
+    drop(a);
+    drop(b);
+    let status = s.wait_exit(Duration::from_secs(7)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(s.addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn fragmented_message_and_client_ping_are_handled() {
+    let s = TestServer::start(&[]);
+    let mut sock = TcpStream::connect(s.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let part1 = br#"{"action":"#;
+    let part2 = br#""ping"}"#;
+    let mut f = vec![0x01, 0x80 | part1.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(part1);
+    f.extend_from_slice(&[0x89, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    f.extend_from_slice(&[0x80, 0x80 | part2.len() as u8, 0, 0, 0, 0]);
+    f.extend_from_slice(part2);
+    sock.write_all(&f).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains(r#"{"type":"pong"}"#) && Instant::now() < end {
+        let n = sock.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&got[i..i + 4], &[0x8a, 0x02, b'h', b'i'], "pong echoes the ping payload first");
+    assert!(String::from_utf8_lossy(&got[i + 4..]).contains(r#"{"type":"pong"}"#));
+}
