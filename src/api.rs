@@ -88,6 +88,7 @@ pub fn client_ip(cfg: &Config, peer: IpAddr, req: &Request) -> IpAddr {
 }
 
 /// Routes one request.
+#[allow(clippy::too_many_arguments)]
 pub fn route(
     cfg: &Config,
     rooms: &mut Rooms,

@@ -86,7 +86,7 @@ enum Pending {
     /// An `/api/auth/*` request; the answer goes back on this connection.
     Accounts { keep_alive: bool, origin: Option<String> },
     /// `POST /api/rooms` under `REQUIRE_AUTH`.
-    CreateRoom { req: Request, origin: Option<String> },
+    CreateRoom { req: Box<Request>, origin: Option<String> },
     /// A WebSocket `join` under `REQUIRE_AUTH`, with the message to replay.
     Join { ws: Box<WsState>, message: String },
 }
@@ -501,7 +501,7 @@ impl Server {
             }
             Routed::AuthorizeThenCreate(token) => {
                 let origin = req.origin.clone();
-                self.submit(cref, Job::Authorize { token }, Pending::CreateRoom { req, origin });
+                self.submit(cref, Job::Authorize { token }, Pending::CreateRoom { req: Box::new(req), origin });
             }
         }
     }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: unit tests, the
+# integration tests against the real binary, and the accounts tests against
+# a real MongoDB-wire database (SecantusDB, installed into a venv and started
+# on a free loopback port by tools/with-secantus.sh). Extra arguments go to
+# `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "tools/test.sh: cargo is required (install Rust from rustup)" >&2
+  exit 1
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "tools/test.sh: python3 (3.10+) with pip is required for the test database" >&2
+  exit 1
+fi
+
+# Build first so the database is not kept waiting on a cold compile.
+cargo build --workspace --all-targets --locked
+exec tools/with-secantus.sh cargo test --workspace --all-targets --locked "$@"
