@@ -37,7 +37,13 @@ impl Answer {
     }
 
     pub fn error(status: u16, message: &str) -> Answer {
-        Answer { status, body: error_body(message), allow: None, retry_after: None, preflight: false }
+        Answer {
+            status,
+            body: error_body(message),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
     }
 }
 
@@ -161,11 +167,19 @@ pub fn route(
                 return Routed::Answer(Answer::error(400, "Expected a WebSocket upgrade request"));
             }
             if req.ws_version.as_deref() != Some("13") {
-                return Routed::Answer(Answer::error(400, "Unsupported WebSocket version (use 13)"));
+                return Routed::Answer(Answer::error(
+                    400,
+                    "Unsupported WebSocket version (use 13)",
+                ));
             }
             match req.ws_key.as_deref() {
                 Some(k) if valid_ws_key(k) => {}
-                _ => return Routed::Answer(Answer::error(400, "Missing or invalid Sec-WebSocket-Key")),
+                _ => {
+                    return Routed::Answer(Answer::error(
+                        400,
+                        "Missing or invalid Sec-WebSocket-Key",
+                    ))
+                }
             }
             if !origin_allowed(cfg, req.origin.as_deref()) {
                 return Routed::Answer(Answer::error(403, "Origin not allowed"));
@@ -244,7 +258,10 @@ pub fn create_room(
     fx: &mut Vec<crate::rooms::Effect>,
 ) -> Answer {
     let body = if req.body.iter().all(u8::is_ascii_whitespace) {
-        CreateBody { desired_room_code: None, desired_host_id: None }
+        CreateBody {
+            desired_room_code: None,
+            desired_host_id: None,
+        }
     } else {
         match serde_json::from_slice::<CreateBody>(&req.body) {
             Ok(b) => b,
@@ -281,7 +298,10 @@ pub fn create_room(
     };
     let room = rooms.get(created.room).expect("just created or found");
     let scheme = if cfg.trust_proxy == Some(peer)
-        && req.forwarded_proto.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        && req
+            .forwarded_proto
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"))
     {
         "wss"
     } else {
@@ -317,7 +337,9 @@ fn valid_ws_key(k: &str) -> bool {
     // 16 random bytes in base64: 22 significant characters plus "==".
     k.len() == 24
         && k.ends_with("==")
-        && k[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && k[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// Whether a request's `Origin` passes `CORS_ALLOWED_ORIGINS`.
@@ -366,7 +388,10 @@ mod tests {
         };
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "9.9.9.9".parse().unwrap();
-        assert_eq!(client_ip(&cfg, proxy, &req), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&cfg, proxy, &req),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(&cfg, other, &req), other);
     }
 }

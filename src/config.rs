@@ -43,7 +43,11 @@ impl Config {
 
     /// Builds a configuration from any key → value lookup.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
-        let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let num = |k: &str, default: u64, min: u64| -> Result<u64, String> {
             match get(k) {
                 None => Ok(default),
@@ -97,7 +101,10 @@ impl Config {
                     .map(|s| s.trim().trim_end_matches('/').to_owned())
                     .filter(|s| !s.is_empty())
                     .collect();
-                if list.iter().any(|o| o.chars().any(|c| c.is_control() || c == ' ')) {
+                if list
+                    .iter()
+                    .any(|o| o.chars().any(|c| c.is_control() || c == ' '))
+                {
                     return Err(format!("CORS_ALLOWED_ORIGINS has an invalid origin: {v:?}"));
                 }
                 Some(list)
@@ -156,8 +163,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -199,21 +208,36 @@ mod tests {
 
     #[test]
     fn zero_idle_timeout_means_forever() {
-        assert_eq!(cfg(&[("ROOM_IDLE_TIMEOUT_SECONDS", "0")]).unwrap().room_idle_timeout, None);
+        assert_eq!(
+            cfg(&[("ROOM_IDLE_TIMEOUT_SECONDS", "0")])
+                .unwrap()
+                .room_idle_timeout,
+            None
+        );
     }
 
     #[test]
     fn cors_list_is_split_and_trimmed() {
-        let c = cfg(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap();
+        let c = cfg(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://a.example, http://b.example/",
+        )])
+        .unwrap();
         assert_eq!(
             c.cors_allowed_origins.unwrap(),
-            vec!["https://a.example".to_string(), "http://b.example".to_string()]
+            vec![
+                "https://a.example".to_string(),
+                "http://b.example".to_string()
+            ]
         );
     }
 
     #[test]
     fn log_level_accepts_module_form() {
-        assert_eq!(parse_level("sync_server=debug"), Some(log::LevelFilter::Debug));
+        assert_eq!(
+            parse_level("sync_server=debug"),
+            Some(log::LevelFilter::Debug)
+        );
         assert_eq!(parse_level("WARN"), Some(log::LevelFilter::Warn));
     }
 }

@@ -103,7 +103,9 @@ impl Request {
         let q = self.query.as_deref()?;
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+            (percent_decode(k)? == name)
+                .then(|| percent_decode(v))
+                .flatten()
         })
     }
 }
@@ -173,7 +175,9 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
     let method = req.method.map(Method::parse);
     let target = req.path.unwrap_or("/");
     if !target.starts_with('/') {
-        return Err(HttpError::BadRequest("Request target must be an absolute path"));
+        return Err(HttpError::BadRequest(
+            "Request target must be an absolute path",
+        ));
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
@@ -368,15 +372,15 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], extra: &Extra
 
 /// `{"success":false,"error":"..."}` for any error sentence.
 pub fn error_body(message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"success": false, "error": message}))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({"success": false, "error": message})).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const GET: &[u8] = b"GET /api/rooms/ABC?x=1 HTTP/1.1\r\nHost: example.org\r\nOrigin: http://a\r\n\r\n";
+    const GET: &[u8] =
+        b"GET /api/rooms/ABC?x=1 HTTP/1.1\r\nHost: example.org\r\nOrigin: http://a\r\n\r\n";
 
     #[test]
     fn parses_a_simple_get() {
@@ -392,9 +396,11 @@ mod tests {
     #[test]
     fn every_split_point_needs_more_then_completes() {
         let body = br#"{"desired_room_code":"R1"}"#;
-        let mut raw =
-            format!("POST /api/rooms HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len())
-                .into_bytes();
+        let mut raw = format!(
+            "POST /api/rooms HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
         raw.extend_from_slice(body);
         for cut in 0..raw.len() {
             assert_eq!(parse_request(&raw[..cut], 1024), Ok(None), "cut at {cut}");
@@ -450,7 +456,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!r.keep_alive());
-        let (r, _) = parse_request(b"GET / HTTP/1.0\r\n\r\n", 0).unwrap().unwrap();
+        let (r, _) = parse_request(b"GET / HTTP/1.0\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
         assert!(!r.keep_alive());
         let (r, _) = parse_request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0)
             .unwrap()
@@ -478,7 +486,11 @@ mod tests {
     #[test]
     fn response_has_cors_and_length() {
         let mut out = Vec::new();
-        let extra = Extra { cors_origin: Some("*"), retry_after: Some(3), ..Extra::default() };
+        let extra = Extra {
+            cors_origin: Some("*"),
+            retry_after: Some(3),
+            ..Extra::default()
+        };
         write_response(&mut out, 429, b"{}", &extra);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));

@@ -10,7 +10,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         None => {}
-        Some("healthcheck") => return ExitCode::from(sync_server::healthcheck::run_from_env() as u8),
+        Some("healthcheck") => {
+            return ExitCode::from(sync_server::healthcheck::run_from_env() as u8)
+        }
         Some("--version" | "-V") => {
             println!("sync-server {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -48,14 +50,21 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start on {}:{}: {e}", cfg.host, cfg.port);
-            eprintln!("sync-server: cannot start on {}:{}: {e}", cfg.host, cfg.port);
+            eprintln!(
+                "sync-server: cannot start on {}:{}: {e}",
+                cfg.host, cfg.port
+            );
             return ExitCode::FAILURE;
         }
     };
     log::info!(
         "listening on {} (accounts {})",
         server.local_addr(),
-        if cfg.accounts.is_some() { "enabled" } else { "disabled" }
+        if cfg.accounts.is_some() {
+            "enabled"
+        } else {
+            "disabled"
+        }
     );
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,7 +153,11 @@ mod tests {
         q.push(shared.clone());
         q.push(Bytes::from_static(b"cd"));
         assert_eq!(q.len(), 18);
-        let mut w = Trickle { out: Vec::new(), per_call: 5, calls: 2 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 5,
+            calls: 2,
+        };
         assert_eq!(q.flush_to(&mut w, usize::MAX).unwrap(), Flush::Blocked);
         assert_eq!(q.len(), 8);
         w.calls = 100;
@@ -168,7 +172,11 @@ mod tests {
         for _ in 0..10 {
             q.push(Bytes::from_static(b"0123456789"));
         }
-        let mut w = Trickle { out: Vec::new(), per_call: 10, calls: 100 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 10,
+            calls: 100,
+        };
         assert_eq!(q.flush_to(&mut w, 25).unwrap(), Flush::Budget);
         assert_eq!(w.out.len(), 30);
         assert_eq!(q.flush_to(&mut w, usize::MAX).unwrap(), Flush::Drained);

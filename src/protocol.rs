@@ -26,9 +26,13 @@ pub enum Action<'a> {
         token: Option<Cow<'a, str>>,
     },
     /// `data` is a raw JSON string literal, quotes included.
-    Broadcast { data: &'a RawValue },
+    Broadcast {
+        data: &'a RawValue,
+    },
     /// `document` is a raw JSON string literal, quotes included.
-    SyncDocument { document: &'a RawValue },
+    SyncDocument {
+        document: &'a RawValue,
+    },
     RequestSync,
     Leave,
     Ping,
@@ -81,14 +85,18 @@ pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
             let peer_id = w.peer_id.ok_or("missing field `peer_id`")?;
             let chars = peer_id.chars().count();
             if chars == 0 || chars > MAX_PEER_ID_CHARS {
-                return Err(format!("`peer_id` must be 1 to {MAX_PEER_ID_CHARS} characters"));
+                return Err(format!(
+                    "`peer_id` must be 1 to {MAX_PEER_ID_CHARS} characters"
+                ));
             }
             if peer_id.chars().any(char::is_control) {
                 return Err("`peer_id` must not contain control characters".into());
             }
             let metadata = w.metadata.filter(|m| m.get() != "null");
             if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
-                return Err(format!("`metadata` must be at most {MAX_METADATA_BYTES} bytes"));
+                return Err(format!(
+                    "`metadata` must be at most {MAX_METADATA_BYTES} bytes"
+                ));
             }
             Action::Join {
                 room_code,
@@ -98,10 +106,12 @@ pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
                 token: w.token,
             }
         }
-        "broadcast" => Action::Broadcast { data: string_field("data", w.data)? },
-        "sync_document" => {
-            Action::SyncDocument { document: string_field("document", w.document)? }
-        }
+        "broadcast" => Action::Broadcast {
+            data: string_field("data", w.data)?,
+        },
+        "sync_document" => Action::SyncDocument {
+            document: string_field("document", w.document)?,
+        },
         "request_sync" => Action::RequestSync,
         "leave" => Action::Leave,
         "ping" => Action::Ping,
@@ -121,10 +131,18 @@ mod tests {
 
     #[test]
     fn decodes_every_action() {
-        let a = decode(r#"{"action":"join","room_code":"R","peer_id":"p","is_host":true,"metadata":{"n":1}}"#)
-            .unwrap();
+        let a = decode(
+            r#"{"action":"join","room_code":"R","peer_id":"p","is_host":true,"metadata":{"n":1}}"#,
+        )
+        .unwrap();
         match a {
-            Action::Join { room_code, peer_id, is_host, metadata, token } => {
+            Action::Join {
+                room_code,
+                peer_id,
+                is_host,
+                metadata,
+                token,
+            } => {
                 assert_eq!((&*room_code, &*peer_id, is_host), ("R", "p", true));
                 assert_eq!(metadata.unwrap().get(), r#"{"n":1}"#);
                 assert!(token.is_none());
@@ -139,34 +157,55 @@ mod tests {
             decode(r#"{"action":"sync_document","document":""}"#).unwrap(),
             Action::SyncDocument { .. }
         ));
-        assert!(matches!(decode(r#"{"action":"request_sync"}"#).unwrap(), Action::RequestSync));
-        assert!(matches!(decode(r#"{"action":"leave"}"#).unwrap(), Action::Leave));
-        assert!(matches!(decode(r#"{"action":"ping","extra":[1,2]}"#).unwrap(), Action::Ping));
+        assert!(matches!(
+            decode(r#"{"action":"request_sync"}"#).unwrap(),
+            Action::RequestSync
+        ));
+        assert!(matches!(
+            decode(r#"{"action":"leave"}"#).unwrap(),
+            Action::Leave
+        ));
+        assert!(matches!(
+            decode(r#"{"action":"ping","extra":[1,2]}"#).unwrap(),
+            Action::Ping
+        ));
     }
 
     #[test]
     fn bad_input_gives_a_detail() {
         assert!(decode("not json").is_err());
         assert!(decode("[]").is_err());
-        assert!(decode(r#"{"action":"dance"}"#).unwrap_err().contains("unknown action"));
-        assert!(decode(r#"{"action":"broadcast","data":5}"#).unwrap_err().contains("data"));
-        assert!(decode(r#"{"action":"broadcast"}"#).unwrap_err().contains("data"));
+        assert!(decode(r#"{"action":"dance"}"#)
+            .unwrap_err()
+            .contains("unknown action"));
+        assert!(decode(r#"{"action":"broadcast","data":5}"#)
+            .unwrap_err()
+            .contains("data"));
+        assert!(decode(r#"{"action":"broadcast"}"#)
+            .unwrap_err()
+            .contains("data"));
         assert!(decode(r#"{"action":"join","room_code":5,"peer_id":"p"}"#).is_err());
         assert!(decode(r#"{"action":"join","room_code":"R","peer_id":""}"#).is_err());
         let long = "x".repeat(129);
-        assert!(decode(&format!(r#"{{"action":"join","room_code":"R","peer_id":"{long}"}}"#)).is_err());
+        assert!(decode(&format!(
+            r#"{{"action":"join","room_code":"R","peer_id":"{long}"}}"#
+        ))
+        .is_err());
         let meta = "y".repeat(5000);
         assert!(decode(&format!(
             r#"{{"action":"join","room_code":"R","peer_id":"p","metadata":"{meta}"}}"#
         ))
         .unwrap_err()
         .contains("metadata"));
-        assert!(decode(r#"{"room_code":"R"}"#).unwrap_err().contains("action"));
+        assert!(decode(r#"{"room_code":"R"}"#)
+            .unwrap_err()
+            .contains("action"));
     }
 
     #[test]
     fn null_metadata_is_absent() {
-        match decode(r#"{"action":"join","room_code":"R","peer_id":"p","metadata":null}"#).unwrap() {
+        match decode(r#"{"action":"join","room_code":"R","peer_id":"p","metadata":null}"#).unwrap()
+        {
             Action::Join { metadata, .. } => assert!(metadata.is_none()),
             other => panic!("{other:?}"),
         }

@@ -28,7 +28,12 @@ pub struct RateLimiter<K> {
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(rate: f64, burst: f64, capacity: usize) -> Self {
-        RateLimiter { rate, burst: burst.max(1.0), capacity: capacity.max(1), buckets: HashMap::new() }
+        RateLimiter {
+            rate,
+            burst: burst.max(1.0),
+            capacity: capacity.max(1),
+            buckets: HashMap::new(),
+        }
     }
 
     /// Takes one token for `key`. `Err(wait)` says how long until one is
@@ -38,10 +43,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             self.prune(now);
         }
         let (rate, burst) = (self.rate, self.burst);
-        let b = self
-            .buckets
-            .entry(key.clone())
-            .or_insert(Bucket { tokens: burst, updated: now });
+        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
         let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.updated = now;

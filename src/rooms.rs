@@ -61,7 +61,11 @@ pub enum Effect {
     Send(ConnRef, Frame),
     /// Queue `frame` for every member of `room` except `except`, in join
     /// order.
-    Fanout { room: RoomRef, except: Option<ConnRef>, frame: Frame },
+    Fanout {
+        room: RoomRef,
+        except: Option<ConnRef>,
+        frame: Frame,
+    },
     /// Close a connection with a WebSocket close code; its session must be
     /// treated as having no room (the room already forgot it).
     Close(ConnRef, u16, &'static str),
@@ -153,7 +157,12 @@ pub struct Rooms {
 
 impl Rooms {
     pub fn new(idle_timeout: Option<Duration>) -> Rooms {
-        Rooms { rooms: Slab::new(), by_code: HashMap::new(), idle_timeout, next_gen: 0 }
+        Rooms {
+            rooms: Slab::new(),
+            by_code: HashMap::new(),
+            idle_timeout,
+            next_gen: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -165,13 +174,21 @@ impl Rooms {
     }
 
     pub fn get(&self, r: RoomRef) -> Option<&Room> {
-        self.rooms.get(r.key as usize).filter(|room| room.gen == r.gen)
+        self.rooms
+            .get(r.key as usize)
+            .filter(|room| room.gen == r.gen)
     }
 
     pub fn find(&self, code: &str) -> Option<(RoomRef, &Room)> {
         let key = *self.by_code.get(code)?;
         let room = &self.rooms[key];
-        Some((RoomRef { key: key as u32, gen: room.gen }, room))
+        Some((
+            RoomRef {
+                key: key as u32,
+                gen: room.gen,
+            },
+            room,
+        ))
     }
 
     /// Creates a room, or returns the existing one when `desired_code` names
@@ -197,7 +214,10 @@ impl Rooms {
             }
         }
         if let Some((r, _)) = desired_code.and_then(|c| self.find(c)) {
-            return Ok(Created { room: r, restored: true });
+            return Ok(Created {
+                room: r,
+                restored: true,
+            });
         }
         let code = match desired_code {
             Some(c) => c.to_owned(),
@@ -225,11 +245,17 @@ impl Rooms {
         };
         let key = self.rooms.insert(room);
         self.by_code.insert(code.into(), key);
-        let r = RoomRef { key: key as u32, gen: self.next_gen };
+        let r = RoomRef {
+            key: key as u32,
+            gen: self.next_gen,
+        };
         if let Some(t) = self.idle_timeout {
             fx.push(Effect::ExpireAt(r, now + t));
         }
-        Ok(Created { room: r, restored: false })
+        Ok(Created {
+            room: r,
+            restored: false,
+        })
     }
 
     /// Handles `join`. On failure only the joiner hears about it and nothing
@@ -252,11 +278,17 @@ impl Rooms {
             return;
         };
         if is_host && peer_id != &*room.host_id {
-            fx.push(Effect::Send(conn, error_frame("Only the room's host may join with is_host")));
+            fx.push(Effect::Send(
+                conn,
+                error_frame("Only the room's host may join with is_host"),
+            ));
             return;
         }
         if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
-            fx.push(Effect::Send(conn, error_frame("Invalid message format: metadata too large")));
+            fx.push(Effect::Send(
+                conn,
+                error_frame("Invalid message format: metadata too large"),
+            ));
             return;
         }
         self.leave(conn, session, now, fx);
@@ -265,8 +297,15 @@ impl Rooms {
         // A reconnecting browser: the newer connection wins.
         if let Some(i) = room.members.iter().position(|m| &*m.peer_id == peer_id) {
             let old = room.members.remove(i);
-            fx.push(Effect::Send(old.conn, error_frame("Replaced by a newer connection")));
-            fx.push(Effect::Close(old.conn, ws::close::NORMAL, "Replaced by a newer connection"));
+            fx.push(Effect::Send(
+                old.conn,
+                error_frame("Replaced by a newer connection"),
+            ));
+            fx.push(Effect::Close(
+                old.conn,
+                ws::close::NORMAL,
+                "Replaced by a newer connection",
+            ));
             // Fan-outs are expanded after this call returns, when the
             // joiner is already a member: exclude it explicitly.
             fx.push(Effect::Fanout {
@@ -289,8 +328,16 @@ impl Rooms {
             b.extend_from_slice(peer_json.as_bytes());
             b.push(b'}');
         });
-        fx.push(Effect::Fanout { room: target, except: Some(conn), frame: joined_frame });
-        room.members.push(Member { conn, peer_id: peer_id.into(), peer_json: peer_json.into() });
+        fx.push(Effect::Fanout {
+            room: target,
+            except: Some(conn),
+            frame: joined_frame,
+        });
+        room.members.push(Member {
+            conn,
+            peer_id: peer_id.into(),
+            peer_json: peer_json.into(),
+        });
         room.empty_since = None;
 
         let info = build(|b| {
@@ -319,12 +366,22 @@ impl Rooms {
         prefix.extend_from_slice(br#"{"type":"data","from":"#);
         prefix.extend_from_slice(id_json.as_bytes());
         prefix.extend_from_slice(br#","data":"#);
-        *session = Session { room: Some(target), is_host, data_prefix: prefix.into() };
+        *session = Session {
+            room: Some(target),
+            is_host,
+            data_prefix: prefix.into(),
+        };
     }
 
     /// Handles `broadcast`: every other member gets `data`. `data` must be a
     /// JSON string literal (checked by the decoder).
-    pub fn broadcast(&self, conn: ConnRef, session: &Session, data: &RawValue, fx: &mut Vec<Effect>) {
+    pub fn broadcast(
+        &self,
+        conn: ConnRef,
+        session: &Session,
+        data: &RawValue,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(r) = session.room.filter(|r| self.get(*r).is_some()) else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
@@ -335,7 +392,11 @@ impl Rooms {
         b.extend_from_slice(&session.data_prefix);
         b.extend_from_slice(raw);
         b.push(b'}');
-        fx.push(Effect::Fanout { room: r, except: Some(conn), frame: ws::finish_text(b) });
+        fx.push(Effect::Fanout {
+            room: r,
+            except: Some(conn),
+            frame: ws::finish_text(b),
+        });
     }
 
     /// Handles `sync_document` (host only).
@@ -351,12 +412,19 @@ impl Rooms {
             return;
         };
         if !session.is_host {
-            fx.push(Effect::Send(conn, error_frame("Only the host can sync the document")));
+            fx.push(Effect::Send(
+                conn,
+                error_frame("Only the host can sync the document"),
+            ));
             return;
         }
         let frame = document_frame(document.get());
         self.rooms[r.key as usize].document = Some(frame.clone());
-        fx.push(Effect::Fanout { room: r, except: Some(conn), frame });
+        fx.push(Effect::Fanout {
+            room: r,
+            except: Some(conn),
+            frame,
+        });
     }
 
     /// Handles `request_sync`: the stored document, or `""` if none.
@@ -365,22 +433,41 @@ impl Rooms {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
-        let frame = room.document.clone().unwrap_or_else(|| document_frame("\"\""));
+        let frame = room
+            .document
+            .clone()
+            .unwrap_or_else(|| document_frame("\"\""));
         fx.push(Effect::Send(conn, frame));
     }
 
     /// Takes the connection out of its room (leave, close, drop, timeout).
     /// The others get `peer_left`. Idempotent.
-    pub fn leave(&mut self, conn: ConnRef, session: &mut Session, now: Instant, fx: &mut Vec<Effect>) {
+    pub fn leave(
+        &mut self,
+        conn: ConnRef,
+        session: &mut Session,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(r) = session.room.take() else { return };
         session.is_host = false;
         session.data_prefix = Box::default();
-        let Some(room) = self.rooms.get_mut(r.key as usize).filter(|room| room.gen == r.gen) else {
+        let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+        else {
             return;
         };
-        let Some(i) = room.members.iter().position(|m| m.conn == conn) else { return };
+        let Some(i) = room.members.iter().position(|m| m.conn == conn) else {
+            return;
+        };
         let gone = room.members.remove(i);
-        fx.push(Effect::Fanout { room: r, except: Some(conn), frame: peer_left_frame(&gone.peer_id) });
+        fx.push(Effect::Fanout {
+            room: r,
+            except: Some(conn),
+            frame: peer_left_frame(&gone.peer_id),
+        });
         if room.members.is_empty() {
             room.empty_since = Some(now);
             if let Some(t) = self.idle_timeout {
@@ -392,8 +479,12 @@ impl Rooms {
     /// Removes the room if it has been empty for the whole idle timeout.
     /// Returns whether it was removed.
     pub fn expire(&mut self, r: RoomRef, now: Instant) -> bool {
-        let Some(timeout) = self.idle_timeout else { return false };
-        let Some(room) = self.get(r) else { return false };
+        let Some(timeout) = self.idle_timeout else {
+            return false;
+        };
+        let Some(room) = self.get(r) else {
+            return false;
+        };
         match room.empty_since {
             Some(since) if room.members.is_empty() && now >= since + timeout => {
                 let room = self.rooms.remove(r.key as usize);
@@ -408,7 +499,9 @@ impl Rooms {
 /// `^[A-Za-z0-9_-]{1,64}$`
 pub fn valid_room_code(code: &str) -> bool {
     (1..=64).contains(&code.len())
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Builds a text frame whose payload `f` writes after the header room.
@@ -493,7 +586,14 @@ mod tests {
         fn create(&mut self, code: &str, host: &str) {
             let mut fx = Vec::new();
             self.rooms
-                .create(Some(code), Some(host), self.now, SystemTime::now(), &mut rand, &mut fx)
+                .create(
+                    Some(code),
+                    Some(host),
+                    self.now,
+                    SystemTime::now(),
+                    &mut rand,
+                    &mut fx,
+                )
                 .unwrap();
         }
         /// Renders effects as `to:payload` lines, expanding fan-outs.
@@ -502,7 +602,11 @@ mod tests {
             for e in fx {
                 match e {
                     Effect::Send(to, f) => out.push(format!("{}:{}", to.key, payload(&f))),
-                    Effect::Fanout { room, except, frame } => {
+                    Effect::Fanout {
+                        room,
+                        except,
+                        frame,
+                    } => {
                         for m in self.rooms.get(room).unwrap().member_conns() {
                             if Some(m) != except {
                                 out.push(format!("{}:{}", m.key, payload(&frame)));
@@ -521,7 +625,17 @@ mod tests {
         fn join(&mut self, conn: ConnRef, code: &str, peer: &str, host: bool) -> Vec<String> {
             let mut fx = Vec::new();
             let mut s = self.sessions.remove(&conn).unwrap_or_default();
-            self.rooms.join(conn, &mut s, code, peer, host, None, self.now, SystemTime::now(), &mut fx);
+            self.rooms.join(
+                conn,
+                &mut s,
+                code,
+                peer,
+                host,
+                None,
+                self.now,
+                SystemTime::now(),
+                &mut fx,
+            );
             self.sessions.insert(conn, s);
             self.render(fx)
         }
@@ -560,7 +674,10 @@ mod tests {
     fn join_order_and_replies() {
         let mut w = World::new();
         w.create("R1", "h");
-        assert_eq!(kinds(&w.join(c(1), "R1", "h", true)), ["1:room_info", "1:connected"]);
+        assert_eq!(
+            kinds(&w.join(c(1), "R1", "h", true)),
+            ["1:room_info", "1:connected"]
+        );
         let out = w.join(c(2), "R1", "p2", false);
         assert_eq!(kinds(&out), ["1:peer_joined", "2:room_info", "2:connected"]);
         assert!(out[1].contains(r#""peers":[{"id":"h""#) && out[1].contains(r#"{"id":"p2""#));
@@ -571,7 +688,10 @@ mod tests {
     fn unknown_room_and_false_host() {
         let mut w = World::new();
         w.create("R1", "h");
-        assert_eq!(w.join(c(1), "nope", "p", false), [r#"1:{"type":"error","message":"Room not found"}"#]);
+        assert_eq!(
+            w.join(c(1), "nope", "p", false),
+            [r#"1:{"type":"error","message":"Room not found"}"#]
+        );
         assert_eq!(kinds(&w.join(c(1), "R1", "p", true)), ["1:error"]);
         assert!(!w.sessions[&c(1)].in_room());
     }
@@ -615,13 +735,27 @@ mod tests {
         w.join(c(2), "R1", "p", false);
         let doc = RawValue::from_string("\"DOC\"".into()).unwrap();
         let mut fx = Vec::new();
-        w.rooms.sync_document(c(2), &w.sessions[&c(2)], &doc, &mut fx);
+        w.rooms
+            .sync_document(c(2), &w.sessions[&c(2)], &doc, &mut fx);
         assert_eq!(kinds(&w.render(fx)), ["2:error"]);
         let mut fx = Vec::new();
-        w.rooms.sync_document(c(1), &w.sessions[&c(1)], &doc, &mut fx);
-        assert_eq!(w.render(fx), [r#"2:{"type":"document_sync","document":"DOC"}"#]);
+        w.rooms
+            .sync_document(c(1), &w.sessions[&c(1)], &doc, &mut fx);
+        assert_eq!(
+            w.render(fx),
+            [r#"2:{"type":"document_sync","document":"DOC"}"#]
+        );
         let out = w.join(c(3), "R1", "q", false);
-        assert_eq!(kinds(&out), ["1:peer_joined", "2:peer_joined", "3:room_info", "3:connected", "3:document_sync"]);
+        assert_eq!(
+            kinds(&out),
+            [
+                "1:peer_joined",
+                "2:peer_joined",
+                "3:room_info",
+                "3:connected",
+                "3:document_sync"
+            ]
+        );
     }
 
     #[test]
@@ -633,12 +767,22 @@ mod tests {
         w.join(c(2), "A", "y", false);
         w.join(c(3), "B", "z", false);
         let out = w.join(c(2), "B", "y", false);
-        assert_eq!(kinds(&out), ["1:peer_left", "3:peer_joined", "2:room_info", "2:connected"]);
+        assert_eq!(
+            kinds(&out),
+            ["1:peer_left", "3:peer_joined", "2:room_info", "2:connected"]
+        );
         // Same peer id from a new connection replaces the old one.
         let out = w.join(c(4), "B", "y", false);
         assert_eq!(
             kinds(&out),
-            ["2:error", "2:close 1000", "3:peer_left", "3:peer_joined", "4:room_info", "4:connected"]
+            [
+                "2:error",
+                "2:close 1000",
+                "3:peer_left",
+                "3:peer_joined",
+                "4:room_info",
+                "4:connected"
+            ]
         );
         assert!(out[0].contains("Replaced by a newer connection"));
         assert_eq!(w.rooms.find("B").unwrap().1.peer_count(), 2);
@@ -666,21 +810,41 @@ mod tests {
         let mut r = Rooms::new(None);
         let mut fx = Vec::new();
         let now = Instant::now();
-        let a = r.create(None, None, now, SystemTime::now(), &mut rand, &mut fx).unwrap();
+        let a = r
+            .create(None, None, now, SystemTime::now(), &mut rand, &mut fx)
+            .unwrap();
         let room = r.get(a.room).unwrap();
         assert_eq!(room.code().len(), 6);
         assert!(room.code().bytes().all(|b| CODE_ALPHABET.contains(&b)));
         assert!(room.host_id().starts_with("host_") && room.host_id().len() == 13);
         let code = room.code().to_string();
-        let b = r.create(Some(&code), Some("other"), now, SystemTime::now(), &mut rand, &mut fx).unwrap();
+        let b = r
+            .create(
+                Some(&code),
+                Some("other"),
+                now,
+                SystemTime::now(),
+                &mut rand,
+                &mut fx,
+            )
+            .unwrap();
         assert!(b.restored);
         assert_eq!(b.room, a.room);
         assert_eq!(
-            r.create(Some("bad code"), None, now, SystemTime::now(), &mut rand, &mut fx).err(),
+            r.create(
+                Some("bad code"),
+                None,
+                now,
+                SystemTime::now(),
+                &mut rand,
+                &mut fx
+            )
+            .err(),
             Some(CreateError::BadRoomCode)
         );
         assert_eq!(
-            r.create(None, Some(""), now, SystemTime::now(), &mut rand, &mut fx).err(),
+            r.create(None, Some(""), now, SystemTime::now(), &mut rand, &mut fx)
+                .err(),
             Some(CreateError::BadHostId)
         );
         assert!(fx.is_empty(), "no idle timeout, no expiry");

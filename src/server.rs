@@ -51,8 +51,11 @@ const ACCEPT_BUDGET: usize = 512;
 const SCRATCH: usize = 64 * 1024;
 /// A connection's input buffer is released when drained if it grew past this.
 const KEEP_INBUF: usize = 8 * 1024;
-/// How long a closing connection may take to acknowledge our close.
-const LINGER: Duration = Duration::from_secs(2);
+/// How long a closing connection may take to read our last bytes and
+/// acknowledge the close. A reader cut off for being slow may still be
+/// draining its backlog; its queue is already trimmed to one frame, so
+/// waiting costs little.
+const LINGER: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest poll sleep when no timer is due sooner.
@@ -84,9 +87,15 @@ enum Phase {
 /// Work parked while a worker answers.
 enum Pending {
     /// An `/api/auth/*` request; the answer goes back on this connection.
-    Accounts { keep_alive: bool, origin: Option<String> },
+    Accounts {
+        keep_alive: bool,
+        origin: Option<String>,
+    },
     /// `POST /api/rooms` under `REQUIRE_AUTH`.
-    CreateRoom { req: Box<Request>, origin: Option<String> },
+    CreateRoom {
+        req: Box<Request>,
+        origin: Option<String>,
+    },
     /// A WebSocket `join` under `REQUIRE_AUTH`, with the message to replay.
     Join { ws: Box<WsState>, message: String },
 }
@@ -110,6 +119,9 @@ struct Conn {
     close_when_flushed: bool,
     /// A close was requested and is waiting in `doomed`.
     doomed: bool,
+    /// Already listed in `dirty` for this turn (keeps the list free of
+    /// duplicates during fan-out).
+    dirty: bool,
 }
 
 /// How to end a connection.
@@ -152,20 +164,26 @@ impl Server {
     /// Binds the listener and prepares the loop; starts the accounts workers
     /// when configured.
     pub fn bind(cfg: Config) -> io::Result<Server> {
-        let host = if cfg.host == "localhost" { "127.0.0.1" } else { cfg.host.as_str() };
-        let ip: IpAddr = host
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "HOST is not an IP address"))?;
+        let host = if cfg.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            cfg.host.as_str()
+        };
+        let ip: IpAddr = host.parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "HOST is not an IP address")
+        })?;
         let mut listener = TcpListener::bind(SocketAddr::new(ip, cfg.port))?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
         ])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let accounts = match &cfg.accounts {
             Some(a) => Some(
                 Accounts::start(a.clone(), waker.clone())
@@ -240,8 +258,13 @@ impl Server {
                     WAKER => self.worker_replies(),
                     SIGNALS => self.signals(),
                     Token(key) => {
-                        let Some(c) = self.conns.get(key) else { continue };
-                        let cref = ConnRef { key: key as u32, gen: c.gen };
+                        let Some(c) = self.conns.get(key) else {
+                            continue;
+                        };
+                        let cref = ConnRef {
+                            key: key as u32,
+                            gen: c.gen,
+                        };
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read(cref);
                         }
@@ -274,11 +297,15 @@ impl Server {
     }
 
     fn is_live(&self, c: ConnRef) -> bool {
-        self.conns.get(c.key as usize).is_some_and(|x| x.gen == c.gen)
+        self.conns
+            .get(c.key as usize)
+            .is_some_and(|x| x.gen == c.gen)
     }
 
     fn conn(&mut self, c: ConnRef) -> Option<&mut Conn> {
-        self.conns.get_mut(c.key as usize).filter(|x| x.gen == c.gen)
+        self.conns
+            .get_mut(c.key as usize)
+            .filter(|x| x.gen == c.gen)
     }
 
     // ---- accepting -------------------------------------------------------
@@ -288,7 +315,9 @@ impl Server {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((sock, addr)) => self.admit(sock, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -297,10 +326,16 @@ impl Server {
                     // Out of descriptors or memory: the pending connection
                     // stays in the backlog. Retrying at once would spin, so
                     // wait for a close or a short timer.
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) {
                         warn!("accept paused: {e}");
                         self.accept_paused = true;
-                        self.timers.arm(Instant::now() + Duration::from_millis(100), Timer::AcceptRetry);
+                        self.timers.arm(
+                            Instant::now() + Duration::from_millis(100),
+                            Timer::AcceptRetry,
+                        );
                         return;
                     }
                     debug!("accept failed: {e}");
@@ -320,7 +355,11 @@ impl Server {
                 &mut resp,
                 503,
                 &http::error_body("Server is at its connection limit"),
-                &Extra { cors_origin: Some("*"), close: true, ..Extra::default() },
+                &Extra {
+                    cors_origin: Some("*"),
+                    close: true,
+                    ..Extra::default()
+                },
             );
             let _ = sock.write(&resp);
             debug!("refused {addr}: at MAX_CONNECTIONS");
@@ -350,8 +389,12 @@ impl Server {
             phase: Phase::Http { deadline },
             close_when_flushed: false,
             doomed: false,
+            dirty: false,
         });
-        let cref = ConnRef { key: key as u32, gen };
+        let cref = ConnRef {
+            key: key as u32,
+            gen,
+        };
         self.timers.arm(deadline, Timer::Request(cref));
         debug!("[{key}] accepted {addr}");
     }
@@ -362,7 +405,11 @@ impl Server {
         let mut total = 0;
         loop {
             let max_message = self.cfg.max_message_bytes;
-            let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+            let Some(c) = self
+                .conns
+                .get_mut(cref.key as usize)
+                .filter(|c| c.gen == cref.gen)
+            else {
                 return;
             };
             if c.doomed || matches!(c.phase, Phase::Waiting(_)) {
@@ -429,7 +476,8 @@ impl Server {
         loop {
             let max_body = self.cfg.max_body_bytes;
             let Some(c) = self.conn(cref) else { return };
-            if c.doomed || c.close_when_flushed && c.inbuf.is_empty() {
+            if c.doomed || c.close_when_flushed {
+                // Nothing after a `Connection: close` request is answered.
                 return;
             }
             if !matches!(c.phase, Phase::Http { .. }) {
@@ -462,8 +510,15 @@ impl Server {
         let peer = c.peer;
         let now = Instant::now();
         let connections = self.conns.len();
-        let store = self.accounts.as_ref().map_or("disabled", |a| a.store_status());
-        let stats = Stats { connections, started: self.started, store };
+        let store = self
+            .accounts
+            .as_ref()
+            .map_or("disabled", |a| a.store_status());
+        let stats = Stats {
+            connections,
+            started: self.started,
+            store,
+        };
         let routed = api::route(
             &self.cfg,
             &mut self.rooms,
@@ -496,12 +551,22 @@ impl Server {
                     body: req.body,
                     client_ip,
                 });
-                let pending = Pending::Accounts { keep_alive, origin: req.origin.clone() };
+                let pending = Pending::Accounts {
+                    keep_alive,
+                    origin: req.origin.clone(),
+                };
                 self.submit(cref, job, pending);
             }
             Routed::AuthorizeThenCreate(token) => {
                 let origin = req.origin.clone();
-                self.submit(cref, Job::Authorize { token }, Pending::CreateRoom { req: Box::new(req), origin });
+                self.submit(
+                    cref,
+                    Job::Authorize { token },
+                    Pending::CreateRoom {
+                        req: Box::new(req),
+                        origin,
+                    },
+                );
             }
         }
     }
@@ -510,7 +575,14 @@ impl Server {
         self.respond_full(cref, a, origin, close, false)
     }
 
-    fn respond_full(&mut self, cref: ConnRef, a: &Answer, origin: Option<&str>, close: bool, head: bool) {
+    fn respond_full(
+        &mut self,
+        cref: ConnRef,
+        a: &Answer,
+        origin: Option<&str>,
+        close: bool,
+        head: bool,
+    ) {
         let cors = api::cors_origin(&self.cfg, origin);
         let Some(c) = self.conn(cref) else { return };
         let mut buf = Vec::with_capacity(256 + a.body.len());
@@ -545,7 +617,9 @@ impl Server {
 
     fn submit(&mut self, cref: ConnRef, job: Job, pending: Pending) {
         let tag = ((cref.key as u64) << 32) | cref.gen as u64;
-        let Some(accounts) = &self.accounts else { return };
+        let Some(accounts) = &self.accounts else {
+            return;
+        };
         match accounts.submit(tag, job) {
             Ok(()) => {
                 if let Some(c) = self.conn(cref) {
@@ -567,7 +641,10 @@ impl Server {
                         if let Some(c) = self.conn(cref) {
                             c.phase = Phase::Ws(ws);
                         }
-                        self.send(cref, rooms::error_frame("Accounts service is busy; try again shortly"));
+                        self.send(
+                            cref,
+                            rooms::error_frame("Accounts service is busy; try again shortly"),
+                        );
                     }
                 }
             }
@@ -580,12 +657,18 @@ impl Server {
             a.drain(|tag, reply| replies.push((tag, reply)));
         }
         for (tag, reply) in replies {
-            let cref = ConnRef { key: (tag >> 32) as u32, gen: tag as u32 };
+            let cref = ConnRef {
+                key: (tag >> 32) as u32,
+                gen: tag as u32,
+            };
             let Some(c) = self.conn(cref) else { continue };
             let Phase::Waiting(_) = c.phase else { continue };
-            let Phase::Waiting(pending) =
-                std::mem::replace(&mut c.phase, Phase::Http { deadline: Instant::now() })
-            else {
+            let Phase::Waiting(pending) = std::mem::replace(
+                &mut c.phase,
+                Phase::Http {
+                    deadline: Instant::now(),
+                },
+            ) else {
                 unreachable!()
             };
             match (*pending, reply) {
@@ -603,7 +686,14 @@ impl Server {
                 (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
                     let a = if ok {
                         let peer = self.conn(cref).map(|c| c.peer).expect("live");
-                        let a = api::create_room(&self.cfg, &mut self.rooms, peer, &req, Instant::now(), &mut self.fx);
+                        let a = api::create_room(
+                            &self.cfg,
+                            &mut self.rooms,
+                            peer,
+                            &req,
+                            Instant::now(),
+                            &mut self.fx,
+                        );
                         self.apply_effects();
                         a
                     } else {
@@ -623,7 +713,10 @@ impl Server {
                     }
                 }
                 (_, _) => {
-                    warn!("[{}] worker reply did not match the pending request", cref.key);
+                    warn!(
+                        "[{}] worker reply did not match the pending request",
+                        cref.key
+                    );
                     self.close(cref, Close::Abort);
                 }
             }
@@ -700,7 +793,9 @@ impl Server {
                         Some(Event::Text(text)) => self.ws_text(cref, text, false),
                         Some(Event::Binary) => self.send(
                             cref,
-                            rooms::error_frame("Invalid message format: binary frames are not supported"),
+                            rooms::error_frame(
+                                "Invalid message format: binary frames are not supported",
+                            ),
                         ),
                         Some(Event::Ping(p)) => self.send(cref, ws::pong(p)),
                         Some(Event::Pong) => {}
@@ -750,20 +845,35 @@ impl Server {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
-                self.send(cref, rooms::error_frame(&format!("Invalid message format: {detail}")));
+                self.send(
+                    cref,
+                    rooms::error_frame(&format!("Invalid message format: {detail}")),
+                );
                 return;
             }
         };
         let now = Instant::now();
-        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+        let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        else {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
         match action {
             Action::Ping => self.send(cref, rooms::pong_frame()),
-            Action::Join { room_code, peer_id, is_host, metadata, token } => {
+            Action::Join {
+                room_code,
+                peer_id,
+                is_host,
+                metadata,
+                token,
+            } => {
                 if self.cfg.require_auth() && !authorized {
-                    let token = token.map(|t| t.into_owned()).or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
+                    let token = token
+                        .map(|t| t.into_owned())
+                        .or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
                     let Some(token) = token else {
                         self.send(cref, rooms::error_frame("Authentication required"));
                         return;
@@ -771,7 +881,10 @@ impl Server {
                     let Phase::Ws(ws) = std::mem::replace(&mut c.phase, Phase::Closing) else {
                         unreachable!()
                     };
-                    let pending = Pending::Join { ws, message: text.to_owned() };
+                    let pending = Pending::Join {
+                        ws,
+                        message: text.to_owned(),
+                    };
                     self.submit(cref, Job::Authorize { token }, pending);
                     return;
                 }
@@ -793,7 +906,8 @@ impl Server {
                 self.apply_effects();
             }
             Action::SyncDocument { document } => {
-                self.rooms.sync_document(cref, &ws.session, document, &mut self.fx);
+                self.rooms
+                    .sync_document(cref, &ws.session, document, &mut self.fx);
                 self.apply_effects();
             }
             Action::RequestSync => {
@@ -812,11 +926,18 @@ impl Server {
     /// bound.
     fn send(&mut self, cref: ConnRef, frame: Frame) {
         let max = self.cfg.max_outbound_bytes;
-        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+        let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        else {
             return;
         };
         if !push_bounded(c, frame, max) {
-            self.doom(cref, Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"));
+            self.doom(
+                cref,
+                Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
+            );
             return;
         }
         self.mark_dirty(cref);
@@ -830,28 +951,46 @@ impl Server {
         for effect in fx.drain(..) {
             match effect {
                 Effect::Send(to, frame) => self.send(to, frame),
-                Effect::Fanout { room, except, frame } => {
-                    let Some(r) = self.rooms.get(room) else { continue };
+                Effect::Fanout {
+                    room,
+                    except,
+                    frame,
+                } => {
+                    let Some(r) = self.rooms.get(room) else {
+                        continue;
+                    };
                     for to in r.member_conns() {
                         if Some(to) == except {
                             continue;
                         }
-                        let Some(c) = self.conns.get_mut(to.key as usize).filter(|c| c.gen == to.gen)
+                        let Some(c) = self
+                            .conns
+                            .get_mut(to.key as usize)
+                            .filter(|c| c.gen == to.gen)
                         else {
                             continue;
                         };
                         if push_bounded(c, frame.clone(), max) {
-                            self.dirty.push(to);
+                            if !c.dirty {
+                                c.dirty = true;
+                                self.dirty.push(to);
+                            }
                         } else if !c.doomed {
                             c.doomed = true;
-                            self.doomed
-                                .push((to, Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded")));
+                            self.doomed.push((
+                                to,
+                                Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
+                            ));
                         }
                     }
                 }
                 Effect::Close(to, code, reason) => {
                     // The room already removed this member.
-                    if let Some(c) = self.conns.get_mut(to.key as usize).filter(|c| c.gen == to.gen) {
+                    if let Some(c) = self
+                        .conns
+                        .get_mut(to.key as usize)
+                        .filter(|c| c.gen == to.gen)
+                    {
                         if let Phase::Ws(ws) = &mut c.phase {
                             ws.session = Session::default();
                         }
@@ -866,16 +1005,30 @@ impl Server {
     }
 
     fn mark_dirty(&mut self, cref: ConnRef) {
-        self.dirty.push(cref);
+        if let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(cref);
+            }
+        }
     }
 
     // ---- writing ---------------------------------------------------------
 
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
         for cref in dirty.drain(..) {
+            if let Some(c) = self
+                .conns
+                .get_mut(cref.key as usize)
+                .filter(|c| c.gen == cref.gen)
+            {
+                c.dirty = false;
+            }
             self.flush(cref);
         }
         self.reap();
@@ -885,22 +1038,23 @@ impl Server {
     }
 
     fn flush(&mut self, cref: ConnRef) {
-        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+        let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        else {
             return;
         };
         match c.out.flush_to(&mut c.sock, WRITE_BUDGET) {
             Ok(Flush::Drained) => {
-                if c.close_when_flushed && !matches!(c.phase, Phase::Waiting(_)) {
-                    let has_input = !c.inbuf.is_empty();
-                    if !has_input {
-                        self.close(cref, Close::Linger);
-                    }
+                if c.close_when_flushed && !matches!(c.phase, Phase::Waiting(_) | Phase::Closing) {
+                    self.close(cref, Close::Linger);
                 } else if matches!(c.phase, Phase::Closing) {
                     let _ = c.sock.shutdown(Shutdown::Write);
                 }
             }
             Ok(Flush::Blocked) => {}
-            Ok(Flush::Budget) => self.dirty.push(cref),
+            Ok(Flush::Budget) => self.mark_dirty(cref),
             Err(e) => {
                 debug!("[{}] write error: {e}", cref.key);
                 self.close(cref, Close::Abort);
@@ -937,7 +1091,11 @@ impl Server {
     /// The one way a connection ends. Idempotent.
     fn close(&mut self, cref: ConnRef, how: Close) {
         let now = Instant::now();
-        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+        let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        else {
             return;
         };
         // Leave the room first so the others hear `peer_left` in order.
@@ -947,7 +1105,11 @@ impl Server {
                 self.apply_effects();
             }
         }
-        let Some(c) = self.conns.get_mut(cref.key as usize).filter(|c| c.gen == cref.gen) else {
+        let Some(c) = self
+            .conns
+            .get_mut(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+        else {
             return;
         };
         let already_closing = matches!(c.phase, Phase::Closing);
@@ -971,7 +1133,7 @@ impl Server {
         c.phase = Phase::Closing;
         c.inbuf = Vec::new();
         self.timers.arm(now + LINGER, Timer::Linger(cref));
-        self.dirty.push(cref);
+        self.mark_dirty(cref);
     }
 
     fn remove(&mut self, cref: ConnRef) {
@@ -994,7 +1156,9 @@ impl Server {
             match t {
                 Timer::Request(cref) => {
                     let Some(c) = self.conn(cref) else { continue };
-                    let Phase::Http { deadline } = c.phase else { continue };
+                    let Phase::Http { deadline } = c.phase else {
+                        continue;
+                    };
                     if deadline > now {
                         continue;
                     }
@@ -1059,12 +1223,21 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let all: Vec<ConnRef> =
-            self.conns.iter().map(|(k, c)| ConnRef { key: k as u32, gen: c.gen }).collect();
+        let all: Vec<ConnRef> = self
+            .conns
+            .iter()
+            .map(|(k, c)| ConnRef {
+                key: k as u32,
+                gen: c.gen,
+            })
+            .collect();
         for cref in all {
             let Some(c) = self.conn(cref) else { continue };
             match c.phase {
-                Phase::Ws(_) => self.close(cref, Close::Ws(ws::close::GOING_AWAY, "Server shutting down")),
+                Phase::Ws(_) => self.close(
+                    cref,
+                    Close::Ws(ws::close::GOING_AWAY, "Server shutting down"),
+                ),
                 Phase::Http { .. } if c.out.is_empty() && c.inbuf.is_empty() => {
                     self.close(cref, Close::Abort)
                 }

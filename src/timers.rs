@@ -19,7 +19,10 @@ pub struct Timers<T: Ord> {
 
 impl<T: Ord> Default for Timers<T> {
     fn default() -> Self {
-        Timers { heap: BinaryHeap::new(), seq: 0 }
+        Timers {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 }
 
@@ -60,7 +63,10 @@ impl<T: Ord> Timers<T> {
     /// heap has grown far beyond the live subjects.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         let old = std::mem::take(&mut self.heap);
-        self.heap = old.into_iter().filter(|Reverse((_, _, t))| keep(t)).collect();
+        self.heap = old
+            .into_iter()
+            .filter(|Reverse((_, _, t))| keep(t))
+            .collect();
     }
 }
 
@@ -75,16 +81,28 @@ mod tests {
         t.arm(t0 + Duration::from_secs(3), 'c');
         t.arm(t0 + Duration::from_secs(1), 'a');
         t.arm(t0 + Duration::from_secs(1), 'b');
-        assert_eq!(t.timeout(t0, Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(
+            t.timeout(t0, Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
         assert_eq!(t.pop_due(t0), None);
         let at = t0 + Duration::from_secs(2);
         assert_eq!(t.pop_due(at).map(|x| x.1), Some('a'));
         assert_eq!(t.pop_due(at).map(|x| x.1), Some('b'));
         assert_eq!(t.pop_due(at), None);
-        assert_eq!(t.timeout(at, Duration::from_secs(60)), Duration::from_secs(1));
-        assert_eq!(t.timeout(t0 + Duration::from_secs(9), Duration::from_secs(60)), Duration::ZERO);
+        assert_eq!(
+            t.timeout(at, Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            t.timeout(t0 + Duration::from_secs(9), Duration::from_secs(60)),
+            Duration::ZERO
+        );
         t.retain(|c| *c != 'c');
         assert!(t.is_empty());
-        assert_eq!(t.timeout(at, Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(
+            t.timeout(at, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
     }
 }

@@ -219,7 +219,11 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
 /// Formats a frame header for an unmasked server frame into `out`,
 /// returning its length (2, 4 or 10 bytes).
 fn header_into(opcode: OpCode, len: usize, out: &mut [u8; 10]) -> usize {
-    let header = FrameHeader { is_final: true, opcode, ..FrameHeader::default() };
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        ..FrameHeader::default()
+    };
     let n = header.len(len as u64);
     let mut cursor = Cursor::new(&mut out[..]);
     header
@@ -233,7 +237,9 @@ fn header_into(opcode: OpCode, len: usize, out: &mut [u8; 10]) -> usize {
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
     let mut cursor = Cursor::new(buf);
     match FrameHeader::parse(&mut cursor) {
-        Ok(Some((_, len))) => usize::try_from(len).ok()?.checked_add(cursor.position() as usize),
+        Ok(Some((_, len))) => usize::try_from(len)
+            .ok()?
+            .checked_add(cursor.position() as usize),
         _ => None,
     }
 }
@@ -354,7 +360,10 @@ mod tests {
         let mut raw = client_frame(1, false, "héllo ".as_bytes());
         raw.extend(client_frame(9, true, b""));
         raw.extend(client_frame(0, true, "wörld".as_bytes()));
-        assert_eq!(decode_all(&raw, 1 << 20).unwrap(), ["ping:0", "text:héllo wörld"]);
+        assert_eq!(
+            decode_all(&raw, 1 << 20).unwrap(),
+            ["ping:0", "text:héllo wörld"]
+        );
     }
 
     #[test]
@@ -371,32 +380,56 @@ mod tests {
         let big = client_frame(1, true, &[b'x'; 2000]);
         // Only the header is needed to refuse an oversized frame.
         let mut head = big[..8].to_vec();
-        assert_eq!(Decoder::default().next(&mut head, 1000), Err(WsError::TooBig));
+        assert_eq!(
+            Decoder::default().next(&mut head, 1000),
+            Err(WsError::TooBig)
+        );
         let mut frag = client_frame(1, false, &[b'x'; 600]);
         frag.extend(client_frame(0, true, &[b'x'; 600]));
-        assert_eq!(decode_all(&frag, 1000).unwrap_err().close_code(), close::TOO_BIG);
+        assert_eq!(
+            decode_all(&frag, 1000).unwrap_err().close_code(),
+            close::TOO_BIG
+        );
 
         let bad_utf8 = client_frame(1, true, &[0xff, 0xfe]);
-        assert_eq!(decode_all(&bad_utf8, 100).unwrap_err().close_code(), close::INVALID_DATA);
+        assert_eq!(
+            decode_all(&bad_utf8, 100).unwrap_err().close_code(),
+            close::INVALID_DATA
+        );
 
         let mut unmasked = vec![0x81, 0x02, b'h', b'i'];
         assert_eq!(
-            Decoder::default().next(&mut unmasked, 100).unwrap_err().close_code(),
+            Decoder::default()
+                .next(&mut unmasked, 100)
+                .unwrap_err()
+                .close_code(),
             close::PROTOCOL
         );
         let stray = client_frame(0, true, b"x");
-        assert_eq!(decode_all(&stray, 100).unwrap_err().close_code(), close::PROTOCOL);
+        assert_eq!(
+            decode_all(&stray, 100).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
         let long_ping = client_frame(9, true, &[0; 126]);
-        assert_eq!(decode_all(&long_ping, 1000).unwrap_err().close_code(), close::PROTOCOL);
+        assert_eq!(
+            decode_all(&long_ping, 1000).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
         let rsv = {
             let mut f = client_frame(1, true, b"x");
             f[0] |= 0x40;
             f
         };
-        assert_eq!(decode_all(&rsv, 100).unwrap_err().close_code(), close::PROTOCOL);
+        assert_eq!(
+            decode_all(&rsv, 100).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
         let mut nested = client_frame(1, false, b"a");
         nested.extend(client_frame(1, true, b"b"));
-        assert_eq!(decode_all(&nested, 100).unwrap_err().close_code(), close::PROTOCOL);
+        assert_eq!(
+            decode_all(&nested, 100).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
     }
 
     #[test]
@@ -408,7 +441,10 @@ mod tests {
         let f = text(&vec![b'a'; 70_000]);
         assert_eq!(f[1], 127);
         assert_eq!(f.len(), 70_010);
-        assert_eq!(&close_frame(1009, "big")[..], &[0x88, 5, 0x03, 0xf1, b'b', b'i', b'g']);
+        assert_eq!(
+            &close_frame(1009, "big")[..],
+            &[0x88, 5, 0x03, 0xf1, b'b', b'i', b'g']
+        );
         assert_eq!(&ping()[..], &[0x89, 0]);
     }
 

@@ -28,7 +28,10 @@ fn service_descriptor_and_health() {
     assert!(h["connections"].as_u64().unwrap() >= 1);
     assert!(h["uptime_seconds"].is_u64());
     let ts = h["timestamp"].as_str().unwrap();
-    assert!(ts.len() >= 20 && ts.ends_with('Z') && &ts[10..11] == "T", "{ts}");
+    assert!(
+        ts.len() >= 20 && ts.ends_with('Z') && &ts[10..11] == "T",
+        "{ts}"
+    );
 }
 
 #[test]
@@ -40,10 +43,16 @@ fn create_room_fresh_and_restored() {
     assert_eq!(j["success"], true);
     let code = j["room_code"].as_str().unwrap();
     assert_eq!(code.len(), 6);
-    assert!(code.bytes().all(|b| b"ABCDEFGHJKMNPQRSTUVWXYZ23456789".contains(&b)), "{code}");
+    assert!(
+        code.bytes()
+            .all(|b| b"ABCDEFGHJKMNPQRSTUVWXYZ23456789".contains(&b)),
+        "{code}"
+    );
     let host = j["host_id"].as_str().unwrap();
     assert!(host.starts_with("host_") && host.len() == 13, "{host}");
-    assert!(host[5..].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert!(host[5..]
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     let id = j["room_id"].as_str().unwrap();
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4");
@@ -135,22 +144,49 @@ fn unknown_route_wrong_method_and_preflight() {
         s.addr,
         "OPTIONS",
         "/api/rooms",
-        &[("Origin", "http://app.example"), ("Access-Control-Request-Method", "POST")],
+        &[
+            ("Origin", "http://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
         b"",
     );
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
-    assert!(r.header("access-control-allow-headers").unwrap().contains("Content-Type"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("Content-Type"));
 }
 
 #[test]
 fn cors_allow_list_echoes_only_listed_origins() {
-    let s = TestServer::start(&[("CORS_ALLOWED_ORIGINS", "https://a.example,https://b.example")]);
-    let r = http(s.addr, "GET", "/health", &[("Origin", "https://b.example")], b"");
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://b.example"));
-    let r = http(s.addr, "GET", "/health", &[("Origin", "https://evil.example")], b"");
+    let s = TestServer::start(&[(
+        "CORS_ALLOWED_ORIGINS",
+        "https://a.example,https://b.example",
+    )]);
+    let r = http(
+        s.addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://b.example")],
+        b"",
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://b.example")
+    );
+    let r = http(
+        s.addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://evil.example")],
+        b"",
+    );
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
 
@@ -165,7 +201,13 @@ fn ws_route_without_upgrade_is_400() {
 #[test]
 fn auth_routes_without_database_are_503() {
     let s = TestServer::start(&[]);
-    let r = http(s.addr, "POST", "/api/auth/login", &[], br#"{"email":"a@b.c","password":"x"}"#);
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/auth/login",
+        &[],
+        br#"{"email":"a@b.c","password":"x"}"#,
+    );
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "Accounts are not configured");
 }
@@ -185,14 +227,20 @@ fn keep_alive_and_pipelining_answer_in_order() {
     assert_eq!(read_response(&mut c).unwrap().status, 404);
     assert_eq!(read_response(&mut c).unwrap().status, 200);
     assert_eq!(read_response(&mut c).unwrap().status, 200);
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 200);
     // Connection: close is honoured.
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut c).unwrap();
     assert_eq!(r.header("connection"), Some("close"));
     let mut rest = Vec::new();
-    assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "server closed after Connection: close");
+    assert_eq!(
+        c.read_to_end(&mut rest).unwrap(),
+        0,
+        "server closed after Connection: close"
+    );
 }
 
 #[test]
@@ -226,11 +274,15 @@ fn slow_request_gets_408_then_close() {
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let t0 = Instant::now();
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
     let r = read_response(&mut c).unwrap();
     assert_eq!(r.status, 408);
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     let mut rest = Vec::new();
     assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
 }
@@ -240,7 +292,8 @@ fn garbage_is_400_and_server_goes_on() {
     let s = TestServer::start(&[]);
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n").unwrap();
+    c.write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 400);
     assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
 }
@@ -256,7 +309,13 @@ fn room_creation_is_rate_limited_per_client() {
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&secs));
     // A forged forwarding header does not escape the limit without TRUST_PROXY.
-    let r = http(s.addr, "POST", "/api/rooms", &[("X-Forwarded-For", "9.9.9.9")], b"");
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/rooms",
+        &[("X-Forwarded-For", "9.9.9.9")],
+        b"",
+    );
     assert_eq!(r.status, 429);
 }
 
@@ -270,9 +329,18 @@ fn trusted_proxy_headers_pick_the_client_and_scheme() {
     let h = |ip: &'static str| [("X-Forwarded-For", ip), ("X-Forwarded-Proto", "https")];
     let r = http(s.addr, "POST", "/api/rooms", &h("1.1.1.1"), b"");
     assert_eq!(r.status, 200);
-    assert!(r.json()["websocket_url"].as_str().unwrap().starts_with("wss://"));
-    assert_eq!(http(s.addr, "POST", "/api/rooms", &h("1.1.1.1"), b"").status, 429);
-    assert_eq!(http(s.addr, "POST", "/api/rooms", &h("2.2.2.2"), b"").status, 200);
+    assert!(r.json()["websocket_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("wss://"));
+    assert_eq!(
+        http(s.addr, "POST", "/api/rooms", &h("1.1.1.1"), b"").status,
+        429
+    );
+    assert_eq!(
+        http(s.addr, "POST", "/api/rooms", &h("2.2.2.2"), b"").status,
+        200
+    );
 }
 
 #[test]
@@ -281,14 +349,17 @@ fn connection_limit_refuses_then_recovers() {
     let held: Vec<_> = (0..3)
         .map(|_| {
             let mut c = TcpStream::connect(s.addr).unwrap();
-            c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             assert_eq!(read_response(&mut c).unwrap().status, 200);
             c
         })
         .collect();
     let mut extra = TcpStream::connect(s.addr).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let r = read_response(&mut extra).expect("refusal answer");
     assert_eq!(r.status, 503);
     drop(held);

@@ -26,11 +26,19 @@ fn join_reply_order_and_peer_joined() {
     assert_eq!(info["peers"][0]["is_host"], true);
     assert_eq!(info["peers"][0]["metadata"]["n"], "H");
     let c = host.recv();
-    assert_eq!(c, json!({"type":"connected","peer_id":"host1","room_code":"R1"}));
+    assert_eq!(
+        c,
+        json!({"type":"connected","peer_id":"host1","room_code":"R1"})
+    );
 
     let mut p = s.ws();
     let info = p.join("R1", "p2", false);
-    let ids: Vec<_> = info["peers"].as_array().unwrap().iter().map(|x| x["id"].clone()).collect();
+    let ids: Vec<_> = info["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
     assert_eq!(ids, [json!("host1"), json!("p2")]);
     let pj = host.recv();
     assert_eq!(pj["type"], "peer_joined");
@@ -68,13 +76,29 @@ fn not_in_room_and_bad_input_keep_the_connection() {
             _ => json!({"action":a}),
         };
         c.send(msg);
-        assert_eq!(c.recv(), json!({"type":"error","message":"Not in a room"}), "{a}");
+        assert_eq!(
+            c.recv(),
+            json!({"type":"error","message":"Not in a room"}),
+            "{a}"
+        );
     }
-    for bad in ["{not json", r#"{"action":"fly"}"#, r#"{"action":"broadcast","data":7}"#, "[1,2]", r#"{"action":5}"#] {
+    for bad in [
+        "{not json",
+        r#"{"action":"fly"}"#,
+        r#"{"action":"broadcast","data":7}"#,
+        "[1,2]",
+        r#"{"action":5}"#,
+    ] {
         c.send_text(bad);
         let e = c.recv();
         assert_eq!(e["type"], "error");
-        assert!(e["message"].as_str().unwrap().starts_with("Invalid message format: "), "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid message format: "),
+            "{e}"
+        );
     }
     c.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
     assert_eq!(c.recv_type(), "error");
@@ -120,18 +144,27 @@ fn document_is_host_only_stored_and_replayed() {
     assert_eq!(p.recv(), json!({"type":"document_sync","document":""}));
 
     host.send(json!({"action":"sync_document","document":"{\"tasks\":[1,2]}"}));
-    assert_eq!(p.recv(), json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"}));
+    assert_eq!(
+        p.recv(),
+        json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"})
+    );
     assert!(host.silent_for(Duration::from_millis(200)));
     p.send(json!({"action":"request_sync"}));
     assert_eq!(p.recv()["document"], "{\"tasks\":[1,2]}");
-    assert_eq!(http(s.addr, "GET", "/api/rooms/D", &[], b"").json()["has_document"], true);
+    assert_eq!(
+        http(s.addr, "GET", "/api/rooms/D", &[], b"").json()["has_document"],
+        true
+    );
 
     // A late joiner gets room_info, connected, then the document.
     let mut late = s.ws();
     late.send(json!({"action":"join","room_code":"D","peer_id":"late"}));
     assert_eq!(late.recv_type(), "room_info");
     assert_eq!(late.recv_type(), "connected");
-    assert_eq!(late.recv(), json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"}));
+    assert_eq!(
+        late.recv(),
+        json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"})
+    );
     // A restore reports the document.
     assert_eq!(s.room("D", "h")["has_document"], true);
 }
@@ -182,7 +215,10 @@ fn moving_between_rooms() {
     mover.send(json!({"action":"broadcast","data":"in B"}));
     assert_eq!(b1.recv()["data"], "in B");
     assert!(a1.silent_for(Duration::from_millis(200)));
-    assert_eq!(http(s.addr, "GET", "/api/rooms/A", &[], b"").json()["peer_count"], 1);
+    assert_eq!(
+        http(s.addr, "GET", "/api/rooms/A", &[], b"").json()["peer_count"],
+        1
+    );
 }
 
 #[test]
@@ -197,11 +233,19 @@ fn newer_connection_replaces_older_with_same_peer_id() {
     let mut new = s.ws();
     new.join("R", "same", false);
     let e = old.recv();
-    assert_eq!(e, json!({"type":"error","message":"Replaced by a newer connection"}));
+    assert_eq!(
+        e,
+        json!({"type":"error","message":"Replaced by a newer connection"})
+    );
     assert!(old.expect_close().is_some() || true);
     let j = http(s.addr, "GET", "/api/rooms/R", &[], b"").json();
     assert_eq!(j["peer_count"], 2);
-    let ids: Vec<_> = j["peers"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<_> = j["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, ["w", "same"]);
     // The new connection works.
     new.send(json!({"action":"broadcast","data":"hi"}));
@@ -237,7 +281,12 @@ fn thousand_back_to_back_broadcasts_arrive_in_order_everywhere() {
         sender.recv();
     }
     for i in 0..1000 {
-        sender.ws.write(Message::text(json!({"action":"broadcast","data":format!("m{i}")}).to_string())).unwrap();
+        sender
+            .ws
+            .write(Message::text(
+                json!({"action":"broadcast","data":format!("m{i}")}).to_string(),
+            ))
+            .unwrap();
     }
     sender.ws.flush().unwrap();
     for r in receivers.iter_mut() {
@@ -273,14 +322,19 @@ fn invalid_utf8_closes_1007() {
     )
     .unwrap();
     // A masked text frame holding 0xFF 0xFE (mask of zeros).
-    sock.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).unwrap();
+    sock.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
+        .unwrap();
     let mut got = Vec::new();
     let _ = sock.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&got[i..i + 4], &[0x88, got[i + 1], 0x03, 0xef], "close 1007");
+    assert_eq!(
+        &got[i..i + 4],
+        &[0x88, got[i + 1], 0x03, 0xef],
+        "close 1007"
+    );
 }
 
 #[test]
@@ -337,7 +391,12 @@ fn slow_reader_is_cut_off_with_1008_while_others_keep_receiving() {
     });
     for i in 0..n {
         let data = format!("{i:08}{payload}");
-        sender.ws.send(Message::text(json!({"action":"broadcast","data":data}).to_string())).unwrap();
+        sender
+            .ws
+            .send(Message::text(
+                json!({"action":"broadcast","data":data}).to_string(),
+            ))
+            .unwrap();
         // Keep the healthy reader within its bound: it is the slow one
         // that must be cut off, not a reader that merely lags a burst.
         while i >= 32 && received.load(Ordering::Acquire) + 32 < i {
@@ -349,7 +408,11 @@ fn slow_reader_is_cut_off_with_1008_while_others_keep_receiving() {
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut all = Vec::new();
     let _ = slow.read_to_end(&mut all);
-    assert_eq!(last_close_code(&all), Some(1008), "slow reader closed with 1008");
+    assert_eq!(
+        last_close_code(&all),
+        Some(1008),
+        "slow reader closed with 1008"
+    );
 }
 
 /// Walks server frames after the 101 response; returns the close code of
@@ -361,9 +424,10 @@ fn last_close_code(raw: &[u8]) -> Option<u16> {
         let op = raw[i] & 0x0f;
         let (len, hl) = match raw[i + 1] & 0x7f {
             126 if i + 4 <= raw.len() => (u16::from_be_bytes([raw[i + 2], raw[i + 3]]) as usize, 4),
-            127 if i + 10 <= raw.len() => {
-                (u64::from_be_bytes(raw[i + 2..i + 10].try_into().unwrap()) as usize, 10)
-            }
+            127 if i + 10 <= raw.len() => (
+                u64::from_be_bytes(raw[i + 2..i + 10].try_into().unwrap()) as usize,
+                10,
+            ),
             n if n < 126 => (n as usize, 2),
             _ => break,
         };
@@ -397,7 +461,10 @@ fn empty_room_is_removed_after_idle_timeout() {
         if st == 404 {
             break;
         }
-        assert!(left.elapsed() < Duration::from_secs(3), "room outlived its timeout");
+        assert!(
+            left.elapsed() < Duration::from_secs(3),
+            "room outlived its timeout"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(left.elapsed() >= Duration::from_millis(1900));
@@ -439,10 +506,17 @@ fn keepalive_pings_and_silent_connections_are_closed() {
     let t0 = Instant::now();
     let mut all = Vec::new();
     let _ = mute.read_to_end(&mut all);
-    assert!(t0.elapsed() < Duration::from_secs(5), "closed in time: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "closed in time: {:?}",
+        t0.elapsed()
+    );
     assert!(t0.elapsed() >= Duration::from_millis(1500));
     assert!(all.windows(2).any(|w| w == [0x89, 0x00]), "pings were sent");
-    assert!(answering.join().unwrap() >= 2, "the answering client was pinged and kept");
+    assert!(
+        answering.join().unwrap() >= 2,
+        "the answering client was pinged and kept"
+    );
 }
 
 #[test]
@@ -489,6 +563,10 @@ fn fragmented_message_and_client_ping_are_handled() {
         got.extend_from_slice(&buf[..n]);
     }
     let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&got[i..i + 4], &[0x8a, 0x02, b'h', b'i'], "pong echoes the ping payload first");
+    assert_eq!(
+        &got[i..i + 4],
+        &[0x8a, 0x02, b'h', b'i'],
+        "pong echoes the ping payload first"
+    );
     assert!(String::from_utf8_lossy(&got[i + 4..]).contains(r#"{"type":"pong"}"#));
 }

@@ -43,7 +43,11 @@ impl TestServer {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("listening on ") {
-                    let addr = line[i + 13..].split_whitespace().next().unwrap().to_string();
+                    let addr = line[i + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_string();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -98,7 +102,9 @@ impl TestServer {
 
     /// Creates a room with a fixed code and host id.
     pub fn room(&self, code: &str, host: &str) -> Value {
-        self.post_room(&format!(r#"{{"desired_room_code":"{code}","desired_host_id":"{host}"}}"#))
+        self.post_room(&format!(
+            r#"{{"desired_room_code":"{code}","desired_host_id":"{host}"}}"#
+        ))
     }
 }
 
@@ -158,11 +164,21 @@ pub fn read_response(s: &mut TcpStream) -> Option<Response> {
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).ok()?;
-    Some(Response { status, headers, body })
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// One request on a fresh connection.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
@@ -228,8 +244,14 @@ impl Client {
             match self.ws.read() {
                 Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
                 Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return None,
-                Err(tungstenite::Error::Io(e)) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => return None,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return None,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
                 Err(e) => panic!("waiting for close: {e}"),
             }
         }
@@ -245,7 +267,8 @@ impl Client {
         self.timeout(d);
         let r = match self.ws.read() {
             Err(tungstenite::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
             {
                 true
             }
@@ -258,7 +281,9 @@ impl Client {
 
     /// Joins and consumes `room_info` and `connected`; returns room_info.
     pub fn join(&mut self, code: &str, peer: &str, host: bool) -> Value {
-        self.send(serde_json::json!({"action":"join","room_code":code,"peer_id":peer,"is_host":host}));
+        self.send(
+            serde_json::json!({"action":"join","room_code":code,"peer_id":peer,"is_host":host}),
+        );
         let info = self.recv();
         assert_eq!(info["type"], "room_info", "{info}");
         let connected = self.recv();
