@@ -1,0 +1,206 @@
+//! Login rate limits: token buckets keyed by client address and by email.
+//!
+//! Owns the buckets and their memory bound. A bucket holds up to `burst`
+//! attempts and regains one every `refill`; an attempt on an empty bucket is
+//! refused with the number of whole seconds until the next attempt would be
+//! allowed (the `Retry-After` value). IPv6 clients are keyed by their /64,
+//! the block one subscriber usually gets, so rotating addresses inside it does
+//! not buy fresh attempts. Memory is bounded: full buckets carry no
+//! information and are pruned, and past `max_keys` live buckets the oldest
+//! ones are dropped.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+#[derive(Debug)]
+pub struct Limiter<K> {
+    burst: f64,
+    refill: Duration,
+    max_keys: usize,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    pub fn new(burst: u32, refill: Duration, max_keys: usize) -> Limiter<K> {
+        Limiter {
+            burst: burst.max(1) as f64,
+            refill: refill.max(Duration::from_millis(1)),
+            max_keys: max_keys.max(16),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn refilled(&self, b: &Bucket, now: Instant) -> f64 {
+        let gained =
+            now.saturating_duration_since(b.last).as_secs_f64() / self.refill.as_secs_f64();
+        (b.tokens + gained).min(self.burst)
+    }
+
+    /// Would an attempt be allowed now? Does not spend anything.
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
+        match self.buckets.get(key) {
+            None => Ok(()),
+            Some(b) => {
+                let tokens = self.refilled(b, now);
+                if tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    let wait = (1.0 - tokens) * self.refill.as_secs_f64();
+                    Err((wait.ceil() as u64).max(1))
+                }
+            }
+        }
+    }
+
+    /// Spends one attempt (after a successful [`check`](Self::check)).
+    pub fn spend(&mut self, key: &K, now: Instant) {
+        let tokens = match self.buckets.get(key) {
+            Some(b) => self.refilled(b, now),
+            None => self.burst,
+        };
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            self.prune(now);
+        }
+        self.buckets.insert(
+            key.clone(),
+            Bucket {
+                tokens: (tokens - 1.0).max(0.0),
+                last: now,
+            },
+        );
+    }
+
+    /// `check` then `spend`.
+    #[cfg(test)]
+    pub fn take(&mut self, key: &K, now: Instant) -> Result<(), u64> {
+        self.check(key, now)?;
+        self.spend(key, now);
+        Ok(())
+    }
+
+    fn prune(&mut self, now: Instant) {
+        let burst = self.burst;
+        let refill = self.refill.as_secs_f64();
+        self.buckets.retain(|_, b| {
+            let t = b.tokens + now.saturating_duration_since(b.last).as_secs_f64() / refill;
+            t < burst
+        });
+        if self.buckets.len() >= self.max_keys {
+            // Still full of live buckets: forget the least recently used half.
+            // An attacker with that many addresses gains a few attempts; the
+            // alternative, unbounded memory, is worse.
+            let mut by_age: Vec<(Instant, K)> = self
+                .buckets
+                .iter()
+                .map(|(k, b)| (b.last, k.clone()))
+                .collect();
+            by_age.sort_by_key(|(t, _)| *t);
+            for (_, k) in by_age.into_iter().take(self.max_keys / 2) {
+                self.buckets.remove(&k);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// The rate-limit key of a client address: IPv4 as is, IPv6 by /64
+/// (IPv4-mapped IPv6 addresses count as their IPv4 address).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let mut s = v6.segments();
+            s[4..].iter_mut().for_each(|x| *x = 0);
+            IpAddr::V6(s.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refill() {
+        let mut l = Limiter::new(3, Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(l.take(&"k", t0), Ok(()));
+        }
+        assert_eq!(l.take(&"k", t0), Err(10));
+        assert_eq!(l.take(&"k", t0 + Duration::from_secs(4)), Err(6));
+        assert_eq!(l.take(&"k", t0 + Duration::from_secs(10)), Ok(()));
+        assert!(l.take(&"k", t0 + Duration::from_secs(10)).is_err());
+        // Other keys are independent.
+        assert_eq!(l.take(&"other", t0), Ok(()));
+        // Refill is capped at the burst.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert_eq!(l.take(&"k", later), Ok(()));
+        }
+        assert!(l.take(&"k", later).is_err());
+    }
+
+    #[test]
+    fn check_does_not_spend() {
+        let mut l = Limiter::new(1, Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        assert!(l.check(&1, t0).is_ok());
+        assert!(l.check(&1, t0).is_ok());
+        l.spend(&1, t0);
+        assert_eq!(l.check(&1, t0), Err(60));
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second() {
+        let mut l = Limiter::new(1, Duration::from_millis(100), 100);
+        let t0 = Instant::now();
+        l.take(&1, t0).unwrap();
+        assert_eq!(l.check(&1, t0), Err(1));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut l = Limiter::new(2, Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        for i in 0..10_000u32 {
+            l.take(&i, t0 + Duration::from_millis(i as u64)).unwrap();
+            assert!(l.len() <= 100);
+        }
+        // Buckets that have refilled completely are pruned first.
+        let mut l = Limiter::new(1, Duration::from_secs(1), 16);
+        for i in 0..16u32 {
+            l.take(&i, t0).unwrap();
+        }
+        l.take(&100, t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_by_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(mapped), v4);
+    }
+}

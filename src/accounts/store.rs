@@ -1,0 +1,272 @@
+//! The `users` collection over the MongoDB driver's blocking (`sync`) API.
+//!
+//! Owns the connection options, the indexes and the classification of driver
+//! errors. Every call here blocks, so only worker threads and the maintenance
+//! thread may make them. Invariants:
+//! - Unless the URI says otherwise, server selection gives up after 2 s and a
+//!   TCP connect after 1 s, so a call against a dead database fails well
+//!   inside the 5 s the protocol allows; the driver reconnects by itself.
+//! - Every call records the outcome in the shared [`Health`]: success means
+//!   the database answered ("ok"), a connectivity failure means
+//!   "unavailable". Other errors (a duplicate key, a bad document) say
+//!   nothing about reachability and leave it alone.
+//! - Duplicate-key errors (code 11000) on insert and update surface as
+//!   [`StoreError::Duplicate`]; the unique index on `email` is the real guard
+//!   against two accounts with one address.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::sync::{Client, Collection, Database};
+use mongodb::IndexModel;
+
+use super::model::User;
+
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_millis(2000);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Enough for every listing the admin page needs; keeps one request bounded.
+pub const MAX_LISTED_USERS: i64 = 10_000;
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// A unique index refused the write (code 11000).
+    Duplicate,
+    /// The database could not be reached (or refused us).
+    Unavailable(String),
+    /// Anything else the driver reported.
+    Other(String),
+}
+
+/// Last known reachability of the database, shared by every thread.
+#[derive(Debug, Default)]
+pub struct Health(AtomicU8);
+
+const UNKNOWN: u8 = 0;
+const OK: u8 = 1;
+const DOWN: u8 = 2;
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        self.0.load(Ordering::Acquire) == OK
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        if self.is_ok() {
+            "ok"
+        } else {
+            "unavailable"
+        }
+    }
+
+    pub fn set_ok(&self) {
+        if self.0.swap(OK, Ordering::AcqRel) != OK {
+            log::info!("accounts database is reachable");
+        }
+    }
+
+    pub fn set_down(&self, why: &str) {
+        let before = self.0.swap(DOWN, Ordering::AcqRel);
+        if before == OK || before == UNKNOWN {
+            log::warn!("accounts database is unavailable: {why}");
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+    users: Collection<User>,
+}
+
+fn classify(e: mongodb::error::Error) -> StoreError {
+    // Codes the server sends while stepping down or shutting down: a
+    // reachability problem, not a bad request.
+    const NOT_AVAILABLE_CODES: &[i32] = &[
+        6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    ];
+    if e.contains_label("NetworkError") || e.contains_label("RetryableWriteError") {
+        return StoreError::Unavailable(short(&e));
+    }
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000 => StoreError::Duplicate,
+        ErrorKind::Command(c) if c.code == 11000 => StoreError::Duplicate,
+        ErrorKind::Command(c) if NOT_AVAILABLE_CODES.contains(&c.code) => {
+            StoreError::Unavailable(short(&e))
+        }
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Authentication { .. }
+        | ErrorKind::Shutdown => StoreError::Unavailable(short(&e)),
+        _ => StoreError::Other(short(&e)),
+    }
+}
+
+/// A one-line description of a driver error for the log. Driver messages
+/// name hosts and error kinds, never documents or credentials.
+fn short(e: &mongodb::error::Error) -> String {
+    let s = e.kind.to_string();
+    let s = s.lines().next().unwrap_or("").to_string();
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    } else {
+        s
+    }
+}
+
+impl Store {
+    /// Builds the client. For `mongodb://` this does no I/O; for
+    /// `mongodb+srv://` it resolves DNS, which is why only the maintenance
+    /// thread calls it.
+    pub fn connect(uri: &str, db_name: &str) -> Result<Store, StoreError> {
+        let mut opts = ClientOptions::parse(uri).run().map_err(classify)?;
+        opts.server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        opts.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        opts.app_name
+            .get_or_insert_with(|| "khun-phaen-sync-server".to_string());
+        let client = Client::with_options(opts).map_err(classify)?;
+        let db = client.database(db_name);
+        let users = db.collection::<User>("users");
+        Ok(Store { db, users })
+    }
+
+    fn track<T>(&self, health: &Health, r: mongodb::error::Result<T>) -> Result<T, StoreError> {
+        match r {
+            Ok(v) => {
+                health.set_ok();
+                Ok(v)
+            }
+            Err(e) => {
+                let e = classify(e);
+                match &e {
+                    StoreError::Unavailable(why) => health.set_down(why),
+                    // The server answered, so it is reachable.
+                    StoreError::Duplicate | StoreError::Other(_) => health.set_ok(),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn ping(&self, h: &Health) -> Result<(), StoreError> {
+        let r = self.db.run_command(doc! { "ping": 1 }).run();
+        self.track(h, r).map(|_| ())
+    }
+
+    /// Unique index on the normalised email, plain index on the setup token.
+    /// Creating an index that already exists with the same definition is a
+    /// no-op, so this runs at every start.
+    pub fn ensure_indexes(&self, h: &Health) -> Result<(), StoreError> {
+        let email = IndexModel::builder()
+            .keys(doc! { "email": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("email_unique".to_string())
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        let setup = IndexModel::builder()
+            .keys(doc! { "setup_token": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("setup_token".to_string())
+                    .build(),
+            )
+            .build();
+        let r = self.users.create_indexes([email, setup]).run();
+        self.track(h, r).map(|_| ())
+    }
+
+    pub fn any_users(&self, h: &Health) -> Result<bool, StoreError> {
+        let r = self.users.count_documents(doc! {}).limit(1).run();
+        self.track(h, r).map(|n| n > 0)
+    }
+
+    pub fn insert(&self, h: &Health, user: &User) -> Result<(), StoreError> {
+        let r = self.users.insert_one(user).run();
+        self.track(h, r).map(|_| ())
+    }
+
+    pub fn find_by_email(&self, h: &Health, email: &str) -> Result<Option<User>, StoreError> {
+        let r = self.users.find_one(doc! { "email": email }).run();
+        self.track(h, r)
+    }
+
+    pub fn find_by_id(&self, h: &Health, id: ObjectId) -> Result<Option<User>, StoreError> {
+        let r = self.users.find_one(doc! { "_id": id }).run();
+        self.track(h, r)
+    }
+
+    pub fn find_by_setup_token(&self, h: &Health, token: &str) -> Result<Option<User>, StoreError> {
+        let r = self.users.find_one(doc! { "setup_token": token }).run();
+        self.track(h, r)
+    }
+
+    pub fn list(&self, h: &Health) -> Result<Vec<User>, StoreError> {
+        let cursor = self
+            .users
+            .find(doc! {})
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .limit(MAX_LISTED_USERS)
+            .run();
+        let cursor = self.track(h, cursor)?;
+        let mut out = Vec::new();
+        for u in cursor {
+            out.push(self.track(h, u)?);
+        }
+        Ok(out)
+    }
+
+    /// `update_one`; `Ok(false)` when nothing matched `filter`.
+    pub fn update(
+        &self,
+        h: &Health,
+        filter: Document,
+        update: Document,
+    ) -> Result<bool, StoreError> {
+        let r = self.users.update_one(filter, update).run();
+        self.track(h, r).map(|r| r.matched_count > 0)
+    }
+
+    /// Atomic update returning the new document; `None` when nothing matched.
+    pub fn find_and_update(
+        &self,
+        h: &Health,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<User>, StoreError> {
+        let r = self
+            .users
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .run();
+        self.track(h, r)
+    }
+
+    pub fn delete(&self, h: &Health, id: ObjectId) -> Result<bool, StoreError> {
+        let r = self.users.delete_one(doc! { "_id": id }).run();
+        self.track(h, r).map(|r| r.deleted_count > 0)
+    }
+
+    /// Active admins other than `except`.
+    pub fn count_other_active_admins(
+        &self,
+        h: &Health,
+        except: ObjectId,
+    ) -> Result<u64, StoreError> {
+        let r = self
+            .users
+            .count_documents(doc! { "role": "admin", "is_active": true, "_id": { "$ne": except } })
+            .run();
+        self.track(h, r)
+    }
+}
