@@ -1,8 +1,9 @@
 //! Admission control near the memory cap: decides whether a new WebSocket may
 //! be accepted, given our resident memory and the limit we run under.
 //!
-//! The limit is the cgroup v2 `memory.max` of our cgroup (the tightest one on
-//! the path to the root, since a parent's limit binds us too), or
+//! The limit is our cgroup's memory limit (v2 `memory.max`, or v1
+//! `memory.limit_in_bytes` on hybrid hosts; the tightest one on the path up
+//! to the mount root, since a parent's limit binds us too), or
 //! `MEMORY_LIMIT_BYTES` when set (`0` turns the guard off). Above the high-water
 //! mark (90 % of the limit) new upgrades are refused (the server answers 503),
 //! and they are admitted again only once RSS falls below the low-water mark
@@ -235,31 +236,118 @@ fn parse_statm_resident(statm: &str) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Tightest cgroup v2 `memory.max` from our cgroup up to the root.
+/// Tightest memory limit of our cgroup and its ancestors: cgroup v2
+/// `memory.max`, or on v1/hybrid hosts the memory controller's
+/// `memory.limit_in_bytes`. The mounts are found through
+/// `/proc/self/mountinfo`, so non-standard mount points and cgroup namespaces
+/// (a container seeing its own cgroup as `/`) are handled.
 pub fn cgroup_limit() -> Option<u64> {
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = parse_cgroup_v2_path(&cg)?;
-    cgroup_limit_under(Path::new("/sys/fs/cgroup"), &rel)
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup_dirs(&cgroup, &mountinfo)
+        .into_iter()
+        .filter_map(|d| limit_along(&d))
+        .min()
 }
 
-/// The v2 entry of `/proc/self/cgroup` (the `0::/path` line), relative.
-fn parse_cgroup_v2_path(cgroup: &str) -> Option<PathBuf> {
-    cgroup.lines().find_map(|l| {
-        let rest = l.strip_prefix("0::")?;
-        Some(PathBuf::from(rest.trim().trim_start_matches('/')))
-    })
+/// Which kind of cgroup hierarchy a directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hierarchy {
+    V2,
+    V1Memory,
 }
 
-fn cgroup_limit_under(root: &Path, rel: &Path) -> Option<u64> {
+/// A cgroup directory to read, and the mount root we must not climb above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupDir {
+    kind: Hierarchy,
+    mount_point: PathBuf,
+    dir: PathBuf,
+}
+
+/// Our v2 and v1-memory cgroup directories, from `/proc/self/cgroup` and
+/// `/proc/self/mountinfo`.
+fn cgroup_dirs(cgroup: &str, mountinfo: &str) -> Vec<CgroupDir> {
+    let mut v2_path = None;
+    let mut v1_path = None;
+    for line in cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if id == "0" && ctrls.is_empty() {
+            v2_path = Some(path.trim().to_string());
+        } else if ctrls.split(',').any(|c| c == "memory") {
+            v1_path = Some(path.trim().to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        // id parent maj:min root mount-point options [optional...] - fstype source super-options
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let (root, mount_point) = (unescape_mount(pre[3]), unescape_mount(pre[4]));
+        let (kind, path) = match post[0] {
+            "cgroup2" => (Hierarchy::V2, v2_path.as_deref()),
+            "cgroup" if post[2].split(',').any(|o| o == "memory") => {
+                (Hierarchy::V1Memory, v1_path.as_deref())
+            }
+            _ => continue,
+        };
+        let Some(path) = path else { continue };
+        // Our path relative to what is mounted; if it lies outside the mount
+        // root (a namespace we cannot see through), the mount root is the
+        // best we have.
+        let rel = Path::new(path)
+            .strip_prefix(&root)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mount_point = PathBuf::from(mount_point);
+        out.push(CgroupDir {
+            kind,
+            dir: mount_point.join(rel),
+            mount_point,
+        });
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// The tightest limit from `d.dir` up to its mount point.
+fn limit_along(d: &CgroupDir) -> Option<u64> {
+    let file = match d.kind {
+        Hierarchy::V2 => "memory.max",
+        Hierarchy::V1Memory => "memory.limit_in_bytes",
+    };
     let mut best: Option<u64> = None;
-    let mut dir = Some(rel);
-    while let Some(d) = dir {
-        if let Ok(s) = std::fs::read_to_string(root.join(d).join("memory.max")) {
-            if let Some(v) = parse_memory_max(&s) {
+    let mut dir = Some(d.dir.as_path());
+    while let Some(cur) = dir {
+        if let Ok(s) = std::fs::read_to_string(cur.join(file)) {
+            let v = match d.kind {
+                Hierarchy::V2 => parse_memory_max(&s),
+                Hierarchy::V1Memory => parse_v1_limit(&s),
+            };
+            if let Some(v) = v {
                 best = Some(best.map_or(v, |b| b.min(v)));
             }
         }
-        dir = d.parent();
+        if cur == d.mount_point {
+            break;
+        }
+        dir = cur.parent();
     }
     best
 }
@@ -272,6 +360,12 @@ fn parse_memory_max(s: &str) -> Option<u64> {
     } else {
         s.parse().ok()
     }
+}
+
+/// v1 has no "max": "unlimited" is a page-rounded i64::MAX. Anything beyond
+/// an exabyte is treated as no limit.
+fn parse_v1_limit(s: &str) -> Option<u64> {
+    s.trim().parse::<u64>().ok().filter(|&v| v < 1 << 60)
 }
 
 #[cfg(test)]
@@ -368,19 +462,49 @@ mod tests {
         assert_eq!(parse_statm_resident(""), None);
         assert_eq!(parse_memory_max("max\n"), None);
         assert_eq!(parse_memory_max("104857600\n"), Some(104_857_600));
-        assert_eq!(
-            parse_cgroup_v2_path("0::/system.slice/khun-phaen-sync.service\n"),
-            Some(PathBuf::from("system.slice/khun-phaen-sync.service"))
-        );
-        assert_eq!(parse_cgroup_v2_path("0::/\n"), Some(PathBuf::from("")));
-        assert_eq!(
-            parse_cgroup_v2_path("12:memory:/docker/abc\n"),
-            None,
-            "cgroup v1 lines are not ours"
-        );
+        assert_eq!(parse_v1_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_v1_limit("104857600\n"), Some(104_857_600));
         assert_eq!(parse_limit_override("0"), Ok(None));
         assert_eq!(parse_limit_override(" 104857600 "), Ok(Some(104_857_600)));
         assert!(parse_limit_override("100M").is_err());
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    const MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_v1_and_v2_directories() {
+        let cg = "4:memory:/sandbox/abc\n1:cpu:/\n0::/user.slice\n";
+        let dirs = cgroup_dirs(cg, MOUNTINFO);
+        assert_eq!(
+            dirs,
+            vec![
+                CgroupDir {
+                    kind: Hierarchy::V1Memory,
+                    mount_point: "/sys/fs/cgroup/memory".into(),
+                    dir: "/sys/fs/cgroup/memory/sandbox/abc".into(),
+                },
+                CgroupDir {
+                    kind: Hierarchy::V2,
+                    mount_point: "/sys/fs/cgroup/unified".into(),
+                    dir: "/sys/fs/cgroup/unified/user.slice".into(),
+                },
+            ]
+        );
+        // Pure v2 host; a container whose mount root is its own cgroup.
+        let mi = "30 1 0:26 /docker/xyz /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        let dirs = cgroup_dirs("0::/docker/xyz\n", mi);
+        assert_eq!(dirs[0].dir, PathBuf::from("/sys/fs/cgroup"));
+        // Path outside the mount root: fall back to the mount point.
+        let dirs = cgroup_dirs("0::/elsewhere\n", mi);
+        assert_eq!(dirs[0].dir, PathBuf::from("/sys/fs/cgroup"));
+        // No cgroup mounts at all.
+        assert!(cgroup_dirs("0::/\n", "1 0 0:1 / / rw - ext4 /dev/x rw\n").is_empty());
     }
 
     #[test]
@@ -389,13 +513,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let leaf = root.join("system.slice/app.service");
         std::fs::create_dir_all(&leaf).unwrap();
+        // Above the mount point: must not be read.
+        std::fs::write(root.parent().unwrap().join("memory.max"), "1\n").ok();
         std::fs::write(root.join("system.slice/memory.max"), "209715200\n").unwrap();
         std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
-        let rel = Path::new("system.slice/app.service");
-        assert_eq!(cgroup_limit_under(&root, rel), Some(209_715_200));
+        let d = CgroupDir {
+            kind: Hierarchy::V2,
+            mount_point: root.clone(),
+            dir: leaf.clone(),
+        };
+        assert_eq!(limit_along(&d), Some(209_715_200));
         std::fs::write(leaf.join("memory.max"), "104857600\n").unwrap();
-        assert_eq!(cgroup_limit_under(&root, rel), Some(104_857_600));
-        assert_eq!(cgroup_limit_under(&root, Path::new("nowhere")), None);
+        assert_eq!(limit_along(&d), Some(104_857_600));
+        let v1 = CgroupDir {
+            kind: Hierarchy::V1Memory,
+            mount_point: root.clone(),
+            dir: leaf.clone(),
+        };
+        std::fs::write(leaf.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        assert_eq!(limit_along(&v1), None);
+        std::fs::write(leaf.join("memory.limit_in_bytes"), "52428800\n").unwrap();
+        assert_eq!(limit_along(&v1), Some(52_428_800));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn reads_this_machine_without_failing() {
+        // Whatever the host, this must not panic; a limit, if any, is > 0.
+        if let Some(l) = cgroup_limit() {
+            assert!(l > 0);
+        }
     }
 }
