@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         }
     }
 
+    tune_allocator();
     let cfg = match sync_server::config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -72,5 +73,21 @@ fn main() -> ExitCode {
             log::error!("event loop failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes freed memory go back to the system promptly.
+///
+/// glibc raises its mmap threshold each time a large block is freed, so
+/// after one 10 MiB document later large buffers come from the heap and stay
+/// resident after use. A fixed threshold keeps every large buffer (documents,
+/// big frames) in its own mapping that `free` returns at once; fewer arenas
+/// keep the worker threads from each holding a heap of their own.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -1099,11 +1099,17 @@ impl Server {
             return;
         };
         // Leave the room first so the others hear `peer_left` in order.
-        if let Phase::Ws(ws) = &mut c.phase {
-            if ws.session.in_room() {
-                self.rooms.leave(cref, &mut ws.session, now, &mut self.fx);
-                self.apply_effects();
-            }
+        let session = match &mut c.phase {
+            Phase::Ws(ws) => Some(&mut ws.session),
+            Phase::Waiting(p) => match &mut **p {
+                Pending::Join { ws, .. } => Some(&mut ws.session),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(session) = session.filter(|s| s.in_room()) {
+            self.rooms.leave(cref, session, now, &mut self.fx);
+            self.apply_effects();
         }
         let Some(c) = self
             .conns
