@@ -816,6 +816,7 @@ impl Server {
                 }
             }
         }
+        decoder.release();
         buf.drain(..pos);
         release_if_empty(&mut buf);
         if let Some(c) = self.conn(cref) {

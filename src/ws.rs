@@ -92,6 +92,12 @@ impl Decoder {
         self.partial.as_ref().map_or(0, |(_, v)| v.capacity()) + self.assembled.capacity()
     }
 
+    /// Frees the buffer of the last reassembled message; call once its
+    /// event has been handled, so an idle connection holds nothing.
+    pub fn release(&mut self) {
+        self.assembled = Vec::new();
+    }
+
     /// Decodes the next event from the front of `buf`, unmasking in place.
     ///
     /// Returns `Ok(None)` when `buf` holds no complete frame yet, and
