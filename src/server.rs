@@ -234,7 +234,9 @@ impl Server {
         loop {
             let now = Instant::now();
             let mut timeout = self.timers.timeout(now, MAX_SLEEP);
-            if !self.again.is_empty() {
+            if !self.again.is_empty() || !self.dirty.is_empty() {
+                // Work left over from the last turn (budgets, closes queued
+                // while flushing): look for events without sleeping.
                 timeout = Duration::ZERO;
             }
             if watchdog.is_some() {
@@ -1139,6 +1141,9 @@ impl Server {
         }
         c.phase = Phase::Closing;
         c.inbuf = Vec::new();
+        if c.out.is_empty() {
+            let _ = c.sock.shutdown(Shutdown::Write);
+        }
         self.timers.arm(now + LINGER, Timer::Linger(cref));
         self.mark_dirty(cref);
     }
