@@ -12,15 +12,18 @@
 //!   so the kernel holds little and the backlog really sits in the server;
 //! * the sender runs open loop at a modest `--rate`, so the moment of the cut
 //!   is well defined;
-//! * a background thread polls `GET /health` every 20 ms; the cut is seen when
-//!   the server's `connections` figure drops (a non-reading socket cannot be
-//!   told about its own close). A reset seen on the slow socket also counts;
+//! * the cut is seen when a healthy receiver gets `peer_left` for the slow
+//!   reader (a non-reading socket cannot be told about its own close). As a
+//!   fallback, a background thread polls `GET /health` every 20 ms and a drop
+//!   of its `connections` figure, or a reset on the slow socket, also counts;
 //! * the server's RSS is sampled every 5 ms;
 //! * afterwards the slow reader reads again and drains: it must hold a
 //!   gap-free prefix of the stream followed by a close frame (or TCP close).
 //!
-//! The backlog at the cut is estimated as (messages the healthy receiver had
-//! by then − messages the slow reader ever got) × frame size.
+//! The backlog at the cut is (messages the healthy receiver had when it saw
+//! `peer_left` − messages the slow reader ever got) × frame size: a room is
+//! one ordered stream, so that is exactly what was queued for the slow reader
+//! (in the server and the kernel buffers) when it was dropped.
 
 use std::time::{Duration, Instant};
 
@@ -105,9 +108,13 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
     for (m, &id) in ids.iter().enumerate() {
         member_of[id] = m;
     }
-    let mut streams = vec![Stream::default(); peers];
-    let mut closes: Vec<Option<CloseInfo>> = vec![None; peers];
-    let mut frame_len = 0u64;
+    let mut o = Observed {
+        streams: vec![Stream::default(); peers],
+        closes: vec![None; peers],
+        frame_len: 0,
+        peer_left: None,
+    };
+    let slow_peer = members[slow_m].peer_id.clone();
     let mut sampler = RssSampler::new(ctx.proc, Duration::from_millis(5));
     sampler.tick();
     let start = Instant::now();
@@ -117,28 +124,36 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
     let mut cut_by = "";
     let mut stop_at = end;
 
-    let handler = |streams: &mut Vec<Stream>,
-                   closes: &mut Vec<Option<CloseInfo>>,
-                   frame_len: &mut u64,
-                   id: usize,
-                   ev: Ev<'_>| {
+    let handler = |o: &mut Observed, id: usize, ev: Ev<'_>| {
         let Some(&m) = member_of.get(id) else { return };
         if m == usize::MAX {
             return;
         }
         match ev {
-            Ev::Text(msg, _) => {
-                if msg.is_whole() && scan::kind(msg.head) == Kind::Data {
+            Ev::Text(msg, _) if msg.is_whole() => match scan::kind(msg.head) {
+                Kind::Data => {
                     if let Some(st) = scan::data_stamp(msg.head) {
-                        streams[m].see(st.seq);
-                        if *frame_len == 0 {
-                            *frame_len = server_frame_len(msg.len);
+                        o.streams[m].see(st.seq);
+                        if o.frame_len == 0 {
+                            o.frame_len = server_frame_len(msg.len);
                         }
                     }
                 }
-            }
-            Ev::Closed(info) => closes[m] = Some(info.clone()),
-            Ev::Open => {}
+                // The room's own word that the slow reader is gone; since a
+                // room is one ordered stream, what receiver 1 holds at this
+                // point is exactly what was queued before the cut.
+                Kind::PeerLeft
+                    if m == 1
+                        && o.peer_left.is_none()
+                        && scan::string_field(msg.head, b"\"peer_id\"")
+                            == Some(slow_peer.as_bytes()) =>
+                {
+                    o.peer_left = Some((Instant::now(), o.streams[1].next));
+                }
+                _ => {}
+            },
+            Ev::Closed(info) => o.closes[m] = Some(info.clone()),
+            _ => {}
         }
     };
 
@@ -156,20 +171,25 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
             sent += 1;
         }
         net.poll(Some(Duration::from_millis(1)), &mut |_, id, ev| {
-            handler(&mut streams, &mut closes, &mut frame_len, id, ev)
+            handler(&mut o, id, ev)
         })
         .map_err(|e| format!("poll: {e}"))?;
         sampler.tick();
         if cut_at.is_none() {
             let c = health.connections();
             let by_health = c != UNKNOWN && c < c0;
-            if by_health || closes[slow_m].is_some() {
-                cut_at = Some((Instant::now(), streams[1].next));
+            if let Some(p) = o.peer_left {
+                cut_at = Some(p);
+                cut_by = "peer_left";
+            } else if by_health || o.closes[slow_m].is_some() {
+                cut_at = Some((Instant::now(), o.streams[1].next));
                 cut_by = if by_health {
                     "health connections dropped"
                 } else {
                     "socket error"
                 };
+            }
+            if cut_at.is_some() {
                 stop_at = Instant::now() + Duration::from_millis(a.after_cut_ms);
             }
         }
@@ -180,17 +200,24 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
     net.resume(slow);
     let drain_end = Instant::now() + Duration::from_secs(20);
     loop {
+        let (streams, closes) = (&o.streams, &o.closes);
         let others_done = (1..slow_m).all(|m| closes[m].is_some() || streams[m].next >= sent);
         let slow_done = closes[slow_m].is_some() || streams[slow_m].next >= sent;
         if (others_done && slow_done) || Instant::now() > drain_end {
             break;
         }
         net.poll(Some(Duration::from_millis(5)), &mut |_, id, ev| {
-            handler(&mut streams, &mut closes, &mut frame_len, id, ev)
+            handler(&mut o, id, ev)
         })
         .map_err(|e| format!("poll: {e}"))?;
     }
     let after = ctx.mem();
+    let Observed {
+        streams,
+        closes,
+        frame_len,
+        ..
+    } = o;
 
     let others_complete = (1..slow_m).all(|m| {
         closes[m].is_none()
@@ -268,4 +295,15 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
         Some(cut && backlog_ok && rss_ok && others_complete && slow_in_order),
     );
     Ok(r)
+}
+
+/// What the receivers saw.
+struct Observed {
+    streams: Vec<Stream>,
+    closes: Vec<Option<CloseInfo>>,
+    /// Wire size of one data frame as the server sends it.
+    frame_len: u64,
+    /// When receiver 1 saw `peer_left` for the slow reader, and how many
+    /// messages it had by then.
+    peer_left: Option<(Instant, u32)>,
 }

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Runs the standard performance set of issue 3 against a freshly built
+# sync-server and writes a Markdown table (scenario, figure, target, met) to
+# stdout and to <target>/bench/results.md. Raw JSON lines go to
+# <target>/bench/results.jsonl, server logs to <target>/bench/server-*.log.
+#
+# The server is pinned to CPU 0 and the load generator to CPU 1, so that the
+# figures are "one server core" figures. Every scenario gets a fresh server
+# (RSS figures must not inherit another scenario's heap) and stops by itself.
+# All traffic stays on loopback.
+#
+# Usage: tools/bench.sh [scenario ...]
+#   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
+#   (default: all). CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+OUT="$TARGET_DIR/bench"
+SERVER_BIN="$TARGET_DIR/release/sync-server"
+LOADGEN_BIN="$TARGET_DIR/release/loadgen"
+mkdir -p "$OUT"
+
+cargo build --release -p sync-server -p loadgen >&2
+
+# Many connections need many descriptors. Raise the limit as far as we may
+# (a container can cap the hard limit below 65536).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE="$(ulimit -n)"
+# The 20,000-connection idle run needs 20,000 descriptors in the server and
+# in the generator; where the limit is lower, run as many as fit.
+IDLE_BIG=20000
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_BIG + 64)) ]; then
+    IDLE_BIG=$(( (NOFILE - 64) / 100 * 100 ))
+fi
+
+PIN_SERVER=(taskset -c 0)
+PIN_LOADGEN=(taskset -c 1)
+if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
+    echo "bench: taskset or a second CPU is missing; running unpinned" >&2
+    PIN_SERVER=()
+    PIN_LOADGEN=()
+fi
+
+ROWS="$OUT/rows.md"
+JSONL="$OUT/results.jsonl"
+: >"$ROWS"
+: >"$JSONL"
+SERVER_PID=""
+PORT=""
+
+start_server() {
+    local name="$1"
+    shift
+    PORT="$("$LOADGEN_BIN" free-port)"
+    env HOST=127.0.0.1 PORT="$PORT" MAX_CONNECTIONS=50000 RUST_LOG=warn \
+        ROOM_CREATE_RATE=100000 ROOM_CREATE_BURST=100000 "$@" \
+        "${PIN_SERVER[@]}" "$SERVER_BIN" >"$OUT/server-$name.log" 2>&1 &
+    SERVER_PID=$!
+    if ! "$LOADGEN_BIN" --port "$PORT" wait-ready --timeout 15; then
+        echo "bench: server did not start, see $OUT/server-$name.log" >&2
+        stop_server
+        return 1
+    fi
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        # SIGTERM flushes for up to 5 s (contract §2 rule 10).
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+trap stop_server EXIT
+
+# run NAME [ENV=VALUE ...] -- LOADGEN-ARGS...
+run() {
+    local name="$1"
+    shift
+    local envs=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    echo "bench: $name: loadgen $*" >&2
+    if ! start_server "$name" "${envs[@]}"; then
+        echo "| $name | failed: server did not start | - | **no** |" >>"$ROWS"
+        return 0
+    fi
+    local out
+    out="$("${PIN_LOADGEN[@]}" "$LOADGEN_BIN" --port "$PORT" --server-pid "$SERVER_PID" \
+        --md "$ROWS" "$@" 2>>"$OUT/loadgen-$name.err")" || true
+    printf '%s\n' "$out" | sed -n 1p >&2
+    printf '%s\n' "$out" | sed -n 2p >>"$JSONL"
+    if [ -z "$out" ]; then
+        echo "| $name | failed: loadgen printed nothing (see $OUT/loadgen-$name.err) | - | **no** |" >>"$ROWS"
+    fi
+    stop_server
+}
+
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall)
+
+for s in "${SCENARIOS[@]}"; do
+    case "$s" in
+    idle)
+        run idle -- --label "idle, 10,000 connections, P=10" idle --conns 10000 --peers 10 ;;
+    idle20k)
+        run idle20k -- --label "idle, $(printf "%'d" "$IDLE_BIG" 2>/dev/null || echo "$IDLE_BIG") connections, P=10" \
+            idle --conns "$IDLE_BIG" --peers 10 ;;
+    fanout)
+        run fanout -- --label "fanout R=10 P=100 S=1 B=100, closed loop W=64" \
+            fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --window 64 --duration 10 ;;
+    latency)
+        # 1,010 messages/s x 99 receivers ≈ 100,000 deliveries/s.
+        run latency -- --label "fanout, moderate load (100k deliveries/s), open loop" \
+            fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --rate 1010 --duration 10 ;;
+    overload)
+        # 30,000 messages/s x 99 ≈ 3,000,000 deliveries/s offered: past what
+        # one server core can deliver, so push-back and slow-consumer closes
+        # must happen, and nothing may be lost silently.
+        run overload -- --label "fanout open loop past saturation (3M deliveries/s offered)" \
+            fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --rate 30000 --duration 10 --overload ;;
+    doc)
+        run doc -- --label "doc 10 MiB to P=50" doc --size 10485760 --peers 50 ;;
+    joinstorm)
+        run joinstorm -- --label "joinstorm 10,000" joinstorm --conns 10000 --peers 10 ;;
+    slow)
+        run slow -- --label "slow reader (MAX_OUTBOUND_BYTES 32 MiB)" slow ;;
+    stall)
+        run stall -- --label "stall: joiner stops halfway through 10 MiB" stall --size 10485760 ;;
+    *)
+        echo "bench: unknown scenario $s" >&2
+        exit 2 ;;
+    esac
+done
+
+{
+    echo "## Performance ($(date -u +%Y-%m-%d), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo
+    echo "Server pinned to CPU 0 (\`taskset -c 0\`), load generator to CPU 1; fresh server per scenario; open-file limit $NOFILE."
+    echo
+    echo "| scenario | figure | target | met |"
+    echo "|---|---|---|---|"
+    cat "$ROWS"
+} | tee "$OUT/results.md"
