@@ -165,9 +165,6 @@ impl Service {
     /// `/health` is fresh even when no requests come. Returns when `stop`
     /// receives or is dropped.
     pub fn maintain(&self, stop: &Receiver<()>) {
-        // Warm the dummy hash so the first unknown-email login costs the same
-        // as the others.
-        let _ = password::dummy_hash();
         loop {
             self.maintenance_round();
             let wait = if self.health.is_ok() && self.ready.load(Ordering::Acquire) {
