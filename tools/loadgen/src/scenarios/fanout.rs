@@ -74,6 +74,12 @@ pub struct FanoutArgs {
     /// Marks the run as the past-saturation test (changes the table row).
     #[arg(long)]
     pub overload: bool,
+    /// SO_RCVBUF for every peer's socket. Loopback receive buffers autotune
+    /// up to `tcp_rmem` max (often 32 MiB per socket), which can hide a
+    /// backlog in the generator's kernel instead of the server's queues; a
+    /// small fixed buffer makes slow reading push back on the server.
+    #[arg(long)]
+    pub rcvbuf: Option<usize>,
 }
 
 const NONE: usize = usize::MAX;
@@ -317,7 +323,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
             room: codes[m / peers].clone(),
             peer_id: format!("p{}", m % peers),
             is_host: false,
-            opts: ConnOpts::default(),
+            opts: ConnOpts { rcvbuf: a.rcvbuf },
         })
         .collect();
     let mut net = ctx.net()?;
@@ -366,6 +372,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
     let mut offered: u64 = 0;
     let mut offered_window: u64 = 0;
     let mut rr = 0usize;
+    let mut max_pending = 0usize;
     let mut drain_until = None;
     let mut drain_complete = false;
     let mut last_check = Instant::now();
@@ -414,6 +421,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
                 let g = rr % nsend;
                 rr += 1;
                 let id = st.conn[st.sender_member(g)];
+                max_pending = max_pending.max(net.tx.pending(id));
                 if net.tx.is_closed(id) || net.tx.pending(id) > a.max_pending {
                     st.pushed_back += 1;
                     continue;
@@ -455,6 +463,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
         .set("senders", senders)
         .set("bytes", a.bytes)
         .set("window", st.closed_loop.then_some(st.window))
+        .set("rcvbuf", a.rcvbuf)
         .set("rate_msgs_per_sec", a.rate)
         .set(
             "offered_deliveries_per_sec",
@@ -464,6 +473,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
         .set("messages_sent", st.sent_window)
         .set("messages_offered", a.rate.map(|_| offered_window))
         .set("pushed_back", st.pushed_back)
+        .set("max_sender_queue_bytes", a.rate.map(|_| max_pending))
         .set("deliveries", st.deliveries_window)
         .set("deliveries_per_sec", deliveries_per_sec)
         .set("server_cpu_secs", cpu_window)
