@@ -153,7 +153,7 @@ fn main() -> ExitCode {
     match result {
         Ok(r) => {
             if let Err(e) = r.emit(cli.md.as_deref()) {
-                eprintln!("loadgen: writing {:?}: {e}", cli.md);
+                eprintln!("loadgen: writing results: {e}");
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS

@@ -243,7 +243,8 @@ impl Net {
                 scratch: Vec::new(),
                 rng: 0x9E37_79B9_7F4A_7C15 ^ now_ns() ^ u64::from(std::process::id()),
             },
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            // Room for one read plus the leftover of the previous one in front.
+            scratch: vec![0u8; 2 * READ_CHUNK].into_boxed_slice(),
             server,
             host_header: server.to_string(),
             sources,
@@ -454,7 +455,7 @@ impl Net {
             };
             // Never read past a pause point by more than one chunk.
             let want = (out.pause_at - conn.rx_bytes).min(READ_CHUNK as u64) as usize;
-            match sock.read(&mut self.scratch[..want]) {
+            match sock.read(&mut self.scratch[READ_CHUNK..READ_CHUNK + want]) {
                 Ok(0) => {
                     self.fail(id, CloseInfo::new(CloseKind::Eof), h);
                     return;
@@ -482,16 +483,21 @@ impl Net {
         }
     }
 
-    /// Processes `n` fresh bytes in the scratch buffer.
+    /// Processes `n` fresh bytes at `scratch[READ_CHUNK..]`.
+    ///
+    /// The bytes left over from the previous read (usually part of one small
+    /// frame) are copied just in front of the fresh ones, so the decoder sees
+    /// one contiguous slice without a per-read allocation or a copy of the
+    /// whole read.
     fn input<H>(&mut self, id: ConnId, n: usize, h: &mut H) -> Result<(), CloseInfo>
     where
         H: FnMut(&mut Tx, ConnId, Ev<'_>),
     {
         let now = now_ns();
         let conn = &mut self.conns[id];
-        let mut data: &[u8] = &self.scratch[..n];
+        let fresh = READ_CHUNK..READ_CHUNK + n;
         if conn.state == State::Handshake {
-            conn.pending.extend_from_slice(data);
+            conn.pending.extend_from_slice(&self.scratch[fresh]);
             let Some(end) = ws::find_head_end(&conn.pending) else {
                 if conn.pending.len() > 16 * 1024 {
                     return Err(CloseInfo::new(CloseKind::HandshakeFailed(
@@ -507,37 +513,37 @@ impl Net {
             conn.accept = String::new();
             self.open += 1;
             h(&mut self.tx, id, Ev::Open);
-            let rest = conn.pending.split_off(end);
-            conn.pending.clear();
-            if rest.is_empty() {
-                return Ok(());
-            }
-            return self.frames(id, &rest, now, h);
+            // Frames that came with the handshake answer stay pending.
+            conn.pending.drain(..end);
+            return self.pending_frames(id, now, h);
         }
-        if conn.pending.is_empty() {
-            // Common case: decode straight from the scratch buffer.
-            let tx = &mut self.tx;
-            let mut close = None;
-            let used = decode(&mut conn.dec, data, id, now, tx, &mut close, h)?;
-            data = &data[used..];
-            if let Some(info) = close {
-                return self.closed_by_server(id, info, h);
-            }
-            conn.pending.extend_from_slice(data);
-            Ok(())
-        } else {
-            let rest = data.to_vec();
-            self.frames(id, &rest, now, h)
+        let p = conn.pending.len();
+        if p > READ_CHUNK {
+            // A large partial frame: append and decode from the buffer.
+            conn.pending.extend_from_slice(&self.scratch[fresh]);
+            return self.pending_frames(id, now, h);
         }
+        self.scratch[READ_CHUNK - p..READ_CHUNK].copy_from_slice(&conn.pending);
+        conn.pending.clear();
+        let buf = &self.scratch[READ_CHUNK - p..READ_CHUNK + n];
+        let mut close = None;
+        let used = decode(&mut conn.dec, buf, id, now, &mut self.tx, &mut close, h)?;
+        if let Some(info) = close {
+            return self.closed_by_server(id, info, h);
+        }
+        conn.pending.extend_from_slice(&buf[used..]);
+        Ok(())
     }
 
-    /// Appends `data` to the connection's pending bytes and decodes them.
-    fn frames<H>(&mut self, id: ConnId, data: &[u8], now: u64, h: &mut H) -> Result<(), CloseInfo>
+    /// Decodes what the connection's pending buffer holds.
+    fn pending_frames<H>(&mut self, id: ConnId, now: u64, h: &mut H) -> Result<(), CloseInfo>
     where
         H: FnMut(&mut Tx, ConnId, Ev<'_>),
     {
         let conn = &mut self.conns[id];
-        conn.pending.extend_from_slice(data);
+        if conn.pending.is_empty() {
+            return Ok(());
+        }
         let mut close = None;
         let used = decode(
             &mut conn.dec,

@@ -173,8 +173,10 @@ impl Report {
 
     /// Prints the human line and the JSON line; appends table rows to `md`.
     pub fn emit(&self, md: Option<&Path>) -> std::io::Result<()> {
-        println!("{}", self.human);
-        println!("{}", self.json());
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", self.human)?;
+        writeln!(out, "{}", self.json())?;
+        out.flush()?;
         if let Some(path) = md {
             let mut f = OpenOptions::new().create(true).append(true).open(path)?;
             f.write_all(self.markdown().as_bytes())?;

@@ -327,7 +327,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
         })
         .collect();
     let mut net = ctx.net()?;
-    let joined = join_all(&mut net, &members, 512, Duration::from_secs(120), false)?;
+    let joined = join_all(&mut net, &members, 128, Duration::from_secs(120), false)?;
 
     let nsend = a.rooms * senders;
     let mut member_of = vec![NONE; net.len()];

@@ -18,8 +18,8 @@ pub struct IdleArgs {
     /// Peers per room.
     #[arg(long, default_value_t = 10)]
     pub peers: usize,
-    /// Connects in progress at once.
-    #[arg(long, default_value_t = 256)]
+    /// Connects in progress at once (see `joinstorm --concurrency`).
+    #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// How long to hold the connections idle before measuring, ms.
     #[arg(long, default_value_t = 2000)]
