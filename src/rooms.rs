@@ -129,6 +129,10 @@ impl Room {
     pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
         self.members.iter().map(|m| m.conn)
     }
+    /// The members' peer ids in join order.
+    pub fn member_peer_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.members.iter().map(|m| &*m.peer_id)
+    }
 }
 
 /// Why `POST /api/rooms` was refused.
@@ -177,6 +181,17 @@ impl Rooms {
         self.rooms
             .get(r.key as usize)
             .filter(|room| room.gen == r.gen)
+    }
+
+    /// Every room with its reference, in slab order (for inspection).
+    pub fn iter(&self) -> impl Iterator<Item = (RoomRef, &Room)> + '_ {
+        self.rooms.iter().map(|(key, room)| {
+            let r = RoomRef {
+                key: key as u32,
+                gen: room.gen,
+            };
+            (r, room)
+        })
     }
 
     pub fn find(&self, code: &str) -> Option<(RoomRef, &Room)> {
