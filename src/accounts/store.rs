@@ -105,19 +105,26 @@ fn classify(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// A one-line description of a driver error for the log. Driver messages
-/// name hosts and error kinds, never documents or credentials.
+/// A one-line description of a driver error for the log. Server-side
+/// errors are reduced to their code: their messages can quote document
+/// values (a duplicate key names the email). Connection-level messages name
+/// hosts and error kinds only.
 fn short(e: &mongodb::error::Error) -> String {
-    let s = e.kind.to_string();
-    let s = s.lines().next().unwrap_or("").to_string();
-    if s.len() > 300 {
-        let mut end = 300;
-        while !s.is_char_boundary(end) {
-            end -= 1;
+    match &*e.kind {
+        ErrorKind::Command(c) => format!("server error {} ({})", c.code, c.code_name),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("write error {}", w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            format!("write concern error {}", w.code)
         }
-        format!("{}...", &s[..end])
-    } else {
-        s
+        _ => {
+            let s = e.kind.to_string();
+            let s = s.lines().next().unwrap_or("");
+            let mut end = s.len().min(300);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        }
     }
 }
 
