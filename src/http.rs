@@ -200,10 +200,18 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
                 .map_err(|_| HttpError::BadRequest("Header value is not valid UTF-8"))
         };
         if name.eq_ignore_ascii_case("content-length") {
-            let v = value()?;
-            let n = v
-                .parse::<u64>()
-                .map_err(|_| HttpError::BadRequest("Invalid Content-Length"))?;
+            // RFC 9110 §8.6: 1*DIGIT and nothing else. `u64::from_str`
+            // alone takes "+5" and `str::trim` drops Unicode spaces; a proxy
+            // in front may read either differently and disagree with us
+            // about where the body ends.
+            let bad = HttpError::BadRequest("Invalid Content-Length");
+            let v = std::str::from_utf8(h.value)
+                .map_err(|_| bad)?
+                .trim_matches([' ', '\t']);
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad);
+            }
+            let n = v.parse::<u64>().map_err(|_| bad)?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(HttpError::BadRequest("Conflicting Content-Length headers"));
             }
