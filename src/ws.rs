@@ -155,6 +155,13 @@ impl Decoder {
                 let Some((is_text, mut acc)) = self.partial.take() else {
                     return Err(WsError::Protocol("Continuation without a message"));
                 };
+                // Grow geometrically but never past the limit: a plain
+                // extend may double the capacity beyond `max_message`.
+                let need = acc.len() + payload.len();
+                if need > acc.capacity() {
+                    let cap = need.max(acc.capacity().saturating_mul(2)).min(max_message);
+                    acc.reserve_exact(cap - acc.len());
+                }
                 acc.extend_from_slice(payload);
                 if !header.is_final {
                     self.partial = Some((is_text, acc));
