@@ -54,7 +54,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+            // A tiny configured rate makes the wait too long for a
+            // `Duration` (`from_secs_f64` would panic): cap it.
+            let wait = Duration::try_from_secs_f64((1.0 - b.tokens) / rate);
+            Err(wait.unwrap_or(Duration::MAX))
         }
     }
 
