@@ -262,6 +262,10 @@ pub fn create_room(
             desired_room_code: None,
             desired_host_id: None,
         }
+    } else if req.body.trim_ascii_start().first() != Some(&b'{') {
+        // serde would also take an array of the fields in order
+        // (`["CODE","host"]`); the contract's body is an object.
+        return Answer::error(400, "Invalid request body: expected a JSON object");
     } else {
         match serde_json::from_slice::<CreateBody>(&req.body) {
             Ok(b) => b,
