@@ -16,7 +16,10 @@
 //! the hysteresis is tested without `/proc`.
 //!
 //! RSS is a proxy: the cgroup also charges page cache and kernel socket
-//! buffers to us, which is why high water sits well below the limit.
+//! buffers to us, which is why high water sits well below the limit. And the
+//! allocator keeps freed memory mapped, which would keep RSS (and the guard)
+//! up after a burst has passed: before refusing, the guard asks glibc to
+//! return free pages (`malloc_trim`, at most once a second) and looks again.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,6 +84,16 @@ impl Admission {
         self.last_rss
     }
 
+    /// Whether a sample of `rss` would leave new WebSockets refused (engage,
+    /// or stay engaged) given the current state.
+    pub fn would_refuse(&self, rss: u64) -> bool {
+        if self.engaged {
+            rss >= self.low
+        } else {
+            rss >= self.high
+        }
+    }
+
     /// Whether a sample is due at `now`.
     pub fn sample_due(&self, now: Instant) -> bool {
         match self.last_sample {
@@ -129,6 +142,7 @@ impl Admission {
 #[derive(Debug, Clone)]
 pub struct MemGuard {
     admission: Option<Admission>,
+    last_trim: Option<Instant>,
 }
 
 impl MemGuard {
@@ -165,6 +179,7 @@ impl MemGuard {
     pub fn with_limit(limit: Option<u64>) -> MemGuard {
         MemGuard {
             admission: limit.filter(|&l| l > 0).map(Admission::new),
+            last_trim: None,
         }
     }
 
@@ -180,20 +195,50 @@ impl MemGuard {
 
     /// Call on each WebSocket upgrade request; `false` means answer 503.
     pub fn allow_new_websocket(&mut self, now: Instant) -> bool {
-        self.allow_new_websocket_with(now, own_rss_bytes)
+        self.allow_with(now, own_rss_bytes, release_free_memory)
     }
 
     /// [`Self::allow_new_websocket`] with the RSS source supplied by the
-    /// caller; logs each transition once.
+    /// caller (and no allocator trimming); logs each transition once.
     pub fn allow_new_websocket_with(
         &mut self,
         now: Instant,
         read_rss: impl FnOnce() -> Option<u64>,
     ) -> bool {
+        let mut read_rss = Some(read_rss);
+        self.allow_with(now, || read_rss.take().and_then(|f| f()), || {})
+    }
+
+    /// The decision with both effects injected. RSS alone would overstate
+    /// our use: the allocator keeps freed memory mapped, so after a burst
+    /// (a big document, a wave of connections that then left) RSS can stay
+    /// above low water while the heap is mostly free, and the guard would
+    /// refuse new WebSockets for good. So when a sample says "refuse", the
+    /// allocator is first asked to hand free memory back (at most once per
+    /// [`TRIM_INTERVAL`]) and RSS is read again.
+    fn allow_with(
+        &mut self,
+        now: Instant,
+        mut read_rss: impl FnMut() -> Option<u64>,
+        trim: impl FnOnce(),
+    ) -> bool {
         let Some(adm) = self.admission.as_mut() else {
             return true;
         };
-        let (allow, transition) = adm.decide(now, read_rss);
+        let trim_due = self
+            .last_trim
+            .map_or(true, |t| now.saturating_duration_since(t) >= TRIM_INTERVAL);
+        let judge = adm.clone();
+        let mut trimmed = false;
+        let (allow, transition) = adm.decide(now, || {
+            let rss = read_rss()?;
+            if trim_due && judge.would_refuse(rss) {
+                trim();
+                trimmed = true;
+                return read_rss().or(Some(rss));
+            }
+            Some(rss)
+        });
         match transition {
             Some(Transition::Engaged) => log::warn!(
                 "memory guard engaged: RSS {} bytes >= {} (limit {}); refusing new WebSockets with 503",
@@ -208,7 +253,27 @@ impl MemGuard {
             ),
             None => {}
         }
+        if trimmed {
+            self.last_trim = Some(now);
+        }
         allow
+    }
+}
+
+/// Minimum time between two allocator trims: a trim walks the heap, so it
+/// must not run on every refused upgrade of a join storm.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns free heap memory to the kernel so that RSS reflects live data.
+/// glibc keeps freed chunks mapped; `malloc_trim(0)` releases them (whole
+/// free pages anywhere in each arena, not just at the top). Other allocators
+/// have nothing to do here.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only inspects and madvises the allocator's own
+    // free lists; it is thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -449,11 +514,53 @@ mod tests {
     }
 
     #[test]
+    fn trims_before_refusing_and_not_too_often() {
+        let mut g = MemGuard::with_limit(Some(100 * MB));
+        let t0 = Instant::now();
+        // High RSS that a trim brings down: admitted, never engaged.
+        let mut reads = vec![50 * MB, 95 * MB];
+        let mut trims = 0;
+        assert!(g.allow_with(t0, || reads.pop(), || trims += 1));
+        assert_eq!(trims, 1);
+        assert!(!g.engaged());
+        // Still high 100 ms later: the trim is not due yet, so it engages.
+        let t1 = t0 + SAMPLE_INTERVAL;
+        let mut reads = vec![95 * MB];
+        assert!(!g.allow_with(t1, || reads.pop(), || trims += 1));
+        assert_eq!(trims, 1);
+        assert!(g.engaged());
+        // Engaged, between the marks: a due trim frees enough to lift.
+        let t2 = t0 + TRIM_INTERVAL;
+        let mut reads = vec![60 * MB, 85 * MB];
+        assert!(g.allow_with(t2, || reads.pop(), || trims += 1));
+        assert_eq!(trims, 2);
+        assert!(!g.engaged());
+        // Low RSS: no trim at all.
+        let t3 = t2 + TRIM_INTERVAL;
+        assert!(g.allow_with(t3, || Some(10 * MB), || trims += 1));
+        assert_eq!(trims, 2);
+    }
+
+    #[test]
+    fn would_refuse_follows_the_state() {
+        let mut a = Admission::new(100 * MB);
+        assert!(!a.would_refuse(85 * MB));
+        assert!(a.would_refuse(90 * MB));
+        a.observe(95 * MB, Instant::now());
+        assert!(a.would_refuse(85 * MB));
+        assert!(!a.would_refuse(79 * MB));
+    }
+
+    #[test]
     fn real_rss_is_readable_and_plausible() {
         let rss = own_rss_bytes().expect("/proc/self/statm readable on Linux");
         assert!(rss > 100_000 && rss < 10_000_000_000, "rss {rss}");
         let mut g = MemGuard::with_limit(Some(u64::MAX));
         assert!(g.allow_new_websocket(Instant::now()));
+        // A guard that refuses on anything exercises the real trim path.
+        let mut g = MemGuard::with_limit(Some(1));
+        assert!(!g.allow_new_websocket(Instant::now()));
+        assert!(g.engaged());
     }
 
     #[test]
