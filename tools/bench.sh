@@ -113,7 +113,7 @@ for s in "${SCENARIOS[@]}"; do
     idle)
         run idle -- --label "idle, 10,000 connections, P=10" idle --conns 10000 --peers 10 ;;
     idle20k)
-        run idle20k -- --label "idle, $(printf "%'d" "$IDLE_BIG" 2>/dev/null || echo "$IDLE_BIG") connections, P=10" \
+        run idle20k -- --label "idle, $(echo "$IDLE_BIG" | sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta') connections, P=10" \
             idle --conns "$IDLE_BIG" --peers 10 ;;
     fanout)
         run fanout -- --label "fanout R=10 P=100 S=1 B=100, closed loop W=64" \
