@@ -173,6 +173,16 @@ impl Server {
             io::Error::new(io::ErrorKind::InvalidInput, "HOST is not an IP address")
         })?;
         let mut listener = TcpListener::bind(SocketAddr::new(ip, cfg.port))?;
+        // mio listens with std's backlog of 128; a burst of browsers
+        // reconnecting after a restart overflows that and each dropped SYN
+        // waits a second for its retransmission. Linux lets `listen` be
+        // called again to raise it (the kernel caps it at somaxconn).
+        {
+            use std::os::fd::AsRawFd;
+            let backlog = cfg.max_connections.clamp(128, 4096) as libc::c_int;
+            // SAFETY: a valid listening socket owned by `listener`.
+            unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+        }
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
