@@ -237,7 +237,7 @@ fn newer_connection_replaces_older_with_same_peer_id() {
         e,
         json!({"type":"error","message":"Replaced by a newer connection"})
     );
-    assert!(old.expect_close().is_some() || true);
+    assert_eq!(old.expect_close(), Some(1000));
     let j = http(s.addr, "GET", "/api/rooms/R", &[], b"").json();
     assert_eq!(j["peer_count"], 2);
     let ids: Vec<_> = j["peers"]
