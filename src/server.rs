@@ -58,6 +58,8 @@ const KEEP_INBUF: usize = 8 * 1024;
 const LINGER: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often stale timers and spare capacity are given back.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// Longest poll sleep when no timer is due sooner.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -69,6 +71,7 @@ enum Timer {
     Room(RoomRef),
     AcceptRetry,
     Shutdown,
+    Housekeeping,
 }
 
 /// What a connection is doing.
@@ -152,6 +155,8 @@ pub struct Server {
     again: Vec<ConnRef>,
     doomed: Vec<(ConnRef, Close)>,
     accept_paused: bool,
+    /// Most connections seen since the last housekeeping trim.
+    peak_conns: usize,
     started: Instant,
     signals: signal_hook_mio::v1_0::Signals,
     waker: Arc<Waker>,
@@ -216,6 +221,7 @@ impl Server {
             again: Vec::new(),
             doomed: Vec::new(),
             accept_paused: false,
+            peak_conns: 0,
             started: Instant::now(),
             signals,
             waker,
@@ -241,6 +247,8 @@ impl Server {
         let watchdog = crate::notify::watchdog_interval();
         let mut next_watchdog = Instant::now();
         crate::notify::ready();
+        self.timers
+            .arm(Instant::now() + HOUSEKEEPING, Timer::Housekeeping);
         loop {
             let now = Instant::now();
             let mut timeout = self.timers.timeout(now, MAX_SLEEP);
@@ -408,6 +416,7 @@ impl Server {
             gen,
         };
         self.timers.arm(deadline, Timer::Request(cref));
+        self.peak_conns = self.peak_conns.max(self.conns.len());
         debug!("[{key}] accepted {addr}");
     }
 
@@ -1224,8 +1233,40 @@ impl Server {
                     self.accept();
                 }
                 Timer::Shutdown => {}
+                Timer::Housekeeping => {
+                    self.housekeeping();
+                    self.timers.arm(now + HOUSEKEEPING, Timer::Housekeeping);
+                }
             }
             self.reap();
+        }
+    }
+
+    /// Gives back memory a burst left behind: stale timer entries, slab
+    /// slots past the last live connection, and free heap pages.
+    fn housekeeping(&mut self) {
+        let live = self.conns.len() + self.rooms.len();
+        if self.timers.len() > 2 * live + 1024 {
+            let conns = &self.conns;
+            let rooms = &self.rooms;
+            let alive = |c: &ConnRef| conns.get(c.key as usize).is_some_and(|x| x.gen == c.gen);
+            self.timers.retain(|t| match t {
+                Timer::Request(c) | Timer::Ping(c) | Timer::Linger(c) => alive(c),
+                Timer::Room(r) => rooms.get(*r).is_some(),
+                _ => true,
+            });
+        }
+        self.peak_conns = self.peak_conns.max(self.conns.len());
+        if self.peak_conns >= 1024 && self.conns.len() * 2 < self.peak_conns {
+            self.conns.shrink_to_fit();
+            self.dirty.shrink_to_fit();
+            self.again.shrink_to_fit();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: plain libc call; returns free heap pages to the OS.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            self.peak_conns = self.conns.len();
         }
     }
 
