@@ -20,18 +20,32 @@
 //!   whatever `ACCOUNT_WORKERS` says, so hashing stays inside the memory cap.
 //! - Secrets (passwords, hashes, tokens, setup tokens) are never logged.
 
+#[cfg(feature = "accounts")]
 mod config;
+#[cfg(not(feature = "accounts"))]
+mod disabled;
+#[cfg(feature = "accounts")]
 mod handlers;
+#[cfg(feature = "accounts")]
 mod model;
+#[cfg(feature = "accounts")]
 mod password;
+#[cfg(feature = "accounts")]
 mod pool;
+#[cfg(feature = "accounts")]
 mod ratelimit;
+#[cfg(feature = "accounts")]
 mod store;
+#[cfg(feature = "accounts")]
 mod token;
 
+#[cfg(feature = "accounts")]
 pub use config::{AccountsConfig, InitialAdmin, LoginLimits};
+#[cfg(not(feature = "accounts"))]
+pub use disabled::{Accounts, AccountsConfig};
 
 use std::net::IpAddr;
+#[cfg(feature = "accounts")]
 use std::sync::Arc;
 
 /// One `/api/auth/*` request, already parsed by the core's HTTP layer.
@@ -80,12 +94,14 @@ pub enum Reply {
     Authorized(bool),
 }
 
+#[cfg(feature = "accounts")]
 /// Handle to the accounts worker pool. Owned by the server loop.
 pub struct Accounts {
     pool: pool::Pool,
     require_auth: bool,
 }
 
+#[cfg(feature = "accounts")]
 impl Accounts {
     /// Spawns the worker threads (`ACCOUNT_WORKERS`) and a maintenance thread
     /// that connects, creates the indexes and the `INITIAL_ADMIN_*` user,
