@@ -11,6 +11,7 @@ use crate::rooms::{CreateError, Rooms};
 use crate::util::rfc3339;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
@@ -211,20 +212,38 @@ pub fn route(
             let code = &p["/api/rooms/".len()..];
             Routed::Answer(match rooms.find(code) {
                 Some((_, room)) => {
-                    let peers: serde_json::Value =
-                        serde_json::from_str(&room.peers_json()).unwrap_or_else(|_| json!([]));
-                    Answer::json(
-                        200,
-                        json!({
-                            "success": true,
-                            "room_code": room.code(),
-                            "host_id": room.host_id(),
-                            "peers": peers,
-                            "peer_count": room.peer_count(),
-                            "created_at": room.created_at(),
-                            "has_document": room.has_document(),
-                        }),
-                    )
+                    // `peers` goes out as the stored JSON text. Parsing it
+                    // into a Value failed on a lone surrogate escape in a
+                    // peer's metadata (valid JSON text, which browsers
+                    // send), and the answer then listed no peers at all.
+                    #[derive(serde::Serialize)]
+                    struct Info<'a> {
+                        success: bool,
+                        room_code: &'a str,
+                        host_id: &'a str,
+                        peers: &'a RawValue,
+                        peer_count: usize,
+                        created_at: &'a str,
+                        has_document: bool,
+                    }
+                    let peers = RawValue::from_string(room.peers_json())
+                        .unwrap_or_else(|_| RawValue::from_string("[]".into()).unwrap());
+                    let info = Info {
+                        success: true,
+                        room_code: room.code(),
+                        host_id: room.host_id(),
+                        peers: &peers,
+                        peer_count: room.peer_count(),
+                        created_at: room.created_at(),
+                        has_document: room.has_document(),
+                    };
+                    Answer {
+                        status: 200,
+                        body: serde_json::to_vec(&info).unwrap_or_default(),
+                        allow: None,
+                        retry_after: None,
+                        preflight: false,
+                    }
                 }
                 None => Answer::error(404, "Room not found"),
             })
