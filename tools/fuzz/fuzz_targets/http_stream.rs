@@ -1,0 +1,8 @@
+//! libFuzzer entry for `http_stream`; the checks live in
+//! [`sync_server_fuzz::http_stream`] so that `tests/fuzz_regressions.rs` replays
+//! the same code under plain `cargo test`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    sync_server_fuzz::http_stream::run(data);
+});

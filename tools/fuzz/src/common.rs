@@ -1,0 +1,188 @@
+//! Helpers shared by the targets: reading fuzzer bytes as choices, split
+//! points, a deterministic random source, and checks of server frames.
+
+use serde_json::Value;
+
+/// Reads choices off the front of the fuzzer's input. Reading past the end
+/// gives zeros, so every input is valid.
+pub struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Input { data }
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    pub fn rest(self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// Reads a count byte and that many 16-bit offsets: the raw material for
+/// [`cut_points`], taken before the data they cut is known.
+pub fn read_cuts(input: &mut Input<'_>) -> Vec<u16> {
+    let n = (input.byte() % 17) as usize;
+    (0..n).map(|_| input.u16()).collect()
+}
+
+/// Sorted, distinct cut points strictly inside `0..len`.
+pub fn cut_points(raw: &[u16], len: usize) -> Vec<usize> {
+    if len < 2 {
+        return Vec::new();
+    }
+    let mut cuts: Vec<usize> = raw.iter().map(|&r| 1 + r as usize % (len - 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// The chunks of `data` between consecutive cut points.
+pub fn chunks<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0;
+    for &c in cuts {
+        out.push(&data[start..c]);
+        start = c;
+    }
+    out.push(&data[start..]);
+    out
+}
+
+/// A small deterministic generator (xorshift64*) standing in for the OS
+/// random source, so that a replayed input behaves exactly the same.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Parses one complete frame the server wrote and returns its opcode and
+/// payload. Asserts what every server frame must be: final, no reserved
+/// bits, unmasked, minimal length encoding, and exactly one frame.
+pub fn server_frame(f: &[u8]) -> (u8, &[u8]) {
+    assert!(f.len() >= 2, "server frame shorter than a header: {f:?}");
+    assert_eq!(f[0] & 0xf0, 0x80, "server frame not final or has RSV bits");
+    assert_eq!(f[1] & 0x80, 0, "server frames are never masked");
+    let (len, head) = match f[1] & 0x7f {
+        126 => {
+            assert!(f.len() >= 4);
+            let n = u16::from_be_bytes([f[2], f[3]]) as usize;
+            assert!(n >= 126, "16-bit length used for a short payload");
+            (n, 4)
+        }
+        127 => {
+            assert!(f.len() >= 10);
+            let n = u64::from_be_bytes(f[2..10].try_into().unwrap());
+            assert!(n > 0xffff, "64-bit length used for a 16-bit payload");
+            (n as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    assert_eq!(
+        f.len(),
+        head + len,
+        "frame length does not match its header"
+    );
+    (f[0] & 0x0f, &f[head..])
+}
+
+/// The message types of §2 the server may send.
+pub const SERVER_TYPES: &[&str] = &[
+    "connected",
+    "room_info",
+    "peer_joined",
+    "peer_left",
+    "document_sync",
+    "data",
+    "error",
+    "pong",
+];
+
+/// Parses JSON text as RFC 8259 defines it, where `\uD83D` alone is a
+/// valid escape (browsers send such lone surrogates, e.g. from a string cut
+/// inside an emoji, and read them back). serde_json refuses them, so every
+/// surrogate escape becomes U+FFFD first; the same mapping on both sides
+/// keeps comparisons exact for everything else.
+pub fn lenient_json(text: &[u8]) -> serde_json::Result<Value> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' && i + 1 < text.len() {
+            let esc = &text[i..text.len().min(i + 6)];
+            let surrogate = esc.len() == 6
+                && esc[1] == b'u'
+                && std::str::from_utf8(&esc[2..])
+                    .ok()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+                    .is_some_and(|c| (0xd800..=0xdfff).contains(&c));
+            if surrogate {
+                out.extend_from_slice(b"\\ufffd");
+                i += 6;
+            } else {
+                out.extend_from_slice(&text[i..i + 2]);
+                i += 2;
+            }
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    serde_json::from_slice(&out)
+}
+
+/// Checks that a server frame is one text message holding a JSON object
+/// with a known `type`, and returns that object.
+pub fn server_message(f: &[u8]) -> Value {
+    let (opcode, payload) = server_frame(f);
+    assert_eq!(opcode, 1, "room messages are text frames");
+    let v: Value = lenient_json(payload).unwrap_or_else(|e| {
+        panic!(
+            "server sent invalid JSON ({e}): {:?}",
+            String::from_utf8_lossy(payload)
+        )
+    });
+    let ty = v
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("server message without a string type: {v}"));
+    assert!(SERVER_TYPES.contains(&ty), "unknown server type {ty}");
+    v
+}
+
+/// The `type` of a checked server message.
+pub fn msg_type(v: &Value) -> &str {
+    v["type"].as_str().unwrap_or_default()
+}
