@@ -264,8 +264,10 @@ impl Rooms {
             key: key as u32,
             gen: self.next_gen,
         };
-        if let Some(t) = self.idle_timeout {
-            fx.push(Effect::ExpireAt(r, now + t));
+        // A timeout too long for an `Instant` (a huge
+        // ROOM_IDLE_TIMEOUT_SECONDS) means never: `now + t` would panic.
+        if let Some(at) = self.idle_timeout.and_then(|t| now.checked_add(t)) {
+            fx.push(Effect::ExpireAt(r, at));
         }
         Ok(Created {
             room: r,
@@ -485,8 +487,8 @@ impl Rooms {
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
-            if let Some(t) = self.idle_timeout {
-                fx.push(Effect::ExpireAt(r, now + t));
+            if let Some(at) = self.idle_timeout.and_then(|t| now.checked_add(t)) {
+                fx.push(Effect::ExpireAt(r, at));
             }
         }
     }
@@ -501,7 +503,10 @@ impl Rooms {
             return false;
         };
         match room.empty_since {
-            Some(since) if room.members.is_empty() && now >= since + timeout => {
+            Some(since)
+                if room.members.is_empty()
+                    && since.checked_add(timeout).is_some_and(|at| now >= at) =>
+            {
                 let room = self.rooms.remove(r.key as usize);
                 self.by_code.remove(&room.code);
                 true
