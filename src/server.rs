@@ -474,6 +474,12 @@ impl Server {
                     self.process_ws(cref);
                 }
             }
+            if n < SCRATCH {
+                // A short read drained the socket; more data (or a FIN) will
+                // raise a new edge. Skipping the read that would only say
+                // WouldBlock saves a system call per message.
+                return;
+            }
             if total >= READ_BUDGET {
                 self.again.push(cref);
                 return;
