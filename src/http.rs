@@ -100,13 +100,7 @@ impl Request {
 
     /// The value of one query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        let q = self.query.as_deref()?;
-        q.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == name)
-                .then(|| percent_decode(v))
-                .flatten()
-        })
+        query_param(self.query.as_deref(), name)
     }
 }
 
@@ -278,6 +272,16 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
     }
     out.body = buf[head_len..total].to_vec();
     Ok(Some((out, skip + total)))
+}
+
+/// The percent-decoded value of `name` in a raw query string.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k)? == name)
+            .then(|| percent_decode(v))
+            .flatten()
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (as a space); `None` on bad escapes or

@@ -323,9 +323,7 @@ impl Server {
     }
 
     fn conn(&mut self, c: ConnRef) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(c.key as usize)
-            .filter(|x| x.gen == c.gen)
+        live(&mut self.conns, c)
     }
 
     // ---- accepting -------------------------------------------------------
@@ -426,11 +424,7 @@ impl Server {
         let mut total = 0;
         loop {
             let max_message = self.cfg.max_message_bytes;
-            let Some(c) = self
-                .conns
-                .get_mut(cref.key as usize)
-                .filter(|c| c.gen == cref.gen)
-            else {
+            let Some(c) = live(&mut self.conns, cref) else {
                 return;
             };
             if c.doomed || matches!(c.phase, Phase::Waiting(_)) {
@@ -881,11 +875,7 @@ impl Server {
             }
         };
         let now = Instant::now();
-        let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        else {
+        let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
@@ -954,11 +944,7 @@ impl Server {
     /// bound.
     fn send(&mut self, cref: ConnRef, frame: Frame) {
         let max = self.cfg.max_outbound_bytes;
-        let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        else {
+        let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         if !push_bounded(c, frame, max) {
@@ -991,11 +977,7 @@ impl Server {
                         if Some(to) == except {
                             continue;
                         }
-                        let Some(c) = self
-                            .conns
-                            .get_mut(to.key as usize)
-                            .filter(|c| c.gen == to.gen)
-                        else {
+                        let Some(c) = live(&mut self.conns, to) else {
                             continue;
                         };
                         if push_bounded(c, frame.clone(), max) {
@@ -1014,11 +996,7 @@ impl Server {
                 }
                 Effect::Close(to, code, reason) => {
                     // The room already removed this member.
-                    if let Some(c) = self
-                        .conns
-                        .get_mut(to.key as usize)
-                        .filter(|c| c.gen == to.gen)
-                    {
+                    if let Some(c) = live(&mut self.conns, to) {
                         if let Phase::Ws(ws) = &mut c.phase {
                             ws.session = Session::default();
                         }
@@ -1033,11 +1011,7 @@ impl Server {
     }
 
     fn mark_dirty(&mut self, cref: ConnRef) {
-        if let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        {
+        if let Some(c) = live(&mut self.conns, cref) {
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(cref);
@@ -1050,11 +1024,7 @@ impl Server {
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for cref in dirty.drain(..) {
-            if let Some(c) = self
-                .conns
-                .get_mut(cref.key as usize)
-                .filter(|c| c.gen == cref.gen)
-            {
+            if let Some(c) = live(&mut self.conns, cref) {
                 c.dirty = false;
             }
             self.flush(cref);
@@ -1066,11 +1036,7 @@ impl Server {
     }
 
     fn flush(&mut self, cref: ConnRef) {
-        let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        else {
+        let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         match c.out.flush_to(&mut c.sock, WRITE_BUDGET) {
@@ -1119,11 +1085,7 @@ impl Server {
     /// The one way a connection ends. Idempotent.
     fn close(&mut self, cref: ConnRef, how: Close) {
         let now = Instant::now();
-        let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        else {
+        let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         // Leave the room first so the others hear `peer_left` in order.
@@ -1139,11 +1101,7 @@ impl Server {
             self.rooms.leave(cref, session, now, &mut self.fx);
             self.apply_effects();
         }
-        let Some(c) = self
-            .conns
-            .get_mut(cref.key as usize)
-            .filter(|c| c.gen == cref.gen)
-        else {
+        let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         let already_closing = matches!(c.phase, Phase::Closing);
@@ -1315,6 +1273,12 @@ impl Server {
         }
         self.reap();
     }
+}
+
+/// The connection `c` names, if it is still the same one (slab keys are
+/// reused; the generation tells them apart).
+fn live(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
+    conns.get_mut(c.key as usize).filter(|x| x.gen == c.gen)
 }
 
 /// Queues `frame` unless that would pass `max` bytes.

@@ -835,53 +835,14 @@ fn random_hex(bytes: usize) -> Result<String, String> {
 
 /// A random (version 4) UUID, the browser client's `user_id`.
 fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
     // Without OS randomness the ObjectId still identifies the user; the UUID
     // then merely loses its randomness, so do not fail the request over it.
-    let _ = getrandom::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::util::uuid_v4(&mut |b| {
+        let _ = getrandom::fill(b);
+    })
 }
 
-/// The percent-decoded value of `name` in a query string (`+` is a space).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    for pair in query?.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k).as_deref() == Some(name) {
-            return percent_decode(v);
-        }
-    }
-    None
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
+use crate::http::query_param;
 
 #[cfg(test)]
 mod tests {
