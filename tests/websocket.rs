@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, Client, TestServer};
+use common::{http, raw_upgrade, Client, TestServer};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -314,13 +314,8 @@ fn oversized_message_closes_1009() {
 #[test]
 fn invalid_utf8_closes_1007() {
     let s = TestServer::start(&[]);
-    let mut sock = TcpStream::connect(s.addr).unwrap();
+    let mut sock = raw_upgrade(s.addr);
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
     // A masked text frame holding 0xFF 0xFE (mask of zeros).
     sock.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
         .unwrap();
@@ -349,12 +344,7 @@ fn slow_reader_is_cut_off_with_1008_while_others_keep_receiving() {
     good.join("S", "good", false);
     sender.recv();
     // The slow peer joins with a raw socket and never reads again.
-    let mut slow = TcpStream::connect(s.addr).unwrap();
-    slow.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
+    let mut slow = raw_upgrade(s.addr);
     let join = br#"{"action":"join","room_code":"S","peer_id":"slow"}"#;
     let mut frame = vec![0x81, 0x80 | join.len() as u8, 0, 0, 0, 0];
     frame.extend_from_slice(join);
@@ -496,12 +486,7 @@ fn keepalive_pings_and_silent_connections_are_closed() {
         pings
     });
     // A raw socket that never answers is closed after two intervals.
-    let mut mute = TcpStream::connect(s.addr).unwrap();
-    mute.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
+    let mut mute = raw_upgrade(s.addr);
     mute.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
     let t0 = Instant::now();
     let mut all = Vec::new();
@@ -540,13 +525,8 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
 #[test]
 fn fragmented_message_and_client_ping_are_handled() {
     let s = TestServer::start(&[]);
-    let mut sock = TcpStream::connect(s.addr).unwrap();
+    let mut sock = raw_upgrade(s.addr);
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
     let part1 = br#"{"action":"#;
     let part2 = br#""ping"}"#;
     let mut f = vec![0x01, 0x80 | part1.len() as u8, 0, 0, 0, 0];

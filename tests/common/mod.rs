@@ -194,6 +194,18 @@ pub fn http(
     read_response(&mut s).expect("a response")
 }
 
+/// A raw socket that has sent a WebSocket upgrade request (with the RFC's
+/// sample key) and nothing else; the test speaks frames by hand.
+pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    s
+}
+
 /// A blocking WebSocket client with a read deadline.
 pub struct Client {
     pub ws: WebSocket<TcpStream>,
