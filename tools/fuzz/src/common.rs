@@ -131,36 +131,95 @@ pub const SERVER_TYPES: &[&str] = &[
     "pong",
 ];
 
-/// Parses JSON text as RFC 8259 defines it, where `\uD83D` alone is a
-/// valid escape (browsers send such lone surrogates, e.g. from a string cut
-/// inside an emoji, and read them back). serde_json refuses them, so every
-/// surrogate escape becomes U+FFFD first; the same mapping on both sides
-/// keeps comparisons exact for everything else.
+/// Parses JSON text as RFC 8259 defines it, which serde_json does not
+/// quite: a lone surrogate escape such as `\uD83D` (browsers send one for a
+/// string cut inside an emoji) and a number beyond `f64` such as `1e999`
+/// (JavaScript reads it as Infinity) are valid JSON that the server rightly
+/// forwards verbatim, but serde_json refuses them. So every surrogate escape
+/// becomes U+FFFD and every well-formed but infinite number becomes 0 before
+/// parsing; applying the same mapping to both sides of a comparison keeps
+/// it exact for everything else, and malformed text stays malformed.
 pub fn lenient_json(text: &[u8]) -> serde_json::Result<Value> {
     let mut out = Vec::with_capacity(text.len());
+    let mut in_string = false;
     let mut i = 0;
     while i < text.len() {
-        if text[i] == b'\\' && i + 1 < text.len() {
-            let esc = &text[i..text.len().min(i + 6)];
-            let surrogate = esc.len() == 6
-                && esc[1] == b'u'
-                && std::str::from_utf8(&esc[2..])
-                    .ok()
-                    .and_then(|h| u16::from_str_radix(h, 16).ok())
-                    .is_some_and(|c| (0xd800..=0xdfff).contains(&c));
-            if surrogate {
-                out.extend_from_slice(b"\\ufffd");
-                i += 6;
-            } else {
-                out.extend_from_slice(&text[i..i + 2]);
-                i += 2;
+        let b = text[i];
+        if in_string {
+            if b == b'\\' && i + 1 < text.len() {
+                let esc = &text[i..text.len().min(i + 6)];
+                let surrogate = esc.len() == 6
+                    && esc[1] == b'u'
+                    && std::str::from_utf8(&esc[2..])
+                        .ok()
+                        .and_then(|h| u16::from_str_radix(h, 16).ok())
+                        .is_some_and(|c| (0xd800..=0xdfff).contains(&c));
+                let n = if surrogate { 6 } else { 2 };
+                out.extend_from_slice(if surrogate {
+                    b"\\ufffd"
+                } else {
+                    &text[i..i + 2]
+                });
+                i += n;
+                continue;
             }
+            in_string = b != b'"';
+            out.push(b);
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < text.len()
+                && matches!(text[i], b'0'..=b'9' | b'+' | b'-' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let token = &text[start..i];
+            let infinite = json_number(token)
+                && std::str::from_utf8(token)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(f64::is_infinite);
+            out.extend_from_slice(if infinite { b"0" } else { token });
         } else {
-            out.push(text[i]);
+            in_string = b == b'"';
+            out.push(b);
             i += 1;
         }
     }
     serde_json::from_slice(&out)
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, RFC 8259's number.
+fn json_number(t: &[u8]) -> bool {
+    let digits = |t: &[u8], i: &mut usize| {
+        let s = *i;
+        while *i < t.len() && t[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > s
+    };
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    if t.get(i) == Some(&b'0') {
+        i += 1;
+    } else if !digits(t, &mut i) {
+        return false;
+    }
+    if t.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(t, &mut i) {
+            return false;
+        }
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(t, &mut i) {
+            return false;
+        }
+    }
+    i == t.len()
 }
 
 /// Checks that a server frame is one text message holding a JSON object
