@@ -11,6 +11,9 @@ use std::time::Duration;
 /// Largest HTTP request head (request line plus headers); beyond it: 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Upper bound for every `*_SECONDS` setting: one year.
+pub const MAX_TIMER_SECONDS: u64 = 365 * 24 * 3600;
+
 /// Runtime configuration. Cheap to clone; the loop keeps one copy.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -58,6 +61,17 @@ impl Config {
                 },
             }
         };
+        // Timer settings feed `Instant + Duration`; a bound keeps that sum
+        // representable on every platform, and nobody needs more than a year.
+        let secs = |k: &str, default: u64, min: u64| -> Result<u64, String> {
+            let n = num(k, default, min)?;
+            if n > MAX_TIMER_SECONDS {
+                return Err(format!(
+                    "{k} must be at most {MAX_TIMER_SECONDS} (one year), got {n}"
+                ));
+            }
+            Ok(n)
+        };
         let float = |k: &str, default: f64| -> Result<f64, String> {
             match get(k) {
                 None => Ok(default),
@@ -84,7 +98,7 @@ impl Config {
                 format!("RUST_LOG must be one of off/error/warn/info/debug/trace, got {v:?}")
             })?,
         };
-        let idle = num("ROOM_IDLE_TIMEOUT_SECONDS", 3600, 0)?;
+        let idle = secs("ROOM_IDLE_TIMEOUT_SECONDS", 3600, 0)?;
         let trust_proxy = match get("TRUST_PROXY") {
             None => None,
             Some(v) => Some(
@@ -121,8 +135,8 @@ impl Config {
             max_message_bytes: num("MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 64)? as usize,
             max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
             max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
-            request_timeout: Duration::from_secs(num("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
-            ping_interval: Duration::from_secs(num("PING_INTERVAL_SECONDS", 30, 1)?),
+            request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
+            ping_interval: Duration::from_secs(secs("PING_INTERVAL_SECONDS", 30, 1)?),
             room_create_rate: float("ROOM_CREATE_RATE", 2.0)?,
             room_create_burst: float("ROOM_CREATE_BURST", 5.0)?,
             trust_proxy,
@@ -200,6 +214,9 @@ mod tests {
             ("TRUST_PROXY", "proxy.local"),
             ("RUST_LOG", "loud"),
             ("PING_INTERVAL_SECONDS", "0"),
+            ("PING_INTERVAL_SECONDS", "18446744073709551615"),
+            ("REQUEST_TIMEOUT_SECONDS", "31536001"),
+            ("ROOM_IDLE_TIMEOUT_SECONDS", "99999999999"),
         ] {
             let err = cfg(&[(k, v)]).unwrap_err();
             assert!(err.contains(k), "{err} should name {k}");
