@@ -80,6 +80,13 @@ pub struct FanoutArgs {
     /// small fixed buffer makes slow reading push back on the server.
     #[arg(long)]
     pub rcvbuf: Option<usize>,
+    /// Open loop: poll without sleeping. The generator then owns its core,
+    /// and a delivery is read as soon as it lands instead of after the
+    /// generator's thread has been woken and scheduled, which is time the
+    /// server did not spend. Meant for latency runs with the generator pinned
+    /// to a core of its own.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 const NONE: usize = usize::MAX;
@@ -429,7 +436,9 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
                 st.send(&mut net.tx, g);
             }
         }
-        let timeout = if a.rate.is_some() {
+        let timeout = if a.busy_poll && st.phase != Phase::Drain {
+            Duration::ZERO
+        } else if a.rate.is_some() {
             Duration::from_micros(500)
         } else {
             Duration::from_millis(5)
@@ -464,6 +473,7 @@ pub fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Report, String> {
         .set("bytes", a.bytes)
         .set("window", st.closed_loop.then_some(st.window))
         .set("rcvbuf", a.rcvbuf)
+        .set("busy_poll", a.busy_poll)
         .set("rate_msgs_per_sec", a.rate)
         .set(
             "offered_deliveries_per_sec",
