@@ -7,6 +7,13 @@
 //! body limit, so a peer cannot make it buffer more than that. Pipelined
 //! requests are handled by calling it again on the remaining bytes.
 //!
+//! Bodies come with `Content-Length` or `Transfer-Encoding: chunked`. A
+//! chunked body is bounded three ways: its decoded size by the body limit
+//! (413), its trailers by the head limit (431), and its chunk count by
+//! [`MAX_CHUNKS`], so that re-parsing a growing buffer stays cheap however
+//! the peer slices it. A request carrying both framings is refused (400): a
+//! proxy in front may pick the other one, which is how requests get smuggled.
+//!
 //! Responses are written by [`write_response`] into a caller-owned buffer;
 //! every response carries CORS headers and, except 101/204, a JSON body.
 
@@ -14,6 +21,22 @@ use crate::config::MAX_HEADER_BYTES;
 
 /// Most headers a request may carry; more is answered like an oversized head.
 const MAX_HEADERS: usize = 64;
+
+/// Most chunks one chunked body may have. Clients write a JSON document in a
+/// handful of chunks; thousands of tiny ones only make every re-parse longer.
+pub const MAX_CHUNKS: usize = 1024;
+
+/// Longest chunk-size line (size plus extensions) we wait for.
+pub const MAX_CHUNK_LINE: usize = 256;
+
+/// The most bytes one request can occupy on the wire, complete or not, for a
+/// given body limit: skipped blank lines, the head, and either a
+/// `Content-Length` body or a chunked one with its framing and trailers.
+/// [`parse_request`] answers (a request or an error) before a buffer grows
+/// past it, which bounds a connection's input buffer.
+pub const fn request_bound(max_body: usize) -> usize {
+    4 + MAX_HEADER_BYTES + max_body + (MAX_CHUNKS + 1) * (MAX_CHUNK_LINE + 4) + MAX_HEADER_BYTES + 1
+}
 
 /// The request methods the server routes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +104,9 @@ pub struct Request {
     pub forwarded_proto: Option<String>,
     pub authorization: Option<String>,
     pub setup_token: Option<String>,
+    /// `Expect: 100-continue` was sent: the client waits for an interim
+    /// `100 Continue` before sending the body.
+    pub expect_continue: bool,
     pub body: Vec<u8>,
 }
 
@@ -113,6 +139,8 @@ pub enum HttpError {
     HeadersTooLarge,
     /// 413: the declared body is over the configured limit.
     BodyTooLarge,
+    /// 501: a transfer coding other than `chunked`.
+    UnsupportedCoding,
 }
 
 impl HttpError {
@@ -121,6 +149,7 @@ impl HttpError {
             HttpError::BadRequest(_) => 400,
             HttpError::HeadersTooLarge => 431,
             HttpError::BodyTooLarge => 413,
+            HttpError::UnsupportedCoding => 501,
         }
     }
 
@@ -129,6 +158,9 @@ impl HttpError {
             HttpError::BadRequest(m) => m,
             HttpError::HeadersTooLarge => "Request headers are too large (limit 16 KiB)",
             HttpError::BodyTooLarge => "Request body is too large",
+            HttpError::UnsupportedCoding => {
+                "Transfer-Encoding is not supported; only chunked is understood"
+            }
         }
     }
 }
@@ -191,6 +223,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
     };
 
     let mut content_length: Option<u64> = None;
+    let mut chunked = false;
     for h in req.headers.iter() {
         let name = h.name;
         let value = || -> Result<String, HttpError> {
@@ -216,12 +249,25 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only fixed-length bodies are accepted: the routes take small
-            // JSON documents and a length lets us refuse an oversized one
-            // before reading it.
-            return Err(HttpError::BadRequest(
-                "Transfer-Encoding is not supported; send Content-Length",
-            ));
+            // Only `chunked`, once, and last (RFC 9112 §6.1); no
+            // compression codings are understood.
+            for coding in value()?.split(',').map(str::trim) {
+                if chunked {
+                    return Err(HttpError::BadRequest(
+                        "Chunked must be the last transfer coding",
+                    ));
+                }
+                if !coding.eq_ignore_ascii_case("chunked") {
+                    return Err(HttpError::UnsupportedCoding);
+                }
+                chunked = true;
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if value()?.eq_ignore_ascii_case("100-continue") {
+                out.expect_continue = true;
+            } else {
+                return Err(HttpError::BadRequest("Unsupported Expect header"));
+            }
         } else if name.eq_ignore_ascii_case("host") {
             out.host = Some(value()?);
         } else if name.eq_ignore_ascii_case("origin") {
@@ -261,6 +307,23 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
         }
     }
 
+    if chunked {
+        if content_length.is_some() {
+            return Err(HttpError::BadRequest(
+                "Content-Length and Transfer-Encoding together are not allowed",
+            ));
+        }
+        if !out.http11 {
+            return Err(HttpError::BadRequest("Chunked bodies need HTTP/1.1"));
+        }
+        return Ok(
+            decode_chunked(&buf[head_len..], max_body)?.map(|(body, used)| {
+                out.body = body;
+                (out, skip + head_len + used)
+            }),
+        );
+    }
+
     let body_len = content_length.unwrap_or(0);
     if body_len > max_body as u64 {
         return Err(HttpError::BodyTooLarge);
@@ -272,6 +335,102 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
     }
     out.body = buf[head_len..total].to_vec();
     Ok(Some((out, skip + total)))
+}
+
+/// For a request still incomplete in `buf`: `None` while its head is not
+/// all in, then whether that head asks for `100 Continue` (the client holds
+/// the body back until it hears it). Meant for the "need more" answers of
+/// [`parse_request`], once per request.
+pub fn head_expects_continue(buf: &[u8]) -> Option<bool> {
+    let start = buf
+        .iter()
+        .take(4)
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let buf = &buf[start..];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let window = &buf[..buf.len().min(MAX_HEADER_BYTES + 1)];
+    match req.parse(window) {
+        Ok(httparse::Status::Complete(_)) => Some(req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("expect")
+                && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        })),
+        _ => None,
+    }
+}
+
+/// Decodes a chunked body from the front of `buf` (the bytes after the
+/// head): the body and the bytes used, or `None` while incomplete.
+///
+/// Nothing is copied until the last chunk and the trailers are in, so an
+/// incomplete body costs a walk over at most [`MAX_CHUNKS`] size lines.
+fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let malformed = HttpError::BadRequest("Malformed chunked body");
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut total = 0usize;
+    let mut pos = 0usize;
+    loop {
+        let (line_len, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(x)) => x,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() - pos > MAX_CHUNK_LINE {
+                    return Err(HttpError::BadRequest("Chunk size line is too long"));
+                }
+                return Ok(None);
+            }
+            Err(_) => return Err(malformed),
+        };
+        if line_len > MAX_CHUNK_LINE {
+            return Err(HttpError::BadRequest("Chunk size line is too long"));
+        }
+        pos += line_len;
+        if size == 0 {
+            break;
+        }
+        if size > (max_body - total) as u64 {
+            return Err(HttpError::BodyTooLarge);
+        }
+        if spans.len() == MAX_CHUNKS {
+            return Err(HttpError::BadRequest("Too many chunks in the body"));
+        }
+        let size = size as usize;
+        total += size;
+        spans.push((pos, size));
+        let end = pos + size;
+        if buf.len() < end + 2 {
+            // A wrong byte where the CRLF belongs is an error already.
+            if buf.len() > end && buf[end] != b'\r' {
+                return Err(malformed);
+            }
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(malformed);
+        }
+        pos = end + 2;
+    }
+    // Trailer fields, then the empty line. They are checked for syntax and
+    // size, and otherwise ignored: no route reads them.
+    let rest = &buf[pos..];
+    let window = &rest[..rest.len().min(MAX_HEADER_BYTES + 1)];
+    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let used = match httparse::parse_headers(window, &mut trailers) {
+        Ok(httparse::Status::Complete((n, _))) => n,
+        Ok(httparse::Status::Partial) => {
+            if rest.len() > MAX_HEADER_BYTES {
+                return Err(HttpError::HeadersTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(_) => return Err(malformed),
+    };
+    let mut body = Vec::with_capacity(total);
+    for (start, len) in spans {
+        body.extend_from_slice(&buf[start..start + len]);
+    }
+    Ok(Some((body, pos + used)))
 }
 
 /// The percent-decoded value of `name` in a raw query string.
@@ -330,6 +489,7 @@ pub fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -462,7 +622,104 @@ mod tests {
             Err(HttpError::BadRequest(_))
         ));
         assert!(matches!(
-            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 0),
+            parse_request(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                0
+            ),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert_eq!(
+            parse_request(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                9
+            ),
+            Err(HttpError::UnsupportedCoding)
+        );
+    }
+
+    const CHUNKED: &[u8] =
+        b"POST /api/rooms HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\n{\"a\":\r\n3\r\n12}\r\n0\r\nX-Trailer: t\r\n\r\n";
+
+    #[test]
+    fn chunked_body_is_decoded_at_every_split_point() {
+        for cut in 0..CHUNKED.len() {
+            assert_eq!(
+                parse_request(&CHUNKED[..cut], 1024),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        let mut raw = CHUNKED.to_vec();
+        raw.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        let (req, n) = parse_request(&raw, 1024).unwrap().unwrap();
+        assert_eq!(req.body, br#"{"a":12}"#);
+        assert_eq!(n, CHUNKED.len());
+        let (next, _) = parse_request(&raw[n..], 1024).unwrap().unwrap();
+        assert_eq!(next.path, "/next");
+    }
+
+    #[test]
+    fn chunked_body_limits() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        // Over the body limit as soon as the size line says so.
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"5\r\nab");
+        assert_eq!(parse_request(&raw, 4), Err(HttpError::BodyTooLarge));
+        // Sizes that add up past the limit.
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"3\r\nabc\r\n3\r\n");
+        assert_eq!(parse_request(&raw, 5), Err(HttpError::BodyTooLarge));
+        // A size too large for any integer.
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"ffffffffffffffffffff\r\n");
+        assert!(matches!(
+            parse_request(&raw, 5),
+            Err(HttpError::BadRequest(_))
+        ));
+        // Data longer than its size line said.
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"2\r\nabc\r\n0\r\n\r\n");
+        assert!(matches!(
+            parse_request(&raw, 9),
+            Err(HttpError::BadRequest(_))
+        ));
+        // Too many chunks.
+        let mut raw = head.clone();
+        for _ in 0..=MAX_CHUNKS {
+            raw.extend_from_slice(b"1\r\na\r\n");
+        }
+        assert!(matches!(
+            parse_request(&raw, 1 << 20),
+            Err(HttpError::BadRequest(_))
+        ));
+        // Endless trailers.
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"0\r\nX: ");
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES + 1));
+        assert_eq!(parse_request(&raw, 9), Err(HttpError::HeadersTooLarge));
+        // HTTP/1.0 has no chunked coding.
+        assert!(matches!(
+            parse_request(
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                9
+            ),
+            Err(HttpError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn expect_continue_is_noted_and_others_refused() {
+        let raw = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi";
+        assert!(parse_request(raw, 9).unwrap().unwrap().0.expect_continue);
+        assert_eq!(head_expects_continue(&raw[..raw.len() - 2]), Some(true));
+        assert_eq!(head_expects_continue(&raw[..20]), None);
+        assert_eq!(
+            head_expects_continue(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"),
+            Some(false)
+        );
+        assert!(matches!(
+            parse_request(b"POST / HTTP/1.1\r\nExpect: teapot\r\n\r\n", 9),
             Err(HttpError::BadRequest(_))
         ));
     }

@@ -76,8 +76,10 @@ enum Timer {
 
 /// What a connection is doing.
 enum Phase {
-    /// Reading HTTP requests. `deadline` bounds the current request.
-    Http { deadline: Instant },
+    /// Reading HTTP requests. `deadline` bounds the current request;
+    /// `head_seen` is set once its complete head was checked for
+    /// `Expect: 100-continue` (and the interim answer sent if asked).
+    Http { deadline: Instant, head_seen: bool },
     /// Waiting for a worker's answer; input is held until it arrives.
     Waiting(Box<Pending>),
     /// An open WebSocket.
@@ -404,7 +406,10 @@ impl Server {
             peer: addr.ip(),
             out: OutQueue::default(),
             inbuf: Vec::new(),
-            phase: Phase::Http { deadline },
+            phase: Phase::Http {
+                deadline,
+                head_seen: false,
+            },
             close_when_flushed: false,
             doomed: false,
             dirty: false,
@@ -509,6 +514,21 @@ impl Server {
                 Ok(Some(x)) => x,
                 Ok(None) => {
                     release_if_empty(&mut c.inbuf);
+                    // The head is in and the client waits for our word
+                    // before sending the body (RFC 9110 §10.1.1). Limits
+                    // on the declared size were checked already.
+                    if let Phase::Http { head_seen, .. } = &mut c.phase {
+                        if !*head_seen {
+                            if let Some(expects) = http::head_expects_continue(&c.inbuf) {
+                                *head_seen = true;
+                                if expects {
+                                    c.out
+                                        .push(Frame::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                                    self.mark_dirty(cref);
+                                }
+                            }
+                        }
+                    }
                     return;
                 }
                 Err(e) => {
@@ -632,7 +652,10 @@ impl Server {
             return;
         }
         let deadline = Instant::now() + timeout;
-        c.phase = Phase::Http { deadline };
+        c.phase = Phase::Http {
+            deadline,
+            head_seen: false,
+        };
         self.timers.arm(deadline, Timer::Request(cref));
     }
 
@@ -688,6 +711,7 @@ impl Server {
                 &mut c.phase,
                 Phase::Http {
                     deadline: Instant::now(),
+                    head_seen: false,
                 },
             ) else {
                 unreachable!()
@@ -1151,7 +1175,7 @@ impl Server {
             match t {
                 Timer::Request(cref) => {
                     let Some(c) = self.conn(cref) else { continue };
-                    let Phase::Http { deadline } = c.phase else {
+                    let Phase::Http { deadline, .. } = c.phase else {
                         continue;
                     };
                     if deadline > now {

@@ -387,3 +387,83 @@ fn bad_configuration_stops_startup_naming_the_variable() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MAX_CONNECTIONS"));
 }
+
+#[test]
+fn chunked_bodies_are_decoded_and_other_codings_refused() {
+    let s = TestServer::start(&[]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The body in three chunks, sent in two writes, then a pipelined GET.
+    c.write_all(
+        b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          a\r\n{\"desired_\r\n",
+    )
+    .unwrap();
+    c.write_all(
+        b"10\r\nroom_code\":\"CH1\"\r\n1\r\n}\r\n0\r\n\r\n\
+          GET /api/rooms/CH1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let created = read_response(&mut c).unwrap();
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(created.json()["room_code"], "CH1");
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+
+    // A coding we do not implement: 501, and the connection is closed.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 501);
+    assert_eq!(r.json()["success"], false);
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+
+    // Both framings at once is how requests get smuggled: 400.
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/rooms",
+        &[("Transfer-Encoding", "chunked")],
+        b"0\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+
+    // A chunked body over the limit is refused from its size line.
+    let s = TestServer::start(&[("MAX_BODY_BYTES", "100")]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 413);
+}
+
+#[test]
+fn expect_continue_gets_an_interim_100_before_the_body() {
+    let s = TestServer::start(&[]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = br#"{"desired_room_code":"EC1"}"#;
+    let head = format!(
+        "POST /api/rooms HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let interim = read_response(&mut c).unwrap();
+    assert_eq!(interim.status, 100);
+    c.write_all(body).unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["room_code"], "EC1");
+
+    // A body too large is refused at once instead of being invited.
+    let s = TestServer::start(&[("MAX_BODY_BYTES", "10")]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 50\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 413);
+}

@@ -86,7 +86,17 @@ http_head = {
     "e400--bad-content-length": crlf("POST / HTTP/1.1\nContent-Length: x\n\n"),
     "e400--signed-content-length": crlf("POST /api/rooms HTTP/1.1\nContent-Length: +2\n\n{}"),
     "e400--conflicting-lengths": crlf("POST / HTTP/1.1\nContent-Length: 1\nContent-Length: 2\n\nab"),
-    "e400--chunked": crlf("POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n"),
+    "req--chunked": crlf("POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n"),
+    "req--chunked-ext-trailer": crlf(
+        'POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n4;x=y\n{"a"\n3\n:1}\n0\nX-T: v\n\n'
+    ),
+    "req--expect-continue": crlf("POST /api/rooms HTTP/1.1\nExpect: 100-continue\nContent-Length: 2\n\n{}"),
+    "more--chunked-partial": crlf('POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n10\n{"desired'),
+    "more--expect-continue": crlf("POST /api/rooms HTTP/1.1\nExpect: 100-continue\nContent-Length: 2\n\n"),
+    "e501--gzip": crlf("POST /api/rooms HTTP/1.1\nTransfer-Encoding: gzip\n\n"),
+    "e400--te-and-cl": crlf("POST / HTTP/1.1\nTransfer-Encoding: chunked\nContent-Length: 5\n\n0\n\n"),
+    "e400--chunk-overrun": crlf("POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n2\nabc\n0\n\n"),
+    "e413--chunk-too-big": crlf("POST / HTTP/1.1\nTransfer-Encoding: chunked\n\nfffff\n"),
     "e400--absolute-form": crlf("GET http://evil.example/ HTTP/1.1\n\n"),
     "e400--http2-preface": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "e400--space-in-name": crlf("GET / HTTP/1.1\nBad Header: x\n\n"),
@@ -121,6 +131,14 @@ http_stream = {
     "e413--small-body-limit": stream(1, [4], POST_ROOMS),
     "e431--filler-overflow": stream(0x80, [200], "b" * 400 + "\r\n\r\n"),
     "end--filler-fits": stream(0x80, [16, 30], "\r\nHost: x\r\n\r\n"),
+    "end--chunked-pipelined": stream(
+        0,
+        [40, 75, 90],
+        crlf('POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n3\n{"a\n4\n":1}\n0\n\n') + GET_HEALTH,
+    ),
+    "more--chunked-trailer-pending": stream(
+        0, [50], crlf("POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n2\n{}\n0\nX-T: 1\n")
+    ),
 }
 for name, data in http_stream.items():
     put("http_stream", name, data)
