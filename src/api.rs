@@ -61,11 +61,18 @@ pub enum Routed {
     AuthorizeThenCreate(String),
 }
 
-/// Live figures `/health` reports.
+/// The 503 text while memory admission control is engaged.
+pub const NEAR_MEMORY_LIMIT: &str = "Server is near its memory limit; try again later";
+
+/// Live figures `/health` reports, and the admission state routes need.
 pub struct Stats<'a> {
     pub connections: usize,
     pub started: Instant,
     pub store: &'a str,
+    /// Memory admission control lets new rooms in. When it does not,
+    /// `POST /api/rooms` may still restore a room that exists (that costs
+    /// nothing), but a new one is 503.
+    pub admit_new_rooms: bool,
 }
 
 const ROUTES: &[&str] = &[
@@ -203,7 +210,15 @@ pub fn route(
                     None => Routed::Answer(Answer::error(401, "Authentication required")),
                 };
             }
-            Routed::Answer(create_room(cfg, rooms, peer, req, now, fx))
+            Routed::Answer(create_room(
+                cfg,
+                rooms,
+                peer,
+                req,
+                now,
+                stats.admit_new_rooms,
+                fx,
+            ))
         }
         p if p.starts_with("/api/rooms/") => {
             if m != Method::Get && m != Method::Head {
@@ -268,12 +283,14 @@ struct CreateBody {
 }
 
 /// `POST /api/rooms` once any rate limit and authorization have passed.
+#[allow(clippy::too_many_arguments)]
 pub fn create_room(
     cfg: &Config,
     rooms: &mut Rooms,
     peer: IpAddr,
     req: &Request,
     now: Instant,
+    admit_new: bool,
     fx: &mut Vec<crate::rooms::Effect>,
 ) -> Answer {
     let body = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -297,6 +314,13 @@ pub fn create_room(
             }
         }
     };
+    let restoring = body
+        .desired_room_code
+        .as_deref()
+        .is_some_and(|c| rooms.find(c).is_some());
+    if !admit_new && !restoring {
+        return Answer::error(503, NEAR_MEMORY_LIMIT);
+    }
     let created = match rooms.create(
         body.desired_room_code.as_deref(),
         body.desired_host_id.as_deref(),

@@ -124,6 +124,15 @@ impl Config {
                 Some(list)
             }
         };
+        // Read by the memory guard itself; checked here so that a typo stops
+        // start-up like any other bad value instead of being ignored.
+        if let Some(v) = get("MEMORY_LIMIT_BYTES") {
+            if v.parse::<u64>().is_err() {
+                return Err(format!(
+                    "MEMORY_LIMIT_BYTES must be a byte count (0 turns the guard off), got {v:?}"
+                ));
+            }
+        }
         let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
 
         Ok(Config {
@@ -217,6 +226,7 @@ mod tests {
             ("PING_INTERVAL_SECONDS", "18446744073709551615"),
             ("REQUEST_TIMEOUT_SECONDS", "31536001"),
             ("ROOM_IDLE_TIMEOUT_SECONDS", "99999999999"),
+            ("MEMORY_LIMIT_BYTES", "100M"),
         ] {
             let err = cfg(&[(k, v)]).unwrap_err();
             assert!(err.contains(k), "{err} should name {k}");

@@ -1,5 +1,6 @@
-//! Admission control near the memory cap: decides whether a new WebSocket may
-//! be accepted, given our resident memory and the limit we run under.
+//! Admission control near the memory cap: decides whether a new WebSocket (or
+//! a new room, which the server asks about the same way) may be accepted,
+//! given our resident memory and the limit we run under.
 //!
 //! The limit is our cgroup's memory limit (v2 `memory.max`, or v1
 //! `memory.limit_in_bytes` on hybrid hosts; the tightest one on the path up

@@ -555,10 +555,15 @@ impl Server {
             .accounts
             .as_ref()
             .map_or("disabled", |a| a.store_status());
+        // Only room creation asks the guard: a sample may read /proc, and
+        // other routes allocate nothing that lasts.
+        let admit_new_rooms = !(req.path == "/api/rooms" && req.method() == http::Method::Post)
+            || self.memguard.allow_new_websocket(now);
         let stats = Stats {
             connections,
             started: self.started,
             store,
+            admit_new_rooms,
         };
         let routed = api::route(
             &self.cfg,
@@ -731,12 +736,15 @@ impl Server {
                 (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
                     let a = if ok {
                         let peer = self.conn(cref).map(|c| c.peer).expect("live");
+                        let now = Instant::now();
+                        let admit = self.memguard.allow_new_websocket(now);
                         let a = api::create_room(
                             &self.cfg,
                             &mut self.rooms,
                             peer,
                             &req,
-                            Instant::now(),
+                            now,
+                            admit,
                             &mut self.fx,
                         );
                         self.apply_effects();
@@ -784,7 +792,7 @@ impl Server {
 
     fn upgrade(&mut self, cref: ConnRef, req: &Request) {
         if !self.memguard.allow_new_websocket(Instant::now()) {
-            let a = Answer::error(503, "Server is near its memory limit; try again later");
+            let a = Answer::error(503, api::NEAR_MEMORY_LIMIT);
             self.respond(cref, &a, req.origin.as_deref(), true);
             self.close(cref, Close::Linger);
             return;

@@ -467,3 +467,38 @@ fn expect_continue_gets_an_interim_100_before_the_body() {
         .unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 413);
 }
+
+#[test]
+fn near_the_memory_limit_new_rooms_and_websockets_get_503() {
+    // A 1 MiB limit: the server's RSS is above its high-water mark from the
+    // start, so admission control is engaged for the whole test.
+    let s = TestServer::start(&[("MEMORY_LIMIT_BYTES", "1048576")]);
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/rooms",
+        &[],
+        br#"{"desired_room_code":"MEM1"}"#,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["success"], false);
+    assert_eq!(
+        r.json()["error"],
+        "Server is near its memory limit; try again later"
+    );
+    assert_eq!(http(s.addr, "GET", "/api/rooms/MEM1", &[], b"").status, 404);
+
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 503);
+
+    // Everything else goes on.
+    let h = http(s.addr, "GET", "/health", &[], b"");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["rooms"], 0);
+}

@@ -303,6 +303,9 @@ api_rooms = {
     "400--body-array": api_body(0, "[]"),
     "400--body-array-of-fields": api_body(0, '["ARR", "host_arr"]'),
     "400--body-empty-host": api_body(0, '{"desired_host_id":""}'),
+    "503--memory-tight-new-room": api_body(16, BODY),
+    "200--memory-tight-restore": api_body(16, '{"desired_room_code":"R1"}'),
+    "200,503--memory-tight-get-then-post": api_raw(16, GET_R1 + POST_EMPTY),
 }
 for name, data in api_rooms.items():
     put("api_rooms", name, data)

@@ -8,7 +8,8 @@
 //! `GET` of the new room) or the body of one `POST /api/rooms` (bit 0 set).
 //! Bit 1 restricts `CORS_ALLOWED_ORIGINS`; bit 2 makes the peer the trusted
 //! proxy (so `X-Forwarded-*` count); bit 3 first has a peer join `R1` over
-//! the WebSocket protocol with the input's first line as its `metadata`.
+//! the WebSocket protocol with the input's first line as its `metadata`;
+//! bit 4 has memory admission control refuse new rooms.
 //!
 //! Checks, for every routed request:
 //! * accounts are not configured, so `/api/auth/*` is 503 and nothing is
@@ -121,13 +122,23 @@ pub fn run(data: &[u8]) -> String {
         connections: 3,
         started: now,
         store: "disabled",
+        admit_new_rooms: mode & 16 == 0,
     };
 
     let mut outcomes = Vec::new();
     let mut route = |req: &Request, rooms: &mut Rooms| {
         let before = rooms.len();
         let routed = api::route(&cfg, rooms, &mut limiter, &stats, peer, req, now, &mut fx);
-        check(&cfg, rooms, before, peer, req, &routed, metadata.as_ref());
+        check(
+            &cfg,
+            rooms,
+            before,
+            peer,
+            req,
+            &routed,
+            metadata.as_ref(),
+            stats.admit_new_rooms,
+        );
         outcomes.push(match routed {
             Routed::Answer(a) => a.status.to_string(),
             Routed::Upgrade => "upgrade".into(),
@@ -159,6 +170,7 @@ pub fn run(data: &[u8]) -> String {
     outcomes.join(",")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     cfg: &Config,
     rooms: &Rooms,
@@ -167,6 +179,7 @@ fn check(
     req: &Request,
     routed: &Routed,
     metadata: Option<&Value>,
+    admit_new_rooms: bool,
 ) {
     let path = req.path.as_str();
     let a = match routed {
@@ -205,7 +218,15 @@ fn check(
     match a.status {
         405 => assert!(a.allow.is_some()),
         429 => assert!(a.retry_after.is_some_and(|s| s >= 1)),
+        503 if path == "/api/rooms" => {
+            assert!(!admit_new_rooms, "503 without memory pressure");
+            assert_eq!(body["error"], api::NEAR_MEMORY_LIMIT);
+            assert_eq!(rooms.len(), before, "a refused POST created a room");
+        }
         503 => assert!(path == "/api/auth" || path.starts_with("/api/auth/")),
+        200 if path == "/api/rooms" && !admit_new_rooms => {
+            assert_eq!(body["restored"], true, "a new room under memory pressure");
+        }
         _ => {}
     }
     if path == "/api/rooms" && req.method() == Method::Post {
