@@ -312,6 +312,56 @@ fn concurrent_invites_of_one_email_create_one_user() {
     assert_eq!(h.raw_users().len(), 4);
 }
 
+#[test]
+fn concurrent_first_user_invites_create_one_admin() {
+    let mut h = Harness::start(
+        "first_race",
+        &[
+            ("INITIAL_SETUP_TOKEN", SETUP_TOKEN),
+            ("ACCOUNT_WORKERS", "4"),
+        ],
+    );
+    // Four holders of the setup token, four different emails, all at once:
+    // "no users yet" is true for each of them when they look.
+    let tags: Vec<u64> = (0..4)
+        .map(|i| {
+            let body =
+                json!({"email": format!("first{i}@example.org"), "password": "first password"});
+            let req = sync_server::accounts::AuthRequest {
+                method: "POST".into(),
+                path: "/api/auth/invite".into(),
+                query: None,
+                authorization: None,
+                setup_token: Some(SETUP_TOKEN.into()),
+                body: body.to_string().into_bytes(),
+                client_ip: "127.0.0.1".parse().unwrap(),
+            };
+            h.submit(Job::Http(req))
+        })
+        .collect();
+    let statuses: Vec<u16> = tags
+        .into_iter()
+        .map(|t| match h.wait(t, Duration::from_secs(30)) {
+            sync_server::accounts::Reply::Http(r) => r.status,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        1,
+        "exactly one first user: {statuses:?}"
+    );
+    // The others lost the claim (409) or came after it (401: an admin is
+    // needed from then on).
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 401 | 409)),
+        "{statuses:?}"
+    );
+    let users = h.raw_users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].get_str("role").unwrap(), "admin");
+}
+
 // ----- login -----------------------------------------------------------------------
 
 #[test]

@@ -52,6 +52,8 @@ const MSG_ADMIN_ONLY: &str = "Admin access required";
 const MSG_NO_USER: &str = "User not found";
 const MSG_DUPLICATE: &str = "A user with this email already exists";
 const MSG_BAD_SETUP_TOKEN: &str = "Invalid or already used setup token";
+const MSG_FIRST_USER_TAKEN: &str =
+    "The first user has already been created; sign in as an admin to invite more";
 
 /// An error answer: status and the sentence for `{"success":false,"error"}`.
 #[derive(Debug)]
@@ -235,14 +237,20 @@ impl Service {
             None,
             profile,
         );
+        // Someone (another instance, a setup-token invite) may be faster;
+        // then there is nothing left to do.
+        if !store.claim_first_user(&self.health)? || store.any_users(&self.health)? {
+            return Ok(());
+        }
         match store.insert(&self.health, &user) {
             Ok(()) => {
                 log::info!("accounts: created the initial admin (id {})", user.id_hex());
                 Ok(())
             }
-            // Someone (another instance, a setup-token invite) was faster.
-            Err(StoreError::Duplicate) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => {
+                let _ = store.release_first_user(&self.health);
+                Err(e)
+            }
         }
     }
 
@@ -394,7 +402,11 @@ impl Service {
             None => (None, Some(random_hex(32).map_err(internal)?)),
         };
         let user = new_user(email, role, hash, setup_token.clone(), discord_id, profile);
-        store.insert(&self.health, &user)?;
+        if first_user {
+            self.insert_first_user(store, &user)?;
+        } else {
+            store.insert(&self.health, &user)?;
+        }
         log::info!(
             "accounts: user {} invited ({})",
             user.id_hex(),
@@ -418,6 +430,20 @@ impl Service {
                 "id": user.id_hex(),
             }),
         })
+    }
+
+    /// Inserts the first user unless a rival got there first (see
+    /// [`Store::claim_first_user`]); the loser hears 409, as a second
+    /// invite for one email would.
+    fn insert_first_user(&self, store: &Store, user: &User) -> Result<(), Fail> {
+        if !store.claim_first_user(&self.health)? || store.any_users(&self.health)? {
+            return Err(fail(409, MSG_FIRST_USER_TAKEN));
+        }
+        if let Err(e) = store.insert(&self.health, user) {
+            let _ = store.release_first_user(&self.health);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     fn check_setup_token(&self, req: &AuthRequest) -> Result<(), Fail> {

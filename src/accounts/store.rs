@@ -1,4 +1,5 @@
-//! The `users` collection over the MongoDB driver's blocking (`sync`) API.
+//! The `users` collection (and the first-user claim in `meta`) over the
+//! MongoDB driver's blocking (`sync`) API.
 //!
 //! Owns the connection options, the indexes and the classification of driver
 //! errors. Every call here blocks, so only worker threads and the maintenance
@@ -78,7 +79,17 @@ impl Health {
 pub struct Store {
     db: Database,
     users: Collection<User>,
+    /// Small bookkeeping documents; today only the first-user claim.
+    meta: Collection<Document>,
 }
+
+/// `_id` of the document in `meta` whose insertion is the right to create
+/// the first user.
+const FIRST_USER_CLAIM: &str = "first_user";
+
+/// A claim this old with still no user was left by a crash between claim
+/// and insert; it may be taken over.
+const STALE_CLAIM: Duration = Duration::from_secs(60);
 
 fn classify(e: mongodb::error::Error) -> StoreError {
     // Codes the server sends while stepping down or shutting down: a
@@ -142,7 +153,8 @@ impl Store {
         let client = Client::with_options(opts).map_err(classify)?;
         let db = client.database(db_name);
         let users = db.collection::<User>("users");
-        Ok(Store { db, users })
+        let meta = db.collection::<Document>("meta");
+        Ok(Store { db, users, meta })
     }
 
     fn track<T>(&self, health: &Health, r: mongodb::error::Result<T>) -> Result<T, StoreError> {
@@ -196,6 +208,44 @@ impl Store {
     pub fn any_users(&self, h: &Health) -> Result<bool, StoreError> {
         let r = self.users.count_documents(doc! {}).limit(1).run();
         self.track(h, r).map(|n| n > 0)
+    }
+
+    /// Claims the right to create the first user; `false` when someone else
+    /// holds it. Checking "no users yet" and inserting are two calls, and
+    /// two first-user requests (or one and the `INITIAL_ADMIN_*` bootstrap)
+    /// could both pass the check; only one can insert the claim, because
+    /// `_id` is unique. The claim is never released after a user was
+    /// created: a slow rival that saw "no users" must still lose.
+    pub fn claim_first_user(&self, h: &Health) -> Result<bool, StoreError> {
+        let now = mongodb::bson::DateTime::now();
+        let claim = doc! { "_id": FIRST_USER_CLAIM, "at": now };
+        match self.track(h, self.meta.insert_one(claim.clone()).run()) {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Duplicate) => {}
+            Err(e) => return Err(e),
+        }
+        let cutoff = mongodb::bson::DateTime::from_millis(
+            now.timestamp_millis() - STALE_CLAIM.as_millis() as i64,
+        );
+        let r = self
+            .meta
+            .delete_one(doc! { "_id": FIRST_USER_CLAIM, "at": { "$lt": cutoff } })
+            .run();
+        if self.track(h, r)?.deleted_count == 0 {
+            return Ok(false);
+        }
+        match self.track(h, self.meta.insert_one(claim).run()) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Duplicate) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a claim back after the first user could not be created, so
+    /// that a retry does not wait for it to go stale.
+    pub fn release_first_user(&self, h: &Health) -> Result<(), StoreError> {
+        let r = self.meta.delete_one(doc! { "_id": FIRST_USER_CLAIM }).run();
+        self.track(h, r).map(|_| ())
     }
 
     pub fn insert(&self, h: &Health, user: &User) -> Result<(), StoreError> {
