@@ -272,6 +272,62 @@ fn invite_with_and_without_password_and_single_use_setup_links() {
 }
 
 #[test]
+fn setup_links_expire_after_seven_days() {
+    let mut h = Harness::start("setup_expiry", &with_setup_token());
+    let admin = h.first_admin(ADMIN_EMAIL, ADMIN_PW);
+    let invite = |h: &mut Harness, email: &str| -> String {
+        let r = h
+            .post("/api/auth/invite")
+            .bearer(&admin)
+            .json(json!({ "email": email }))
+            .send();
+        assert_eq!(r.status, 200, "{}", r.raw);
+        let link = r.json["setup_link"].as_str().unwrap().to_string();
+        link.strip_prefix("/setup-password?token=")
+            .unwrap()
+            .to_string()
+    };
+    let fresh = invite(&mut h, "fresh@example.org");
+    let old = invite(&mut h, "old@example.org");
+
+    // The stored expiry is a week out.
+    let stored = h.raw_user("fresh@example.org");
+    let exp = stored.get_datetime("setup_token_expires_at").unwrap();
+    let week_ms = 7 * 24 * 3600 * 1000_i64;
+    let now_ms = mongodb::bson::DateTime::now().timestamp_millis();
+    assert!((exp.timestamp_millis() - now_ms - week_ms).abs() < 60_000);
+
+    // Age one invitation past its expiry.
+    let past = mongodb::bson::DateTime::from_millis(now_ms - 1000);
+    h.raw_update_user(
+        "old@example.org",
+        mongodb::bson::doc! { "$set": { "setup_token_expires_at": past } },
+    );
+    let r = h.get(&format!("/api/auth/setup-info?token={old}")).send();
+    assert_eq!(r.status, 404, "{}", r.raw);
+    assert_eq!(r.error(), "Invalid, expired or already used setup token");
+    let r = h
+        .post("/api/auth/setup-password")
+        .json(json!({"token": old, "password": "a good password"}))
+        .send();
+    assert_eq!(r.status, 404, "{}", r.raw);
+    assert!(h
+        .raw_user("old@example.org")
+        .get_str("password_hash")
+        .is_err());
+
+    // The fresh one still works, and using it clears token and expiry.
+    let r = h
+        .post("/api/auth/setup-password")
+        .json(json!({"token": fresh, "password": "a good password"}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let stored = h.raw_user("fresh@example.org");
+    assert!(stored.get("setup_token").is_none());
+    assert!(stored.get("setup_token_expires_at").is_none());
+}
+
+#[test]
 fn concurrent_invites_of_one_email_create_one_user() {
     let mut h = Harness::start(
         "dup_race",

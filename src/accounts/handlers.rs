@@ -51,7 +51,7 @@ const MSG_BAD_LOGIN: &str = "Invalid email or password";
 const MSG_ADMIN_ONLY: &str = "Admin access required";
 const MSG_NO_USER: &str = "User not found";
 const MSG_DUPLICATE: &str = "A user with this email already exists";
-const MSG_BAD_SETUP_TOKEN: &str = "Invalid or already used setup token";
+const MSG_BAD_SETUP_TOKEN: &str = "Invalid, expired or already used setup token";
 const MSG_FIRST_USER_TAKEN: &str =
     "The first user has already been created; sign in as an admin to invite more";
 
@@ -470,8 +470,10 @@ impl Service {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| fail(400, "The token query parameter is required"))?;
         match store.find_by_setup_token(&self.health, &token)? {
-            Some(u) => Ok(json!({"success": true, "email": u.email})),
-            None => Err(fail(404, MSG_BAD_SETUP_TOKEN)),
+            Some(u) if u.setup_token_live(DateTime::now()) => {
+                Ok(json!({"success": true, "email": u.email}))
+            }
+            _ => Err(fail(404, MSG_BAD_SETUP_TOKEN)),
         }
     }
 
@@ -482,7 +484,10 @@ impl Service {
         }
         model::validate_password(&body.password).map_err(|e| fail(400, e))?;
         // Look first, so a bad token costs no hash.
-        let Some(user) = store.find_by_setup_token(&self.health, &body.token)? else {
+        let Some(user) = store
+            .find_by_setup_token(&self.health, &body.token)?
+            .filter(|u| u.setup_token_live(DateTime::now()))
+        else {
             return Err(fail(404, MSG_BAD_SETUP_TOKEN));
         };
         let hash = password::hash(&body.password).map_err(internal)?;
@@ -493,7 +498,7 @@ impl Service {
             doc! { "_id": user.id, "setup_token": &body.token },
             doc! {
                 "$set": { "password_hash": hash, "is_active": true, "updated_at": DateTime::now() },
-                "$unset": { "setup_token": "" },
+                "$unset": { "setup_token": "", "setup_token_expires_at": "" },
                 "$inc": { "token_version": 1_i64 },
             },
         )?;
@@ -713,6 +718,9 @@ fn new_user(
     profile: Profile,
 ) -> User {
     let now = DateTime::now();
+    let setup_token_expires_at = setup_token
+        .as_ref()
+        .map(|_| DateTime::from_millis(now.timestamp_millis() + model::SETUP_TOKEN_LIFETIME_MS));
     User {
         id: ObjectId::new(),
         user_id: uuid_v4(),
@@ -721,6 +729,7 @@ fn new_user(
         is_active: password_hash.is_some(),
         password_hash,
         setup_token,
+        setup_token_expires_at,
         token_version: 0,
         discord_id,
         profile,

@@ -49,6 +49,10 @@ pub struct User {
     /// Single-use invitation secret; removed once the password is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_token: Option<String>,
+    /// When `setup_token` stops working. Absent on invitations made before
+    /// expiry existed; those keep working until used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_token_expires_at: Option<DateTime>,
     /// Bumped by logout, password change and deactivation; a token whose
     /// `ver` claim differs is revoked.
     #[serde(default)]
@@ -109,9 +113,23 @@ impl User {
             "created_at": rfc3339(self.created_at),
             "setup_token": self.setup_token,
             "setup_link": self.setup_token.as_ref().map(|t| setup_link(t)),
+            "setup_expires_at": self.setup_token_expires_at.map(rfc3339),
             "discord_id": self.discord_id,
             "profile": self.profile_json(),
         })
+    }
+}
+
+/// How long an invitation's setup link works.
+pub const SETUP_TOKEN_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+
+impl User {
+    /// Whether `setup_token` may still be used at `now`.
+    pub fn setup_token_live(&self, now: DateTime) -> bool {
+        self.setup_token.is_some()
+            && self
+                .setup_token_expires_at
+                .map_or(true, |exp| now.timestamp_millis() < exp.timestamp_millis())
     }
 }
 
@@ -263,6 +281,7 @@ mod tests {
             password_hash: Some("$argon2id$v=19$secret-hash".into()),
             is_active: true,
             setup_token: None,
+            setup_token_expires_at: None,
             token_version: 7,
             discord_id: None,
             profile: Profile::default(),

@@ -319,6 +319,19 @@ impl Harness {
             .collect()
     }
 
+    /// Changes a stored user behind the server's back (e.g. to age it).
+    pub fn raw_update_user(&self, email: &str, update: Document) {
+        let client = mongodb::sync::Client::with_uri_str(&self.uri).unwrap();
+        let coll = client
+            .database(&self.db_name)
+            .collection::<Document>("users");
+        let r = coll
+            .update_one(doc! { "email": email }, update)
+            .run()
+            .unwrap();
+        assert_eq!(r.matched_count, 1, "no stored user {email}");
+    }
+
     pub fn raw_user(&self, email: &str) -> Document {
         self.raw_users()
             .into_iter()
