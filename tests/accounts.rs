@@ -343,16 +343,10 @@ fn concurrent_invites_of_one_email_create_one_user() {
             .map(|i| {
                 let body =
                     json!({"email": if i % 2 == 0 { email.to_uppercase() } else { email.clone() }});
-                let req = sync_server::accounts::AuthRequest {
-                    method: "POST".into(),
-                    path: "/api/auth/invite".into(),
-                    query: None,
-                    authorization: Some(format!("Bearer {admin}")),
-                    setup_token: None,
-                    body: body.to_string().into_bytes(),
-                    client_ip: "127.0.0.1".parse().unwrap(),
-                };
-                h.submit(Job::Http(req))
+                h.post("/api/auth/invite")
+                    .bearer(&admin)
+                    .json(body)
+                    .submit()
             })
             .collect();
         let mut statuses: Vec<u16> = tags
@@ -383,16 +377,10 @@ fn concurrent_first_user_invites_create_one_admin() {
         .map(|i| {
             let body =
                 json!({"email": format!("first{i}@example.org"), "password": "first password"});
-            let req = sync_server::accounts::AuthRequest {
-                method: "POST".into(),
-                path: "/api/auth/invite".into(),
-                query: None,
-                authorization: None,
-                setup_token: Some(SETUP_TOKEN.into()),
-                body: body.to_string().into_bytes(),
-                client_ip: "127.0.0.1".parse().unwrap(),
-            };
-            h.submit(Job::Http(req))
+            h.post("/api/auth/invite")
+                .setup_token(SETUP_TOKEN)
+                .json(body)
+                .submit()
         })
         .collect();
     let statuses: Vec<u16> = tags

@@ -392,6 +392,11 @@ impl Req<'_> {
     pub fn send(self) -> Resp {
         self.send_within(Duration::from_secs(30))
     }
+    /// Hands the request to the workers without waiting; the tag is for
+    /// [`Harness::wait`]. For requests that must be in flight together.
+    pub fn submit(self) -> u64 {
+        self.h.submit(Job::Http(self.req))
+    }
     pub fn send_within(self, limit: Duration) -> Resp {
         let t0 = Instant::now();
         let tag = self.h.submit(Job::Http(self.req));
