@@ -352,10 +352,14 @@ pub fn head_expects_continue(buf: &[u8]) -> Option<bool> {
     let mut req = httparse::Request::new(&mut headers);
     let window = &buf[..buf.len().min(MAX_HEADER_BYTES + 1)];
     match req.parse(window) {
-        Ok(httparse::Status::Complete(_)) => Some(req.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("expect")
-                && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
-        })),
+        // HTTP/1.0 has no interim answers (RFC 9110 §15.2).
+        Ok(httparse::Status::Complete(_)) => Some(
+            req.version == Some(1)
+                && req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("expect")
+                        && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+                }),
+        ),
         _ => None,
     }
 }
@@ -716,6 +720,12 @@ mod tests {
         assert_eq!(head_expects_continue(&raw[..20]), None);
         assert_eq!(
             head_expects_continue(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"),
+            Some(false)
+        );
+        assert_eq!(
+            head_expects_continue(
+                b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
+            ),
             Some(false)
         );
         assert!(matches!(
