@@ -207,6 +207,40 @@ pub fn clean_profile_field(v: &str) -> Result<Option<String>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A normalised email is a fixed point, so the unique index sees
+        /// one spelling per account however often it is normalised.
+        #[test]
+        fn email_normalisation_is_idempotent(raw in "\\PC{0,40}(@\\PC{0,20})?") {
+            if let Ok(e) = normalize_email(&raw) {
+                prop_assert_eq!(normalize_email(&e), Ok(e.clone()));
+                prop_assert_eq!(e.trim(), e.as_str());
+                prop_assert!(e.len() <= MAX_EMAIL_BYTES);
+                prop_assert_eq!(e.matches('@').count() >= 1, true);
+            }
+        }
+
+        /// Case and surrounding space never make two accounts.
+        #[test]
+        fn email_case_and_space_do_not_matter(local in "[a-zA-Z0-9._+-]{1,20}", domain in "[a-zA-Z0-9-]{1,20}\\.[a-zA-Z]{2,6}") {
+            let plain = format!("{local}@{domain}");
+            let noisy = format!("  {}\t", plain.to_uppercase());
+            prop_assert_eq!(normalize_email(&plain), normalize_email(&noisy));
+            prop_assert!(normalize_email(&plain).is_ok());
+        }
+
+        #[test]
+        fn profile_fields_come_back_trimmed_and_clean(v in "\\PC{0,250}") {
+            if let Ok(Some(c)) = clean_profile_field(&v) {
+                prop_assert_eq!(c.trim(), c.as_str());
+                prop_assert!(!c.is_empty());
+                prop_assert!(!c.chars().any(char::is_control));
+                prop_assert!(c.chars().count() <= MAX_PROFILE_CHARS);
+            }
+        }
+    }
 
     #[test]
     fn email_normalisation() {
