@@ -60,6 +60,11 @@ const LINGER: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often stale timers and spare capacity are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// Longest wait for an accounts worker. The contract wants a 503 within 5 s
+/// when the database is unreachable; the driver notices a database that
+/// accepted a query and then went silent only at its next heartbeat (about
+/// 10 s), so the loop stops waiting first.
+const ACCOUNT_REPLY_TIMEOUT: Duration = Duration::from_millis(4500);
 /// Longest poll sleep when no timer is due sooner.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -68,6 +73,8 @@ enum Timer {
     Request(ConnRef),
     Ping(ConnRef),
     Linger(ConnRef),
+    /// An accounts job's answer is due (the job's number).
+    Job(ConnRef, u32),
     Room(RoomRef),
     AcceptRetry,
     Shutdown,
@@ -127,6 +134,9 @@ struct Conn {
     /// Already listed in `dirty` for this turn (keeps the list free of
     /// duplicates during fan-out).
     dirty: bool,
+    /// The number of the accounts job this connection waits for (in
+    /// `Phase::Waiting`); a reply carrying another number is stale.
+    job: u32,
 }
 
 /// How to end a connection.
@@ -140,6 +150,9 @@ enum Close {
     Abort,
 }
 
+const MSG_ACCOUNTS_BUSY: &str = "Accounts service is busy; try again shortly";
+const MSG_ACCOUNTS_SLOW: &str = "The accounts database did not answer in time; try again shortly";
+
 /// The server: create with [`Server::bind`], then [`Server::run`].
 pub struct Server {
     poll: Poll,
@@ -151,6 +164,7 @@ pub struct Server {
     limiter: RateLimiter<IpAddr>,
     cfg: Config,
     next_gen: u32,
+    next_job: u32,
     scratch: Vec<u8>,
     fx: Vec<Effect>,
     dirty: Vec<ConnRef>,
@@ -217,6 +231,7 @@ impl Server {
             timers: Timers::default(),
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
             next_gen: 0,
+            next_job: 0,
             scratch: vec![0; SCRATCH],
             fx: Vec::new(),
             dirty: Vec::new(),
@@ -413,6 +428,7 @@ impl Server {
             close_when_flushed: false,
             doomed: false,
             dirty: false,
+            job: 0,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -664,40 +680,87 @@ impl Server {
         self.timers.arm(deadline, Timer::Request(cref));
     }
 
+    /// Hands `job` to the accounts workers; the connection waits in
+    /// `Phase::Waiting` until the reply or [`ACCOUNT_REPLY_TIMEOUT`].
+    ///
+    /// The tag names the slab slot and the job's number; the number doubles
+    /// as the generation check, since no other connection in that slot can
+    /// be waiting for the same job.
     fn submit(&mut self, cref: ConnRef, job: Job, pending: Pending) {
-        let tag = ((cref.key as u64) << 32) | cref.gen as u64;
         let Some(accounts) = &self.accounts else {
             return;
         };
+        self.next_job = self.next_job.wrapping_add(1);
+        let seq = self.next_job;
+        let tag = ((seq as u64) << 32) | cref.key as u64;
         match accounts.submit(tag, job) {
             Ok(()) => {
                 if let Some(c) = self.conn(cref) {
                     c.phase = Phase::Waiting(Box::new(pending));
+                    c.job = seq;
                 }
+                self.timers.arm(
+                    Instant::now() + ACCOUNT_REPLY_TIMEOUT,
+                    Timer::Job(cref, seq),
+                );
             }
-            Err(_) => {
-                let busy = Answer::error(503, "Accounts service is busy; try again shortly");
-                match pending {
-                    Pending::Accounts { keep_alive, origin } => {
-                        self.respond(cref, &busy, origin.as_deref(), !keep_alive);
-                        self.after_response(cref, keep_alive);
-                    }
-                    Pending::CreateRoom { req, origin } => {
-                        self.respond(cref, &busy, origin.as_deref(), !req.keep_alive());
-                        self.after_response(cref, req.keep_alive());
-                    }
-                    Pending::Join { ws, .. } => {
-                        if let Some(c) = self.conn(cref) {
-                            c.phase = Phase::Ws(ws);
-                        }
-                        self.send(
-                            cref,
-                            rooms::error_frame("Accounts service is busy; try again shortly"),
-                        );
-                    }
+            Err(_) => self.give_up(cref, pending, MSG_ACCOUNTS_BUSY),
+        }
+    }
+
+    /// Answers a parked request with a 503 (or, for a join, an `error`)
+    /// when the workers cannot or did not answer.
+    fn give_up(&mut self, cref: ConnRef, pending: Pending, why: &str) {
+        let busy = Answer::error(503, why);
+        match pending {
+            Pending::Accounts { keep_alive, origin } => {
+                self.respond(cref, &busy, origin.as_deref(), !keep_alive);
+                self.after_response(cref, keep_alive);
+            }
+            Pending::CreateRoom { req, origin } => {
+                self.respond(cref, &busy, origin.as_deref(), !req.keep_alive());
+                self.after_response(cref, req.keep_alive());
+            }
+            Pending::Join { ws, .. } => {
+                if let Some(c) = self.conn(cref) {
+                    c.phase = Phase::Ws(ws);
                 }
+                self.send(cref, rooms::error_frame(why));
             }
         }
+    }
+
+    /// Takes the parked request of a connection waiting for job `seq`.
+    fn take_pending(&mut self, cref: ConnRef, seq: u32) -> Option<Pending> {
+        let c = self.conn(cref)?;
+        if c.job != seq || !matches!(c.phase, Phase::Waiting(_)) {
+            return None;
+        }
+        let Phase::Waiting(pending) = std::mem::replace(
+            &mut c.phase,
+            Phase::Http {
+                deadline: Instant::now(),
+                head_seen: false,
+            },
+        ) else {
+            unreachable!()
+        };
+        Some(*pending)
+    }
+
+    /// After a parked request was answered: input that arrived meanwhile
+    /// is still buffered (or in the kernel), so carry on with it.
+    fn resume(&mut self, cref: ConnRef) {
+        self.reap();
+        if let Some(c) = self.conn(cref) {
+            match c.phase {
+                Phase::Http { .. } => self.process_http(cref),
+                Phase::Ws(_) => self.process_ws(cref),
+                _ => {}
+            }
+            self.again.push(cref);
+        }
+        self.reap();
     }
 
     fn worker_replies(&mut self) {
@@ -706,22 +769,16 @@ impl Server {
             a.drain(|tag, reply| replies.push((tag, reply)));
         }
         for (tag, reply) in replies {
-            let cref = ConnRef {
-                key: (tag >> 32) as u32,
-                gen: tag as u32,
+            let (key, seq) = (tag as u32, (tag >> 32) as u32);
+            let Some(gen) = self.conns.get(key as usize).map(|c| c.gen) else {
+                continue;
             };
-            let Some(c) = self.conn(cref) else { continue };
-            let Phase::Waiting(_) = c.phase else { continue };
-            let Phase::Waiting(pending) = std::mem::replace(
-                &mut c.phase,
-                Phase::Http {
-                    deadline: Instant::now(),
-                    head_seen: false,
-                },
-            ) else {
-                unreachable!()
+            let cref = ConnRef { key, gen };
+            // A reply after the deadline, or for a connection gone meanwhile.
+            let Some(pending) = self.take_pending(cref, seq) else {
+                continue;
             };
-            match (*pending, reply) {
+            match (pending, reply) {
                 (Pending::Accounts { keep_alive, origin }, Reply::Http(r)) => {
                     let a = Answer {
                         status: r.status,
@@ -773,18 +830,7 @@ impl Server {
                     self.close(cref, Close::Abort);
                 }
             }
-            self.reap();
-            // Input that arrived meanwhile is still buffered (or in the
-            // kernel): carry on.
-            if let Some(c) = self.conn(cref) {
-                match c.phase {
-                    Phase::Http { .. } => self.process_http(cref),
-                    Phase::Ws(_) => self.process_ws(cref),
-                    _ => {}
-                }
-                self.again.push(cref);
-            }
-            self.reap();
+            self.resume(cref);
         }
     }
 
@@ -1219,6 +1265,16 @@ impl Server {
                     }
                 }
                 Timer::Linger(cref) => self.close(cref, Close::Abort),
+                Timer::Job(cref, seq) => {
+                    if let Some(pending) = self.take_pending(cref, seq) {
+                        warn!("[{}] accounts worker did not answer in time", cref.key);
+                        if let Some(a) = &self.accounts {
+                            a.note_no_answer();
+                        }
+                        self.give_up(cref, pending, MSG_ACCOUNTS_SLOW);
+                        self.resume(cref);
+                    }
+                }
                 Timer::Room(r) => {
                     if self.rooms.expire(r, now) {
                         debug!("room removed after idle timeout");

@@ -1525,6 +1525,44 @@ mod e2e {
     }
 
     #[test]
+    fn e2e_database_that_hangs_gives_503_within_5s() {
+        let daemon = Daemon::start();
+        let db = unique_db("e2e_hang");
+        let s = server(&db, &daemon.uri(), &[]);
+        let token = login(&s, ADMIN_EMAIL, ADMIN_PW);
+
+        // Connections stay open but nothing answers: the driver would only
+        // notice at its next heartbeat, so the server must stop waiting.
+        daemon.freeze();
+        for _ in 0..2 {
+            let t0 = Instant::now();
+            let r = get(&s, "/api/auth/me", Some(&token));
+            let took = t0.elapsed();
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(took < Duration::from_secs(5), "503 took {took:?}");
+        }
+        assert_eq!(health_store(&s), "unavailable");
+        // The rest of the server is unaffected meanwhile.
+        assert_eq!(get(&s, "/health", None).status, 200);
+
+        daemon.thaw();
+        let t1 = Instant::now();
+        loop {
+            let r = get(&s, "/api/auth/me", Some(&token));
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(t1.elapsed() < Duration::from_secs(30), "no recovery");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        while health_store(&s) != "ok" {
+            assert!(t1.elapsed() < Duration::from_secs(30), "/health stuck");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
     fn e2e_login_burst_latency_and_rss() {
         let db = unique_db("e2e_burst");
         let s = server(

@@ -153,6 +153,13 @@ impl Service {
         self.health.as_str()
     }
 
+    /// A job got no answer in time: the database took a query and went
+    /// silent, which the driver notices only at its next heartbeat. The
+    /// next call that gets an answer marks it reachable again.
+    pub fn note_no_answer(&self) {
+        self.health.set_down("no answer in time");
+    }
+
     pub fn handle(&self, job: Job) -> Reply {
         match job {
             Job::Http(req) => Reply::Http(self.http(&req)),

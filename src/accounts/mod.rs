@@ -134,6 +134,12 @@ impl Accounts {
         self.pool.store_status()
     }
 
+    /// The loop stopped waiting for a job (see the server's reply
+    /// timeout): `/health` says `unavailable` until a call succeeds.
+    pub fn note_no_answer(&self) {
+        self.pool.note_no_answer()
+    }
+
     /// Whether `REQUIRE_AUTH` is on.
     pub fn require_auth(&self) -> bool {
         self.require_auth

@@ -105,6 +105,10 @@ impl Pool {
         self.service.store_status()
     }
 
+    pub fn note_no_answer(&self) {
+        self.service.note_no_answer()
+    }
+
     pub fn shutdown(mut self) {
         self.jobs = None;
         self.stop_maintenance = None;

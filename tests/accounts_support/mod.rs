@@ -520,6 +520,25 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("secantusd.log")).unwrap_or_default()
     }
 
+    /// SIGSTOP: the daemon keeps its connections open and answers nothing,
+    /// like a database host that hangs.
+    pub fn freeze(&self) {
+        let child = self.child.as_ref().expect("daemon running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Daemon::freeze`].
+    pub fn thaw(&self) {
+        let child = self.child.as_ref().expect("daemon running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGCONT);
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 15 s.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
