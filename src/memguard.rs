@@ -166,7 +166,7 @@ impl MemGuard {
         let guard = MemGuard::with_limit(limit);
         match &guard.admission {
             Some(a) => log::info!(
-                "memory guard: limit {} bytes, refusing new WebSockets above {} and resuming below {}",
+                "memory guard: limit {} bytes, refusing new WebSockets and rooms above {} and resuming below {}",
                 a.limit(),
                 a.high_water(),
                 a.low_water()
@@ -242,7 +242,7 @@ impl MemGuard {
         });
         match transition {
             Some(Transition::Engaged) => log::warn!(
-                "memory guard engaged: RSS {} bytes >= {} (limit {}); refusing new WebSockets with 503",
+                "memory guard engaged: RSS {} bytes >= {} (limit {}); refusing new WebSockets and rooms with 503",
                 adm.last_rss(),
                 adm.high_water(),
                 adm.limit()
