@@ -21,9 +21,10 @@ pub struct JoinstormArgs {
     #[arg(long, default_value_t = 10)]
     pub peers: usize,
     /// Joins in progress at once. More than the server's listen backlog
-    /// (128 with `mio`'s default `listen`) overflows the accept queue, and
-    /// each dropped SYN costs a 1 s retransmission: that measures the
-    /// kernel's timer, not the server.
+    /// overflows the accept queue, and each dropped SYN costs a 1 s
+    /// retransmission: that measures the kernel's timer, not the server.
+    /// 128 fits every backlog (mio's default is 128; sync-server raises its
+    /// own to min(MAX_CONNECTIONS, 4096)) and already keeps both sides busy.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
 }
