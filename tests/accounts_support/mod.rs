@@ -453,6 +453,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` holds the listening IPv4 socket on loopback `port`
+/// (from `/proc/net/tcp` and the process's file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A")
+                .then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    })
+}
+
 impl Daemon {
     pub fn start() -> Daemon {
         let bin = secantus_bin();
@@ -503,7 +540,12 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // The port was free when it was drawn, but another test's daemon
+        // (stopped for an outage, restarting) may hold it now: only a
+        // listener that is our own child's counts.
+        let pid = self.child.as_ref().unwrap().id();
+        while !(TcpStream::connect(("127.0.0.1", self.port)).is_ok() && listens_on(pid, self.port))
+        {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("secantusd-py exited ({status}); log:\n{}", self.log());
             }
@@ -527,6 +569,13 @@ impl Daemon {
         // SAFETY: plain kill(2) on our own child.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGSTOP);
+        }
+        // kill(2) returns before every thread has stopped; a query sent in
+        // that gap could still be answered.
+        let end = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(child.id()) {
+            assert!(Instant::now() < end, "daemon did not stop on SIGSTOP");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
