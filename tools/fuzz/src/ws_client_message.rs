@@ -654,14 +654,20 @@ impl World {
         // whose queue overflowed on `peer_joined` is closed in the same step,
         // and the joiner, a member by then, rightly hears it leave.
         let got: Vec<&str> = log.iter().map(msg_type).collect();
-        assert_eq!(&got[..want.len().min(got.len())], &want[..], "joiner's replies");
+        assert_eq!(
+            &got[..want.len().min(got.len())],
+            &want[..],
+            "joiner's replies"
+        );
         assert!(got.len() >= want.len(), "joiner's replies: {got:?}");
         for m in &log[want.len()..] {
             assert_eq!(msg_type(m), "peer_left", "joiner heard {m}");
             let gone = (0..CONNS).any(|j| {
                 j != i
                     && self.conns[j].state == State::Closed
-                    && before[j].as_ref().is_some_and(|(r, id)| *r == target && m["peer_id"] == **id)
+                    && before[j]
+                        .as_ref()
+                        .is_some_and(|(r, id)| *r == target && m["peer_id"] == **id)
             });
             assert!(gone, "joiner heard {m} for a member that did not leave");
         }
