@@ -595,11 +595,8 @@ impl Server {
         debug!("[{}] {} {}", cref.key, req.method().as_str(), req.path);
         match routed {
             Routed::Answer(a) => {
-                // The contract closes after these; the peer may be out of sync.
-                let keep = keep_alive && !matches!(a.status, 400 | 408 | 413 | 431);
                 let head = req.method() == http::Method::Head;
-                self.respond_full(cref, &a, req.origin.as_deref(), !keep, head);
-                self.after_response(cref, keep);
+                self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
             }
             Routed::Upgrade => self.upgrade(cref, &req),
             Routed::Accounts => {
@@ -665,6 +662,25 @@ impl Server {
         self.mark_dirty(cref);
     }
 
+    /// Answers one HTTP request and sets up what follows it: the next
+    /// request on a kept-alive connection, or the close. Every route's
+    /// answer, parked or not, goes through here, so the contract's rule
+    /// holds everywhere: after 400/408/413/431 the connection is closed,
+    /// since the peer and the server may no longer agree where the next
+    /// request starts.
+    fn answer(
+        &mut self,
+        cref: ConnRef,
+        a: &Answer,
+        origin: Option<&str>,
+        keep_alive: bool,
+        head: bool,
+    ) {
+        let keep = keep_alive && !matches!(a.status, 400 | 408 | 413 | 431);
+        self.respond_full(cref, a, origin, !keep, head);
+        self.after_response(cref, keep);
+    }
+
     fn after_response(&mut self, cref: ConnRef, keep_alive: bool) {
         let timeout = self.cfg.request_timeout;
         let Some(c) = self.conn(cref) else { return };
@@ -714,12 +730,10 @@ impl Server {
         let busy = Answer::error(503, why);
         match pending {
             Pending::Accounts { keep_alive, origin } => {
-                self.respond(cref, &busy, origin.as_deref(), !keep_alive);
-                self.after_response(cref, keep_alive);
+                self.answer(cref, &busy, origin.as_deref(), keep_alive, false);
             }
             Pending::CreateRoom { req, origin } => {
-                self.respond(cref, &busy, origin.as_deref(), !req.keep_alive());
-                self.after_response(cref, req.keep_alive());
+                self.answer(cref, &busy, origin.as_deref(), req.keep_alive(), false);
             }
             Pending::Join { ws, .. } => {
                 if let Some(c) = self.conn(cref) {
@@ -787,8 +801,7 @@ impl Server {
                         retry_after: r.retry_after,
                         preflight: false,
                     };
-                    self.respond(cref, &a, origin.as_deref(), !keep_alive);
-                    self.after_response(cref, keep_alive);
+                    self.answer(cref, &a, origin.as_deref(), keep_alive, false);
                 }
                 (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
                     let a = if ok {
@@ -809,8 +822,7 @@ impl Server {
                     } else {
                         Answer::error(401, "Authentication required")
                     };
-                    self.respond(cref, &a, origin.as_deref(), !req.keep_alive());
-                    self.after_response(cref, req.keep_alive());
+                    self.answer(cref, &a, origin.as_deref(), req.keep_alive(), false);
                 }
                 (Pending::Join { ws, message }, Reply::Authorized(ok)) => {
                     if let Some(c) = self.conn(cref) {

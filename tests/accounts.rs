@@ -1241,6 +1241,7 @@ fn shutdown_is_bounded() {
 mod e2e {
     use super::common::{http, Client, TestServer};
     use super::*;
+    use std::io::Write;
 
     fn server(db: &str, uri: &str, extra: &[(&str, &str)]) -> TestServer {
         let mut env: Vec<(&str, &str)> = vec![
@@ -1332,6 +1333,23 @@ mod e2e {
         assert_eq!(r.status, 404);
         let r = get(&s, "/api/auth/users", None);
         assert_eq!(r.status, 401);
+
+        // A 400 from an accounts route closes the connection like any other
+        // 400: the request pipelined behind it is not answered.
+        let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 1\r\n\r\n{GET /health HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+        let r = common::read_response(&mut raw).expect("an answer to the login");
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(
+            common::read_response(&mut raw).is_none(),
+            "a request after a 400 was answered"
+        );
 
         // Invite and setup through HTTP, query string included.
         let r = post_json(
