@@ -181,10 +181,6 @@ if [ -n "$ACCOUNTS_URI" ]; then
         MONGODB_URI="$ACCOUNTS_URI" DB_NAME="memcap_$$"
         JWT_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
         INITIAL_ADMIN_EMAIL="$ADMIN_EMAIL" INITIAL_ADMIN_PASSWORD="$ADMIN_PASSWORD"
-        # All logins come from one address and one account here; without
-        # this the login limiter answers 429 after 10 and only those 10 would
-        # cost argon2 memory.
-        LOGIN_RATE_PER_IP=100000 LOGIN_RATE_PER_EMAIL=100000
     )
 fi
 if [ -n "$CG" ]; then

@@ -549,6 +549,7 @@ impl Service {
             .keys
             .issue(&user.id_hex(), &user.role, user.token_version)
             .map_err(internal)?;
+        self.refund_login(req.client_ip, &email_key);
         Ok(json!({
             "success": true,
             "id": user.id_hex(),
@@ -584,6 +585,15 @@ impl Service {
             (Err(a), Err(b)) => Err(too_many(a.max(b))),
             (Err(a), _) | (_, Err(a)) => Err(too_many(a)),
         }
+    }
+
+    /// A successful login does not count against its address or email.
+    fn refund_login(&self, ip: IpAddr, email: &str) {
+        let now = Instant::now();
+        let mut ips = self.ip_limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut emails = self.email_limiter.lock().unwrap_or_else(|e| e.into_inner());
+        ips.refund(&ip_key(ip), now);
+        emails.refund(&email.to_string(), now);
     }
 
     fn logout(&self, store: &Store, req: &AuthRequest) -> Answer {

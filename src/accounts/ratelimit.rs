@@ -1,5 +1,10 @@
 //! Login rate limits: token buckets keyed by client address and by email.
 //!
+//! Every attempt spends from both buckets before the password is checked
+//! (so concurrent guesses cannot all slip past one check), and a successful
+//! login is refunded: only failures count against a client, so an office
+//! behind one address can log in all at once.
+//!
 //! Owns the buckets and their memory bound. A bucket holds up to `burst`
 //! attempts and regains one every `refill`; an attempt on an empty bucket is
 //! refused with the number of whole seconds until the next attempt would be
@@ -76,6 +81,22 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
                 last: now,
             },
         );
+    }
+
+    /// Gives back one attempt spent earlier (capped at the burst), for an
+    /// attempt that turned out not to count. A bucket that is full again
+    /// carries no information and is dropped.
+    pub fn refund(&mut self, key: &K, now: Instant) {
+        let Some(b) = self.buckets.get(key) else {
+            return;
+        };
+        let tokens = self.refilled(b, now) + 1.0;
+        if tokens >= self.burst {
+            self.buckets.remove(key);
+        } else {
+            self.buckets
+                .insert(key.clone(), Bucket { tokens, last: now });
+        }
     }
 
     /// `check` then `spend`.
@@ -164,6 +185,25 @@ mod tests {
         assert!(l.check(&1, t0).is_ok());
         l.spend(&1, t0);
         assert_eq!(l.check(&1, t0), Err(60));
+    }
+
+    #[test]
+    fn refund_gives_one_attempt_back() {
+        let mut l = Limiter::new(2, Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        l.take(&1, t0).unwrap();
+        l.take(&1, t0).unwrap();
+        assert!(l.check(&1, t0).is_err());
+        l.refund(&1, t0);
+        assert!(l.take(&1, t0).is_ok());
+        assert!(l.check(&1, t0).is_err());
+        // Never above the burst, and a full bucket is forgotten.
+        l.refund(&1, t0);
+        l.refund(&1, t0);
+        l.refund(&1, t0);
+        assert_eq!(l.len(), 0);
+        l.refund(&2, t0);
+        assert_eq!(l.len(), 0);
     }
 
     #[test]
