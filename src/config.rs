@@ -45,9 +45,9 @@ impl Config {
     }
 
     /// Builds a configuration from any key → value lookup.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+    pub fn from_lookup(raw: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         let get = |k: &str| {
-            get(k)
+            raw(k)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
@@ -133,7 +133,7 @@ impl Config {
                 ));
             }
         }
-        let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
+        let accounts = crate::accounts::AccountsConfig::from_lookup(&raw)?;
 
         Ok(Config {
             host,
@@ -191,6 +191,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[cfg(feature = "accounts")]
+    #[test]
+    fn secrets_reach_accounts_untrimmed() {
+        let secret = "  0123456789abcdef0123456789abc  "; // 29 bytes inside
+        let c = cfg(&[
+            ("MONGODB_URI", " mongodb://127.0.0.1:27017 "),
+            ("JWT_SECRET", secret),
+        ])
+        .unwrap();
+        let a = c.accounts.expect("accounts on");
+        assert_eq!(a.jwt_secret, secret.as_bytes());
+        assert_eq!(a.mongodb_uri, "mongodb://127.0.0.1:27017");
     }
 
     #[test]
