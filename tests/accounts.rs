@@ -1487,6 +1487,10 @@ mod e2e {
         let db = unique_db("e2e_outage");
         let uri = daemon.uri();
         let s = server(&db, &uri, &[("REQUIRE_AUTH", "true")]);
+        // A token revoked before the outage stays revoked through it.
+        let old = login(&s, ADMIN_EMAIL, ADMIN_PW);
+        let r = post_json(&s, "/api/auth/logout", Some(&old), &json!({}));
+        assert_eq!(r.status, 200, "{}", r.text());
         let token = login(&s, ADMIN_EMAIL, ADMIN_PW);
         assert_eq!(health_store(&s), "ok");
         let r = post_json(
@@ -1532,6 +1536,18 @@ mod e2e {
             "room creation took {:?} during the outage",
             t2.elapsed()
         );
+        let r = post_json(&s, "/api/rooms", Some(&old), &json!({}));
+        assert_eq!(
+            r.status,
+            401,
+            "revoked token during the outage: {}",
+            r.text()
+        );
+        let mut revoked = Client::connect_path(s.addr, &format!("/ws?token={old}"));
+        revoked.send(json!({"action": "join", "room_code": "OUT01", "peer_id": "x"}));
+        let m = revoked.recv();
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["message"], "Authentication required", "{m}");
         let r = get(&s, "/api/rooms/OUT01", None);
         assert_eq!(r.status, 200);
         let mut peer = Client::connect_path(s.addr, &format!("/ws?token={token}"));

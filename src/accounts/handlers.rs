@@ -34,12 +34,15 @@ use super::config::AccountsConfig;
 use super::model::{self, Profile, User, ROLE_ADMIN, ROLE_USER};
 use super::password;
 use super::ratelimit::{ip_key, Limiter};
+use super::revoked::{self, Revocations};
 use super::store::{Health, Store, StoreError};
-use super::token::{bearer, Keys};
+use super::token::{bearer, Keys, TOKEN_LIFETIME_SECS};
 use super::{AuthRequest, HttpReply, Job, Reply};
 
 /// Buckets kept per limiter before pruning.
 const MAX_LIMITER_KEYS: usize = 100_000;
+/// Users whose revocations are remembered for outages (about 50 bytes each).
+const MAX_REVOCATIONS: usize = 100_000;
 /// Maintenance: how often to check the database when it answers / when not.
 const CHECK_EVERY_OK: Duration = Duration::from_secs(5);
 const CHECK_EVERY_DOWN: Duration = Duration::from_secs(1);
@@ -113,6 +116,8 @@ pub struct Service {
     /// Serialises "is this the last admin?" checks with the write that
     /// follows them.
     admin_lock: Mutex<()>,
+    /// Revocations seen here, for token checks during an outage.
+    revoked: Mutex<Revocations<ObjectId>>,
 }
 
 enum Route {
@@ -145,6 +150,10 @@ impl Service {
                 MAX_LIMITER_KEYS,
             )),
             admin_lock: Mutex::new(()),
+            revoked: Mutex::new(Revocations::new(
+                MAX_REVOCATIONS,
+                Duration::from_secs(TOKEN_LIFETIME_SECS),
+            )),
             cfg,
         }
     }
@@ -282,16 +291,36 @@ impl Service {
         let Ok(id) = ObjectId::parse_str(&claims.sub) else {
             return false;
         };
+        // With the database unreachable a signed, unexpired token admits
+        // (rooms keep working through an outage), unless this server has
+        // seen it revoked.
+        let remembered = || self.revocations().allows(&id, claims.ver);
         let store = match self.store.get() {
             Some(s) if self.ready.load(Ordering::Acquire) && self.health.is_ok() => s,
-            _ => return true,
+            _ => return remembered(),
         };
         match store.find_by_id(&self.health, id) {
-            Ok(Some(u)) => u.is_active && u.token_version == claims.ver,
+            Ok(Some(u)) => {
+                self.seen(&u);
+                u.is_active && u.token_version == claims.ver
+            }
             Ok(None) => false,
-            Err(StoreError::Unavailable(_)) => true,
+            Err(StoreError::Unavailable(_)) => remembered(),
             Err(_) => false,
         }
+    }
+
+    fn revocations(&self) -> std::sync::MutexGuard<'_, Revocations<ObjectId>> {
+        self.revoked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that tokens of `u` older than its current version are void.
+    fn seen(&self, u: &User) {
+        self.revoke_below(u.id, u.token_version);
+    }
+
+    fn revoke_below(&self, id: ObjectId, version: i64) {
+        self.revocations().note(&id, version, Instant::now());
     }
 
     fn http(&self, req: &AuthRequest) -> HttpReply {
@@ -358,8 +387,15 @@ impl Service {
             .ok_or_else(|| fail(401, MSG_BAD_TOKEN))?;
         let id = ObjectId::parse_str(&claims.sub).map_err(|_| fail(401, MSG_BAD_TOKEN))?;
         match store.find_by_id(&self.health, id)? {
-            Some(u) if u.is_active && u.token_version == claims.ver => Ok(u),
-            _ => Err(fail(401, MSG_BAD_TOKEN)),
+            Some(u) => {
+                self.seen(&u);
+                if u.is_active && u.token_version == claims.ver {
+                    Ok(u)
+                } else {
+                    Err(fail(401, MSG_BAD_TOKEN))
+                }
+            }
+            None => Err(fail(401, MSG_BAD_TOKEN)),
         }
     }
 
@@ -605,6 +641,7 @@ impl Service {
             doc! { "_id": user.id, "token_version": user.token_version },
             doc! { "$inc": { "token_version": 1_i64 }, "$set": { "updated_at": DateTime::now() } },
         )?;
+        self.revoke_below(user.id, user.token_version + 1);
         Ok(json!({"success": true}))
     }
 
@@ -626,6 +663,7 @@ impl Service {
         let Some(updated) = updated else {
             return Err(fail(401, MSG_BAD_TOKEN));
         };
+        self.seen(&updated);
         let mut out = json!({"success": true});
         if new_password.is_some() {
             // The caller's own token was revoked with the others; hand it a
@@ -697,6 +735,9 @@ impl Service {
         if !store.update(&self.health, doc! { "_id": id }, update)? {
             return Err(fail(404, MSG_NO_USER));
         }
+        if revoke {
+            self.revoke_below(id, target.token_version + 1);
+        }
         Ok(json!({"success": true}))
     }
 
@@ -716,6 +757,7 @@ impl Service {
         if !store.delete(&self.health, id)? {
             return Err(fail(404, MSG_NO_USER));
         }
+        self.revoke_below(id, revoked::ALL);
         log::info!("accounts: user {} deleted", id.to_hex());
         Ok(json!({"success": true}))
     }

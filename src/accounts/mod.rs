@@ -35,6 +35,8 @@ mod pool;
 #[cfg(feature = "accounts")]
 mod ratelimit;
 #[cfg(feature = "accounts")]
+mod revoked;
+#[cfg(feature = "accounts")]
 mod store;
 #[cfg(feature = "accounts")]
 mod token;
