@@ -60,11 +60,6 @@ const LINGER: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often stale timers and spare capacity are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
-/// Longest wait for an accounts worker. The contract wants a 503 within 5 s
-/// when the database is unreachable; the driver notices a database that
-/// accepted a query and then went silent only at its next heartbeat (about
-/// 10 s), so the loop stops waiting first.
-const ACCOUNT_REPLY_TIMEOUT: Duration = Duration::from_millis(4500);
 /// Longest poll sleep when no timer is due sooner.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -697,7 +692,7 @@ impl Server {
     }
 
     /// Hands `job` to the accounts workers; the connection waits in
-    /// `Phase::Waiting` until the reply or [`ACCOUNT_REPLY_TIMEOUT`].
+    /// `Phase::Waiting` until the reply or [`crate::accounts::REPLY_TIMEOUT`].
     ///
     /// The tag names the slab slot and the job's number; the number doubles
     /// as the generation check, since no other connection in that slot can
@@ -716,7 +711,7 @@ impl Server {
                     c.job = seq;
                 }
                 self.timers.arm(
-                    Instant::now() + ACCOUNT_REPLY_TIMEOUT,
+                    Instant::now() + crate::accounts::REPLY_TIMEOUT,
                     Timer::Job(cref, seq),
                 );
             }

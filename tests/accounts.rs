@@ -1141,6 +1141,34 @@ fn full_queue_is_refused_at_once_and_every_job_gets_one_reply() {
 // ----- outage ----------------------------------------------------------------------------------
 
 #[test]
+fn a_job_that_waited_past_the_reply_timeout_is_not_carried_out() {
+    let daemon = Daemon::start();
+    let env = [
+        ("INITIAL_SETUP_TOKEN", SETUP_TOKEN),
+        ("ACCOUNT_WORKERS", "1"),
+    ];
+    let mut h = Harness::start_on(&daemon.uri(), &unique_db("stale_job"), &env);
+    let admin = h.first_admin(ADMIN_EMAIL, ADMIN_PW);
+    let user = h.add_user(&admin, "queued@example.org", "queued password", "user");
+
+    // The one worker hangs on the first logout; the second waits in the
+    // queue until the loop would long have answered 503 for it.
+    daemon.freeze();
+    let first = h.post("/api/auth/logout").bearer(&admin).submit();
+    let second = h.post("/api/auth/logout").bearer(&user).submit();
+    std::thread::sleep(sync_server::accounts::REPLY_TIMEOUT + Duration::from_millis(300));
+    daemon.thaw();
+    let _ = h.wait(first, Duration::from_secs(30));
+    match h.wait(second, Duration::from_secs(30)) {
+        sync_server::accounts::Reply::Http(r) => assert_eq!(r.status, 503),
+        other => panic!("{other:?}"),
+    }
+    // So the user's session was not ended behind its back.
+    let r = h.get("/api/auth/me").bearer(&user).send();
+    assert_eq!(r.status, 200, "{}", r.raw);
+}
+
+#[test]
 fn database_outage_gives_503_within_5s_and_recovers() {
     let mut daemon = Daemon::start();
     let mut h = Harness::start_on(&daemon.uri(), &unique_db("outage"), &with_setup_token());

@@ -100,6 +100,11 @@ fn reply_json(status: u16, v: &Value) -> HttpReply {
     }
 }
 
+/// The 503 of a job that was not run because nobody waits for it any more.
+pub fn unavailable_reply() -> HttpReply {
+    reply_json(503, &json!({"success": false, "error": MSG_UNAVAILABLE}))
+}
+
 pub fn internal_error() -> HttpReply {
     reply_json(500, &json!({"success": false, "error": "Internal error"}))
 }

@@ -49,6 +49,16 @@ pub use disabled::{Accounts, AccountsConfig};
 use std::net::IpAddr;
 #[cfg(feature = "accounts")]
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest the loop waits for a job's reply before answering 503 itself.
+/// The contract wants a 503 within 5 s when the database is unreachable;
+/// the driver notices a database that accepted a query and then went silent
+/// only at its next heartbeat (about 10 s), so the loop stops waiting first.
+/// A job still queued when this has passed is not run at all: nobody waits
+/// for its answer, and running it would carry out a request that was
+/// already answered 503.
+pub const REPLY_TIMEOUT: Duration = Duration::from_millis(4500);
 
 /// One `/api/auth/*` request, already parsed by the core's HTTP layer.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use super::{AccountsConfig, Job, Reply};
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Pool {
-    jobs: Option<SyncSender<(u64, Job)>>,
+    jobs: Option<SyncSender<(u64, Instant, Job)>>,
     replies: Receiver<(u64, Reply)>,
     stop_maintenance: Option<mpsc::Sender<()>>,
     /// Each thread sends its name here as it exits, so shutdown can wait with
@@ -40,7 +40,7 @@ pub struct Pool {
 impl Pool {
     pub fn start(cfg: AccountsConfig, waker: Arc<mio::Waker>) -> Result<Pool, String> {
         let workers = cfg.workers.max(1);
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Job)>(cfg.queue.max(1));
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Instant, Job)>(cfg.queue.max(1));
         let (reply_tx, reply_rx) = mpsc::channel::<(u64, Reply)>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let (exit_tx, exit_rx) = mpsc::channel::<&'static str>();
@@ -89,9 +89,13 @@ impl Pool {
     pub fn submit(&self, tag: u64, job: Job) -> Result<(), Job> {
         match &self.jobs {
             None => Err(job),
-            Some(tx) => tx.try_send((tag, job)).map_err(|e| match e {
-                TrySendError::Full((_, job)) | TrySendError::Disconnected((_, job)) => job,
-            }),
+            Some(tx) => {
+                tx.try_send((tag, Instant::now(), job))
+                    .map_err(|e| match e {
+                        TrySendError::Full((_, _, job))
+                        | TrySendError::Disconnected((_, _, job)) => job,
+                    })
+            }
         }
     }
 
@@ -135,7 +139,7 @@ impl Pool {
 }
 
 fn worker(
-    jobs: &Mutex<Receiver<(u64, Job)>>,
+    jobs: &Mutex<Receiver<(u64, Instant, Job)>>,
     replies: &mpsc::Sender<(u64, Reply)>,
     waker: &mio::Waker,
     service: &Service,
@@ -148,8 +152,24 @@ fn worker(
             let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
             rx.recv()
         };
-        let Ok((tag, job)) = next else { return };
+        let Ok((tag, queued_at, job)) = next else {
+            return;
+        };
         let authorize = matches!(job, Job::Authorize { .. });
+        if queued_at.elapsed() >= super::REPLY_TIMEOUT {
+            // The loop has answered 503 already; doing the work now would
+            // carry out a request its client was told failed.
+            log::debug!("accounts: dropped a job that waited past the reply timeout");
+            let reply = if authorize {
+                Reply::Authorized(false)
+            } else {
+                Reply::Http(super::handlers::unavailable_reply())
+            };
+            if replies.send((tag, reply)).is_err() {
+                return;
+            }
+            continue;
+        }
         // A bug in one handler must not cost the loop its reply (a connection
         // would wait forever) nor the pool a worker. With `panic = "abort"`
         // this never runs; in debug builds and tests it does.
