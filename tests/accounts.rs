@@ -272,6 +272,72 @@ fn invite_with_and_without_password_and_single_use_setup_links() {
 }
 
 #[test]
+fn a_pending_first_user_can_be_invited_again_with_the_setup_token() {
+    let mut h = Harness::start("first_pending", &with_setup_token());
+    let r = h
+        .post("/api/auth/invite")
+        .setup_token(SETUP_TOKEN)
+        .json(json!({"email": "first@example.org"}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let lost = r.json["setup_link"].as_str().unwrap().to_string();
+    let lost = lost
+        .strip_prefix("/setup-password?token=")
+        .unwrap()
+        .to_string();
+    let id = h
+        .raw_user("first@example.org")
+        .get_object_id("_id")
+        .unwrap();
+
+    // Nobody has activated: without the setup token nothing gets in, a
+    // wrong one neither.
+    let r = h
+        .post("/api/auth/invite")
+        .json(json!({"email": "other@example.org"}))
+        .send();
+    assert_eq!(r.status, 401, "{}", r.raw);
+    let r = h
+        .post("/api/auth/invite")
+        .setup_token("not the token")
+        .json(json!({"email": "other@example.org"}))
+        .send();
+    assert_eq!(r.status, 403, "{}", r.raw);
+
+    // The setup token invites again (another address, with a password this
+    // time); the pending user is replaced, not joined by a second one.
+    h.secrets.push("first password".into());
+    let r = h
+        .post("/api/auth/invite")
+        .setup_token(SETUP_TOKEN)
+        .json(json!({"email": "admin2@example.org", "password": "first password"}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.json["activated"], true, "{}", r.raw);
+    let users = h.raw_users();
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0].get_object_id("_id").unwrap(), id);
+    assert_eq!(users[0].get_str("role").unwrap(), "admin");
+    let r = h.get(&format!("/api/auth/setup-info?token={lost}")).send();
+    assert_eq!(r.status, 404, "the old link is void: {}", r.raw);
+    let admin = h.login("admin2@example.org", "first password");
+
+    // Once someone is active the setup token opens nothing.
+    let r = h
+        .post("/api/auth/invite")
+        .setup_token(SETUP_TOKEN)
+        .json(json!({"email": "third@example.org"}))
+        .send();
+    assert_eq!(r.status, 401, "{}", r.raw);
+    let r = h
+        .post("/api/auth/invite")
+        .bearer(&admin)
+        .json(json!({"email": "third@example.org"}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.raw);
+}
+
+#[test]
 fn setup_links_expire_after_seven_days() {
     let mut h = Harness::start("setup_expiry", &with_setup_token());
     let admin = h.first_admin(ADMIN_EMAIL, ADMIN_PW);

@@ -415,11 +415,21 @@ impl Service {
 
     fn invite(&self, store: &Store, req: &AuthRequest) -> Answer {
         let first_user = !store.any_users(&self.health)?;
+        // While the first user has not activated (invited without a
+        // password, its link lost or expired), nobody can log in to invite
+        // anyone: the setup token may invite the first user again, and the
+        // new invitation replaces the pending one.
+        let mut replaces = None;
         if first_user {
             self.check_setup_token(req)?;
+        } else if req.setup_token.is_some() && !store.any_active_users(&self.health)? {
+            self.check_setup_token(req)?;
+            let pending = store.find_pending(&self.health)?;
+            replaces = Some(pending.ok_or_else(|| fail(409, MSG_FIRST_USER_TAKEN))?);
         } else {
             self.require_admin(store, req)?;
         }
+        let first_user = first_user || replaces.is_some();
         let body: InviteBody = parse_body(&req.body)?;
         let email = model::normalize_email(&body.email).map_err(|e| fail(400, e))?;
         let role = match body.role.as_deref() {
@@ -442,15 +452,27 @@ impl Service {
         }
         // Cheap early answer before spending a hash; the unique index is
         // still what guarantees it.
-        if store.find_by_email(&self.health, &email)?.is_some() {
-            return Err(fail(409, MSG_DUPLICATE));
+        if let Some(other) = store.find_by_email(&self.health, &email)? {
+            if replaces.as_ref().map(|p| p.id) != Some(other.id) {
+                return Err(fail(409, MSG_DUPLICATE));
+            }
         }
         let (hash, setup_token) = match &password {
             Some(p) => (Some(password::hash(p).map_err(internal)?), None),
             None => (None, Some(random_hex(32).map_err(internal)?)),
         };
-        let user = new_user(email, role, hash, setup_token.clone(), discord_id, profile);
-        if first_user {
+        let mut user = new_user(email, role, hash, setup_token.clone(), discord_id, profile);
+        if let Some(pending) = &replaces {
+            user.id = pending.id;
+            user.user_id = pending.user_id.clone();
+            user.created_at = pending.created_at;
+            // Tokens are never issued to an inactive user, but a bump keeps
+            // "a new version revokes the old" true of every rewrite.
+            user.token_version = pending.token_version + 1;
+            if !store.replace_pending(&self.health, &user)? {
+                return Err(fail(409, MSG_FIRST_USER_TAKEN));
+            }
+        } else if first_user {
             self.insert_first_user(store, &user)?;
         } else {
             store.insert(&self.health, &user)?;

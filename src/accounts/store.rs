@@ -248,6 +248,32 @@ impl Store {
         self.track(h, r).map(|_| ())
     }
 
+    /// Whether any user has an active account.
+    pub fn any_active_users(&self, h: &Health) -> Result<bool, StoreError> {
+        let r = self
+            .users
+            .count_documents(doc! { "is_active": true })
+            .limit(1)
+            .run();
+        self.track(h, r).map(|n| n > 0)
+    }
+
+    /// One user that has not activated, if any.
+    pub fn find_pending(&self, h: &Health) -> Result<Option<User>, StoreError> {
+        let r = self.users.find_one(doc! { "is_active": false }).run();
+        self.track(h, r)
+    }
+
+    /// Replaces the stored user with `user`'s `_id`, if it is still
+    /// inactive; `false` when it is not (activated or gone meanwhile).
+    pub fn replace_pending(&self, h: &Health, user: &User) -> Result<bool, StoreError> {
+        let r = self
+            .users
+            .replace_one(doc! { "_id": user.id, "is_active": false }, user)
+            .run();
+        self.track(h, r).map(|r| r.matched_count > 0)
+    }
+
     pub fn insert(&self, h: &Health, user: &User) -> Result<(), StoreError> {
         let r = self.users.insert_one(user).run();
         self.track(h, r).map(|_| ())
