@@ -132,6 +132,10 @@ struct Conn {
     /// The number of the accounts job this connection waits for (in
     /// `Phase::Waiting`); a reply carrying another number is stale.
     job: u32,
+    /// Our write side is shut (`Phase::Closing`, queue drained). Shutting
+    /// it again would raise another writable edge, and with it another
+    /// flush: a busy loop for as long as the peer lingers.
+    write_shut: bool,
 }
 
 /// How to end a connection.
@@ -424,6 +428,7 @@ impl Server {
             doomed: false,
             dirty: false,
             job: 0,
+            write_shut: false,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -1128,7 +1133,8 @@ impl Server {
             Ok(Flush::Drained) => {
                 if c.close_when_flushed && !matches!(c.phase, Phase::Waiting(_) | Phase::Closing) {
                     self.close(cref, Close::Linger);
-                } else if matches!(c.phase, Phase::Closing) {
+                } else if matches!(c.phase, Phase::Closing) && !c.write_shut {
+                    c.write_shut = true;
                     let _ = c.sock.shutdown(Shutdown::Write);
                 }
             }
@@ -1210,6 +1216,7 @@ impl Server {
         c.phase = Phase::Closing;
         c.inbuf = Vec::new();
         if c.out.is_empty() {
+            c.write_shut = true;
             let _ = c.sock.shutdown(Shutdown::Write);
         }
         self.timers.arm(now + LINGER, Timer::Linger(cref));

@@ -502,3 +502,39 @@ fn near_the_memory_limit_new_rooms_and_websockets_get_503() {
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["rooms"], 0);
 }
+
+/// The server's user + system CPU time so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(") ").unwrap().1;
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from the state field (3).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_peer_that_lingers_after_our_close_costs_no_cpu() {
+    let s = TestServer::start(&[]);
+    // The server closes its side (Connection: close, and a 400) while the
+    // clients keep theirs open and never read again.
+    let mut held = Vec::new();
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"BROKEN\r\n\r\n",
+    ] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(req).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(read_response(&mut c).is_some());
+        held.push(c);
+    }
+    let pid = s.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // Idle, the server sleeps in epoll; a write-shutdown loop would burn
+    // the two seconds whole (about 200 ticks).
+    assert!(used < 40, "server used {used} ticks of CPU while idle");
+    drop(held);
+}
