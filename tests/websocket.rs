@@ -550,3 +550,52 @@ fn fragmented_message_and_client_ping_are_handled() {
     );
     assert!(String::from_utf8_lossy(&got[i + 4..]).contains(r#"{"type":"pong"}"#));
 }
+
+/// A masked client text frame (any length).
+fn client_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_burst_past_a_small_outbound_bound_reaches_a_reader_that_keeps_up() {
+    // Ten 20 KB messages arrive in one write and are fanned out in one turn:
+    // 200 KB for a 64 KiB bound, yet the receiver's socket takes them.
+    let s = TestServer::start(&[("MAX_OUTBOUND_BYTES", "65536")]);
+    s.room("B", "h");
+    let mut rx = s.ws();
+    rx.join("B", "rx", false);
+    let mut tx = raw_upgrade(s.addr);
+    tx.write_all(&client_text_frame(
+        br#"{"action":"join","room_code":"B","peer_id":"tx"}"#,
+    ))
+    .unwrap();
+    assert_eq!(rx.recv()["type"], "peer_joined");
+    let mut burst = Vec::new();
+    for i in 0..10 {
+        let msg = format!(
+            r#"{{"action":"broadcast","data":"{i:02}{}"}}"#,
+            "b".repeat(20_000)
+        );
+        burst.extend(client_text_frame(msg.as_bytes()));
+    }
+    tx.write_all(&burst).unwrap();
+    for i in 0..10 {
+        let m = rx.recv();
+        assert_eq!(m["type"], "data", "message {i}: {m}");
+        assert_eq!(&m["data"].as_str().unwrap()[..2], format!("{i:02}"));
+    }
+}
