@@ -81,7 +81,14 @@ enum Phase {
     /// Reading HTTP requests. `deadline` bounds the current request;
     /// `head_seen` is set once its complete head was checked for
     /// `Expect: 100-continue` (and the interim answer sent if asked).
-    Http { deadline: Instant, head_seen: bool },
+    /// `between` marks a kept-alive connection that has not started its
+    /// next request: `deadline` is then how long it may stay idle, and the
+    /// first byte of the request starts that request's own clock.
+    Http {
+        deadline: Instant,
+        head_seen: bool,
+        between: bool,
+    },
     /// Waiting for a worker's answer; input is held until it arrives.
     Waiting(Box<Pending>),
     /// An open WebSocket.
@@ -183,7 +190,7 @@ pub struct Server {
 impl Server {
     /// Binds the listener and prepares the loop; starts the accounts workers
     /// when configured.
-    pub fn bind(cfg: Config) -> io::Result<Server> {
+    pub fn bind(mut cfg: Config) -> io::Result<Server> {
         let host = if cfg.host == "localhost" {
             "127.0.0.1"
         } else {
@@ -204,6 +211,16 @@ impl Server {
             unsafe { libc::listen(listener.as_raw_fd(), backlog) };
         }
         let local_addr = listener.local_addr()?;
+        // `PORT=0` asks for any port; what the server says about itself
+        // (a `websocket_url` without a Host header) names the real one.
+        cfg.port = local_addr.port();
+        if cfg.max_outbound_bytes < cfg.max_message_bytes {
+            warn!(
+                "MAX_OUTBOUND_BYTES ({}) is below MAX_MESSAGE_BYTES ({}): a receiver of one \
+                 message that large is always closed with 1008",
+                cfg.max_outbound_bytes, cfg.max_message_bytes
+            );
+        }
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -423,6 +440,7 @@ impl Server {
             phase: Phase::Http {
                 deadline,
                 head_seen: false,
+                between: false,
             },
             close_when_flushed: false,
             doomed: false,
@@ -472,7 +490,23 @@ impl Server {
             total += n;
             match &mut c.phase {
                 Phase::Closing => {}
-                Phase::Http { .. } | Phase::Waiting(_) => {
+                Phase::Http {
+                    deadline, between, ..
+                } => {
+                    if std::mem::take(between) {
+                        // The next request has begun: it gets the whole
+                        // REQUEST_TIMEOUT_SECONDS from here (strictly later
+                        // than the idle deadline it replaces).
+                        let at = Instant::now() + self.cfg.request_timeout;
+                        if at > *deadline {
+                            *deadline = at;
+                            self.timers.arm(at, Timer::Request(cref));
+                        }
+                    }
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    self.process_http(cref);
+                }
+                Phase::Waiting(_) => {
                     c.inbuf.extend_from_slice(&self.scratch[..n]);
                     self.process_http(cref);
                 }
@@ -551,7 +585,7 @@ impl Server {
                     debug!("[{}] bad request: {e:?}", cref.key);
                     c.inbuf = Vec::new();
                     let answer = Answer::error(e.status(), e.message());
-                    self.respond(cref, &answer, None, false);
+                    self.respond(cref, &answer, None, true);
                     self.close(cref, Close::Linger);
                     return;
                 }
@@ -692,6 +726,7 @@ impl Server {
         c.phase = Phase::Http {
             deadline,
             head_seen: false,
+            between: true,
         };
         self.timers.arm(deadline, Timer::Request(cref));
     }
@@ -755,6 +790,7 @@ impl Server {
             Phase::Http {
                 deadline: Instant::now(),
                 head_seen: false,
+                between: false,
             },
         ) else {
             unreachable!()
@@ -857,8 +893,15 @@ impl Server {
         }
         let key = req.ws_key.as_deref().unwrap_or_default();
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        // The contract puts CORS headers on every response; browsers do not
+        // check them on an upgrade, other clients may.
+        let cors = match api::cors_origin(&self.cfg, req.origin.as_deref()) {
+            Some(o) if o == "*" => format!("Access-Control-Allow-Origin: {o}\r\n"),
+            Some(o) => format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n"),
+            None => String::new(),
+        };
         let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{cors}\r\n"
         );
         let upgrade_token = api::bearer(req.authorization.as_deref())
             .map(str::to_owned)

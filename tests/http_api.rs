@@ -269,6 +269,28 @@ fn body_over_limit_is_413() {
 }
 
 #[test]
+fn on_a_kept_alive_connection_the_request_clock_starts_with_its_first_byte() {
+    let s = TestServer::start(&[("REQUEST_TIMEOUT_SECONDS", "2")]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+    // Idle for most of the timeout, then a request sent in two halves that
+    // together take longer than what was left of it.
+    std::thread::sleep(Duration::from_millis(1500));
+    c.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    c.write_all(b"Host: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+    // A connection that stays idle is closed without an answer.
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+}
+
+#[test]
 fn slow_request_gets_408_then_close() {
     let s = TestServer::start(&[("REQUEST_TIMEOUT_SECONDS", "1")]);
     let mut c = TcpStream::connect(s.addr).unwrap();
@@ -417,6 +439,7 @@ fn chunked_bodies_are_decoded_and_other_codings_refused() {
     let r = read_response(&mut c).unwrap();
     assert_eq!(r.status, 501);
     assert_eq!(r.json()["success"], false);
+    assert_eq!(r.header("connection"), Some("close"));
     let mut rest = Vec::new();
     assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
 
@@ -537,4 +560,26 @@ fn a_peer_that_lingers_after_our_close_costs_no_cpu() {
     // the two seconds whole (about 200 ticks).
     assert!(used < 40, "server used {used} ticks of CPU while idle");
     drop(held);
+}
+
+#[test]
+fn upgrade_answer_carries_cors_and_a_missing_host_names_the_bound_port() {
+    let s = TestServer::start(&[]);
+    let mut c = common::raw_upgrade(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+
+    // HTTP/1.0 needs no Host header: the URL then names the real port, not
+    // the configured 0.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /api/rooms HTTP/1.0\r\n\r\n").unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["websocket_url"],
+        format!("ws://localhost:{}/ws", s.addr.port())
+    );
 }
