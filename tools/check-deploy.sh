@@ -113,6 +113,34 @@ else
 fi
 structure dockerfile "Dockerfile/.dockerignore"
 
+# The build stage sees only what it COPYs: the manifests and src/. Cargo
+# refuses a manifest whose explicit targets ([[test]], [[bench]], ...) name a
+# file missing from that tree, which would break the image build; cargo
+# itself only finds out when it builds, so read the manifest here.
+if "$PY" - <<'PYEOF'
+import sys, tomllib
+m = tomllib.load(open("Cargo.toml", "rb"))
+default = {"test": "tests/{}.rs", "bench": "benches/{}.rs", "example": "examples/{}.rs",
+           "bin": "src/bin/{}.rs"}
+bad = []
+for kind, pattern in default.items():
+    for t in m.get(kind, []):
+        path = t.get("path") or pattern.format(t.get("name", "?"))
+        if not path.startswith("src/"):
+            bad.append(f"[[{kind}]] {t.get('name')} at {path}")
+lib = m.get("lib", {}).get("path", "src/lib.rs")
+if not lib.startswith("src/"):
+    bad.append(f"[lib] at {lib}")
+for b in bad:
+    print(f"  Cargo.toml target outside the image's build tree (only src/ is copied): {b}")
+sys.exit(1 if bad else 0)
+PYEOF
+then
+    pass "Cargo.toml targets all inside the Dockerfile's build tree"
+else
+    fail "Cargo.toml names a target the Dockerfile does not copy"
+fi
+
 # --- workflows ------------------------------------------------------------
 say "== GitHub workflows"
 for f in .github/workflows/*.yml; do
