@@ -345,10 +345,10 @@ fn slow_reader_is_cut_off_with_1008_while_others_keep_receiving() {
     sender.recv();
     // The slow peer joins with a raw socket and never reads again.
     let mut slow = raw_upgrade(s.addr);
-    let join = br#"{"action":"join","room_code":"S","peer_id":"slow"}"#;
-    let mut frame = vec![0x81, 0x80 | join.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(join);
-    slow.write_all(&frame).unwrap();
+    slow.write_all(&client_text_frame(
+        br#"{"action":"join","room_code":"S","peer_id":"slow"}"#,
+    ))
+    .unwrap();
     assert_eq!(sender.recv()["type"], "peer_joined");
     assert_eq!(good.recv()["type"], "peer_joined");
 
