@@ -278,6 +278,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// Freed heap memory the allocator still holds (glibc's `fordblks`, all
+/// arenas); 0 where that cannot be known.
+pub fn free_heap_bytes() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    unsafe {
+        libc::mallinfo2().fordblks
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
 /// `MEMORY_LIMIT_BYTES`: a byte count; `0` disables the guard.
 fn parse_limit_override(v: &str) -> Result<Option<u64>, String> {
     match v.trim().parse::<u64>() {

@@ -15,6 +15,11 @@ use std::io::{self, IoSlice, Write};
 /// the stack array small while still coalescing a burst).
 const IOV_MAX: usize = 64;
 
+/// Memory one queued frame costs beyond its bytes: its slot in the ring and
+/// the allocation behind a frame of its own (a shared fan-out frame costs
+/// less, so this errs on the safe side).
+pub const CHUNK_COST: usize = 64;
+
 /// How one flush attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flush {
@@ -44,6 +49,14 @@ impl OutQueue {
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.bytes
+    }
+
+    /// What the queue costs in memory, as `MAX_OUTBOUND_BYTES` counts it:
+    /// the bytes plus [`CHUNK_COST`] per queued frame. Without the overhead
+    /// a flood of tiny frames (pongs to empty pings) would hold many times
+    /// the bound in allocations and queue slots.
+    pub fn cost(&self) -> usize {
+        self.bytes + self.chunks.len() * CHUNK_COST
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,6 +124,20 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cost_counts_each_queued_frame() {
+        let mut q = OutQueue::default();
+        assert_eq!(q.cost(), 0);
+        for _ in 0..10 {
+            q.push(Bytes::from_static(&[0x8A, 0x00]));
+        }
+        q.push(Bytes::from(vec![7u8; 1000]));
+        assert_eq!(q.len(), 1020);
+        assert_eq!(q.cost(), 1020 + 11 * CHUNK_COST);
+        q.clear();
+        assert_eq!(q.cost(), 0);
+    }
 
     /// A writer that accepts at most `per_call` bytes, then blocks after
     /// `calls` calls.

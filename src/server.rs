@@ -22,7 +22,7 @@ use crate::accounts::{Accounts, AuthRequest, Job, Reply};
 use crate::api::{self, Answer, Routed, Stats};
 use crate::config::Config;
 use crate::http::{self, Extra, Request};
-use crate::outq::{Flush, OutQueue};
+use crate::outq::{self, Flush, OutQueue};
 use crate::protocol::{self, Action};
 use crate::ratelimit::RateLimiter;
 use crate::rooms::{self, ConnRef, Effect, RoomRef, Rooms, Session};
@@ -58,6 +58,8 @@ const KEEP_INBUF: usize = 8 * 1024;
 const LINGER: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Free heap beyond which housekeeping hands pages back to the OS.
+const TRIM_SLACK_BYTES: usize = 8 << 20;
 /// How often stale timers and spare capacity are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// Longest poll sleep when no timer is due sooner.
@@ -319,7 +321,7 @@ impl Server {
                             gen: c.gen,
                         };
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(cref);
+                            self.read(cref, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
                             self.mark_dirty(cref);
@@ -331,7 +333,9 @@ impl Server {
             // Connections that used their budget last turn.
             for cref in std::mem::take(&mut self.again) {
                 if self.is_live(cref) {
-                    self.read(cref);
+                    // The edge that brought this input may also have carried
+                    // the peer's FIN: read on to the end.
+                    self.read(cref, true);
                     self.reap();
                 }
             }
@@ -459,7 +463,10 @@ impl Server {
 
     // ---- reading ---------------------------------------------------------
 
-    fn read(&mut self, cref: ConnRef) {
+    /// Reads until `WouldBlock`, EOF or the turn's budget. `to_end` says
+    /// the event reported the peer's FIN (or an error): then a short read
+    /// is not the end, since no further edge will come for what follows.
+    fn read(&mut self, cref: ConnRef, to_end: bool) {
         let mut total = 0;
         loop {
             let max_message = self.cfg.max_message_bytes;
@@ -523,10 +530,11 @@ impl Server {
                     self.process_ws(cref);
                 }
             }
-            if n < SCRATCH {
+            if n < SCRATCH && !to_end {
                 // A short read drained the socket; more data (or a FIN) will
                 // raise a new edge. Skipping the read that would only say
-                // WouldBlock saves a system call per message.
+                // WouldBlock saves a system call per message. A FIN that
+                // came with the data raised its edge already (`to_end`).
                 return;
             }
             if total >= READ_BUDGET {
@@ -1366,16 +1374,18 @@ impl Server {
             });
         }
         self.peak_conns = self.peak_conns.max(self.conns.len());
+        let mut trim = false;
         if self.peak_conns >= 1024 && self.conns.len() * 2 < self.peak_conns {
             self.conns.shrink_to_fit();
             self.dirty.shrink_to_fit();
             self.again.shrink_to_fit();
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: plain libc call; returns free heap pages to the OS.
-            unsafe {
-                libc::malloc_trim(0);
-            }
             self.peak_conns = self.conns.len();
+            trim = true;
+        }
+        // Many small frames freed at once (a drained queue of a million
+        // pongs, say) leave free memory that glibc keeps unless asked.
+        if trim || crate::memguard::free_heap_bytes() > TRIM_SLACK_BYTES {
+            crate::memguard::release_free_memory();
         }
     }
 
@@ -1432,13 +1442,14 @@ fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
         // Already on the way out; its stream ends here, cleanly.
         return true;
     }
-    if c.out.len() + frame.len() > max {
+    let cost = frame.len() + outq::CHUNK_COST;
+    if c.out.cost() + cost > max {
         // Over the bound only counts when the peer really is behind: a burst
         // fanned out in one turn (one sender's whole read budget, say) may
         // overshoot a small bound although the socket would take it all.
         // So hand the kernel what it takes now, then judge.
         match c.out.flush_to(&mut c.sock, max) {
-            Ok(_) if c.out.len() + frame.len() <= max => {}
+            Ok(_) if c.out.cost() + cost <= max => {}
             // Still full, or the socket failed: either way this stream ends.
             _ => return false,
         }

@@ -304,6 +304,10 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
 
 /// A pong answering a ping with `payload`.
 pub fn pong(payload: &[u8]) -> Frame {
+    if payload.is_empty() {
+        // The common case costs no allocation, like the keepalive ping.
+        return Bytes::from_static(&[0x8A, 0x00]);
+    }
     control(Control::Pong, payload)
 }
 

@@ -599,3 +599,129 @@ fn a_burst_past_a_small_outbound_bound_reaches_a_reader_that_keeps_up() {
         assert_eq!(&m["data"].as_str().unwrap()[..2], format!("{i:02}"));
     }
 }
+
+/// Sends `bytes` with `MSG_MORE` and then shuts the write side, so that the
+/// data and the FIN leave in one segment and arrive as one readable edge.
+fn send_then_fin_in_one_segment(sock: &TcpStream, bytes: &[u8]) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: send(2) on a socket we own, with a valid buffer.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_MORE,
+        )
+    };
+    assert_eq!(n, bytes.len() as isize);
+    sock.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+#[test]
+fn a_fin_that_arrives_with_the_last_message_is_seen_at_once() {
+    let s = TestServer::start(&[]);
+    s.room("F", "h");
+    let mut stay = s.ws();
+    stay.join("F", "stay", false);
+    for round in 0..5 {
+        let mut go = raw_upgrade(s.addr);
+        go.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let id = format!("go{round}");
+        go.write_all(&client_text_frame(
+            format!(r#"{{"action":"join","room_code":"F","peer_id":"{id}"}}"#).as_bytes(),
+        ))
+        .unwrap();
+        assert_eq!(stay.recv()["type"], "peer_joined");
+        let t0 = Instant::now();
+        send_then_fin_in_one_segment(
+            &go,
+            &client_text_frame(br#"{"action":"broadcast","data":"bye"}"#),
+        );
+        assert_eq!(stay.recv()["data"], "bye");
+        let m = stay.recv();
+        assert_eq!(m["type"], "peer_left", "{m}");
+        assert_eq!(m["peer_id"], id.as_str());
+        // Not the keepalive's doing: that would take a minute.
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    // The same over HTTP: answered, then closed at once (not after the
+    // request timeout).
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    send_then_fin_in_one_segment(&c, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    assert!(all.starts_with(b"HTTP/1.1 200"));
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_flood_of_pings_from_a_peer_that_never_reads_ends_in_1008() {
+    // N empty pings make 6 MB of pongs: under an 8 MiB bound counted in
+    // bytes alone, but what they cost in memory is many times that, and the
+    // bound counts it.
+    const N: usize = 3_000_000;
+    let s = TestServer::start(&[("MAX_OUTBOUND_BYTES", "8388608")]);
+    let mut c = small_window_socket(s.addr);
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+    let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * N).collect();
+    // The server may close before it has read them all.
+    let _ = c.write_all(&flood);
+    let mut all = Vec::new();
+    let _ = c.read_to_end(&mut all);
+    let close_1008 = [0x88, 0x00, 0x03, 0xF0];
+    assert!(
+        all.windows(4)
+            .any(|w| w[0] == close_1008[0] && w[2..] == close_1008[2..]),
+        "no close 1008 after {} bytes",
+        all.len()
+    );
+    assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
+}
+
+/// A TCP connection whose receive buffer is 4 KiB (set before connecting,
+/// so the window never opens wider): a peer that reads nothing holds back
+/// almost everything sent to it in the sender's queue.
+fn small_window_socket(addr: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected")
+    };
+    // SAFETY: plain socket calls on a descriptor we create and then hand to
+    // TcpStream, which owns it from there.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
