@@ -171,7 +171,8 @@ pub fn route(
             if m != Method::Get {
                 return Routed::Answer(method_not_allowed("GET, OPTIONS"));
             }
-            if !(req.upgrade_websocket && req.conn_upgrade) {
+            // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 request.
+            if !(req.upgrade_websocket && req.conn_upgrade && req.http11) {
                 return Routed::Answer(Answer::error(400, "Expected a WebSocket upgrade request"));
             }
             if req.ws_version.as_deref() != Some("13") {

@@ -128,6 +128,10 @@ impl Decoder {
         if is_control && (!header.is_final || len > 125) {
             return Err(WsError::Protocol("Invalid control frame"));
         }
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length is 0.
+        if len > i64::MAX as u64 {
+            return Err(WsError::Protocol("Frame length out of range"));
+        }
         // Refuse by declared length, before buffering the payload.
         let already = self.partial.as_ref().map_or(0, |(_, v)| v.len() as u64);
         if !is_control && already.saturating_add(len) > max_message as u64 {
@@ -406,6 +410,16 @@ mod tests {
         assert_eq!(
             decode_all(&frag, 1000).unwrap_err().close_code(),
             close::TOO_BIG
+        );
+
+        // A 64-bit length with its top bit set is malformed, not just big.
+        let mut top_bit = vec![0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(
+            Decoder::default()
+                .next(&mut top_bit, 1000)
+                .unwrap_err()
+                .close_code(),
+            close::PROTOCOL
         );
 
         let bad_utf8 = client_frame(1, true, &[0xff, 0xfe]);

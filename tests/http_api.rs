@@ -196,6 +196,15 @@ fn ws_route_without_upgrade_is_400() {
     let r = http(s.addr, "GET", "/ws", &[], b"");
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["success"], false);
+    // The handshake is an HTTP/1.1 request (RFC 6455 §4.1).
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 400);
 }
 
 #[test]
