@@ -12,7 +12,8 @@
 //!   session names; peer ids are unique within a room.
 //! * Every outgoing message is serialized once into a shared [`Frame`]; a
 //!   fan-out to `n` peers is one effect, not `n` copies.
-//! * An empty room carries `empty_since`; the shell arms a timer for
+//! * An empty room carries `empty_since`; the shell holds at most one timer
+//!   per room (re-armed later when the room emptied again meanwhile) for
 //!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
 
 use crate::protocol::MAX_METADATA_BYTES;
@@ -91,6 +92,11 @@ pub struct Room {
     /// The stored document as a ready `document_sync` frame.
     document: Option<Frame>,
     empty_since: Option<Instant>,
+    /// The shell holds a pending expiry timer for this room. At most one is
+    /// ever pending: a room that empties again while one is (a lone member
+    /// re-joining in a loop) waits for it, and [`Rooms::expire`] re-arms it
+    /// for the later time, so the timer heap holds one entry per room.
+    expiry_armed: bool,
 }
 
 impl Room {
@@ -257,6 +263,7 @@ impl Rooms {
             members: Vec::new(),
             document: None,
             empty_since: Some(now),
+            expiry_armed: false,
         };
         let key = self.rooms.insert(room);
         self.by_code.insert(code.into(), key);
@@ -264,11 +271,7 @@ impl Rooms {
             key: key as u32,
             gen: self.next_gen,
         };
-        // A timeout too long for an `Instant` (a huge
-        // ROOM_IDLE_TIMEOUT_SECONDS) means never: `now + t` would panic.
-        if let Some(at) = self.idle_timeout.and_then(|t| now.checked_add(t)) {
-            fx.push(Effect::ExpireAt(r, at));
-        }
+        self.arm_expiry(r, now, fx);
         Ok(Created {
             room: r,
             restored: false,
@@ -487,31 +490,60 @@ impl Rooms {
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
-            if let Some(at) = self.idle_timeout.and_then(|t| now.checked_add(t)) {
-                fx.push(Effect::ExpireAt(r, at));
-            }
+            self.arm_expiry(r, now, fx);
+        }
+    }
+
+    /// Asks the shell for an expiry timer at `since + idle_timeout` unless
+    /// one is pending already (it fires no later and re-arms).
+    fn arm_expiry(&mut self, r: RoomRef, since: Instant, fx: &mut Vec<Effect>) {
+        // A timeout too long for an `Instant` (a huge
+        // ROOM_IDLE_TIMEOUT_SECONDS) means never: `now + t` would panic.
+        let Some(at) = self.idle_timeout.and_then(|t| since.checked_add(t)) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(r.key as usize) else {
+            return;
+        };
+        if !room.expiry_armed {
+            room.expiry_armed = true;
+            fx.push(Effect::ExpireAt(r, at));
         }
     }
 
     /// Removes the room if it has been empty for the whole idle timeout.
     /// Returns whether it was removed.
-    pub fn expire(&mut self, r: RoomRef, now: Instant) -> bool {
+    ///
+    /// This is the room's one pending timer firing: if the room emptied
+    /// again after that timer was armed, a new one is asked for (strictly
+    /// later than `now`) through `fx`.
+    pub fn expire(&mut self, r: RoomRef, now: Instant, fx: &mut Vec<Effect>) -> bool {
         let Some(timeout) = self.idle_timeout else {
             return false;
         };
-        let Some(room) = self.get(r) else {
+        let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+        else {
             return false;
         };
-        match room.empty_since {
-            Some(since)
-                if room.members.is_empty()
-                    && since.checked_add(timeout).is_some_and(|at| now >= at) =>
-            {
+        room.expiry_armed = false;
+        let Some(since) = room.empty_since.filter(|_| room.members.is_empty()) else {
+            // Occupied: the next leave that empties it arms a timer.
+            return false;
+        };
+        match since.checked_add(timeout) {
+            Some(at) if now >= at => {
                 let room = self.rooms.remove(r.key as usize);
                 self.by_code.remove(&room.code);
                 true
             }
-            _ => false,
+            Some(_) => {
+                self.arm_expiry(r, since, fx);
+                false
+            }
+            None => false,
         }
     }
 }
@@ -810,19 +842,46 @@ mod tests {
 
     #[test]
     fn empty_room_expires_after_timeout_only() {
-        let mut w = World::new();
-        w.create("R1", "h");
-        w.join(c(1), "R1", "h", true);
-        assert_eq!(kinds(&w.leave(c(1))), ["-:expire"]);
+        let mut w = World::new(); // idle timeout 2 s
+        let t0 = w.now;
+        let secs = |n: u64| t0 + Duration::from_secs(n);
+        let mut fx = Vec::new();
+        w.create("R1", "h"); // empty from t0: its one timer is due at t0 + 2
         let (r, _) = w.rooms.find("R1").unwrap();
-        assert!(!w.rooms.expire(r, w.now + Duration::from_secs(1)));
-        // A join in between keeps it.
+        w.join(c(1), "R1", "h", true);
+        // Emptied at t0 + 1 while the first timer is pending: no second one.
+        w.now = secs(1);
+        assert!(!kinds(&w.leave(c(1))).contains(&"-:expire".to_string()));
+        // The first timer fires at t0 + 2, too early now: it re-arms for
+        // t0 + 3, strictly later.
+        assert!(!w.rooms.expire(r, secs(2), &mut fx));
+        assert!(matches!(fx.as_slice(), [Effect::ExpireAt(x, at)] if *x == r && *at == secs(3)));
+        fx.clear();
+        // A join in between keeps it: the timer then ends without a new one.
         w.join(c(2), "R1", "p", false);
-        assert!(!w.rooms.expire(r, w.now + Duration::from_secs(3)));
-        w.leave(c(2));
-        assert!(w.rooms.expire(r, w.now + Duration::from_secs(2)));
+        assert!(!w.rooms.expire(r, secs(3), &mut fx));
+        assert!(fx.is_empty());
+        // Emptied again at t0 + 4: a fresh timer, due at t0 + 6.
+        w.now = secs(4);
+        assert_eq!(kinds(&w.leave(c(2))), ["-:expire"]);
+        assert!(!w.rooms.expire(r, secs(5), &mut fx));
+        fx.clear();
+        assert!(w.rooms.expire(r, secs(6), &mut fx));
         assert!(w.rooms.find("R1").is_none());
         assert_eq!(w.rooms.len(), 0);
+    }
+
+    #[test]
+    fn a_lone_member_rejoining_in_a_loop_arms_one_timer() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "p", false);
+        let mut expiries = 0;
+        for _ in 0..1000 {
+            let out = w.join(c(1), "R1", "p", false);
+            expiries += out.iter().filter(|l| *l == "-:expire").count();
+        }
+        assert_eq!(expiries, 0, "the creation's timer is still pending");
     }
 
     #[test]

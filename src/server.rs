@@ -1341,9 +1341,11 @@ impl Server {
                     }
                 }
                 Timer::Room(r) => {
-                    if self.rooms.expire(r, now) {
+                    if self.rooms.expire(r, now, &mut self.fx) {
                         debug!("room removed after idle timeout");
                     }
+                    // A room emptied again since: its timer, re-armed later.
+                    self.apply_effects();
                 }
                 Timer::AcceptRetry => {
                     self.accept_paused = false;

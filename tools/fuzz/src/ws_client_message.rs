@@ -21,7 +21,8 @@
 //!   whose session names that room; a connection is in at most one room
 //!   and a closed one in none; peer ids are unique per room; the code index
 //!   finds every room;
-//! * no outbound queue is over its bound (4 KiB here);
+//! * no outbound queue is over its bound (4 KiB here), and the timer heap
+//!   holds at most one expiry per room;
 //! * every frame queued is one unmasked text frame holding a JSON object
 //!   with a §2 message type;
 //! * the step obeys §2: a join is answered `room_info` (listing the joiner
@@ -344,11 +345,13 @@ impl World {
         while let Some((at, room)) = self.timers.pop_due(self.now) {
             assert!(at <= self.now);
             let had = self.rooms.get(room).map(|r| r.peer_count());
-            let removed = self.rooms.expire(room, self.now);
+            let removed = self.rooms.expire(room, self.now, &mut self.fx);
             if removed {
                 assert_eq!(had, Some(0), "only an empty room expires");
                 self.documents.remove(&room);
             }
+            // A re-armed timer is due strictly later (checked there).
+            self.apply_effects();
         }
         self.finish_step();
     }
@@ -525,6 +528,14 @@ impl World {
             }
         }
         assert_eq!(total, self.rooms.len());
+        // Rooms go only when their timer fires, and each has at most one
+        // pending: a member cannot grow the timer heap by re-joining.
+        assert!(
+            self.timers.len() <= self.rooms.len(),
+            "{} room timers for {} rooms",
+            self.timers.len(),
+            self.rooms.len()
+        );
         for (i, c) in self.conns.iter().enumerate() {
             assert_eq!(c.session.room, member_of[i], "session of slot {i} is stale");
             assert!(matches!(c.state, State::Open | State::Closed));
