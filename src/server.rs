@@ -56,6 +56,9 @@ const KEEP_INBUF: usize = 8 * 1024;
 /// draining its backlog; its queue is already trimmed to one frame, so
 /// waiting costs little.
 const LINGER: Duration = Duration::from_secs(10);
+/// Answers queued on an HTTP connection beyond which its pipelined requests
+/// wait unread (in the kernel, then in the peer) until the peer reads.
+const HTTP_BACKLOG: usize = 256 * 1024;
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Free heap beyond which housekeeping hands pages back to the OS.
@@ -145,6 +148,16 @@ struct Conn {
     /// it again would raise another writable edge, and with it another
     /// flush: a busy loop for as long as the peer lingers.
     write_shut: bool,
+    /// A `Timer::Request` for this connection is pending. Deadlines only
+    /// move later, so one pending entry suffices: when it fires early it
+    /// re-arms for the current deadline. Without this every pipelined
+    /// request would leave an entry in the heap for the whole timeout.
+    request_timer: bool,
+    /// HTTP input is left unread because the answers already queued are
+    /// over [`HTTP_BACKLOG`]; flushing below it resumes reading.
+    held: bool,
+    /// The peer has shut its side (EOF read).
+    peer_eof: bool,
 }
 
 /// How to end a connection.
@@ -333,6 +346,13 @@ impl Server {
             // Connections that used their budget last turn.
             for cref in std::mem::take(&mut self.again) {
                 if self.is_live(cref) {
+                    // Requests buffered while answers were held back come
+                    // first; they are already out of the kernel.
+                    if self.conn(cref).is_some_and(|c| {
+                        matches!(c.phase, Phase::Http { .. }) && !c.inbuf.is_empty()
+                    }) {
+                        self.process_http(cref);
+                    }
                     // The edge that brought this input may also have carried
                     // the peer's FIN: read on to the end.
                     self.read(cref, true);
@@ -451,12 +471,15 @@ impl Server {
             dirty: false,
             job: 0,
             write_shut: false,
+            request_timer: false,
+            held: false,
+            peer_eof: false,
         });
         let cref = ConnRef {
             key: key as u32,
             gen,
         };
-        self.timers.arm(deadline, Timer::Request(cref));
+        self.arm_request_timer(cref, deadline);
         self.peak_conns = self.peak_conns.max(self.conns.len());
         debug!("[{key}] accepted {addr}");
     }
@@ -473,7 +496,7 @@ impl Server {
             let Some(c) = live(&mut self.conns, cref) else {
                 return;
             };
-            if c.doomed || matches!(c.phase, Phase::Waiting(_)) {
+            if c.doomed || c.held || matches!(c.phase, Phase::Waiting(_)) {
                 // Input stays in the kernel until the worker answers (that
                 // is our back-pressure); reading resumes from `again`.
                 return;
@@ -507,11 +530,24 @@ impl Server {
                         let at = Instant::now() + self.cfg.request_timeout;
                         if at > *deadline {
                             *deadline = at;
-                            self.timers.arm(at, Timer::Request(cref));
+                            if !c.request_timer {
+                                c.request_timer = true;
+                                self.timers.arm(at, Timer::Request(cref));
+                            }
                         }
                     }
-                    c.inbuf.extend_from_slice(&self.scratch[..n]);
-                    self.process_http(cref);
+                    if c.close_when_flushed {
+                        // Nothing after this is answered (Connection:
+                        // close, shutdown): drop it rather than buffer it.
+                    } else {
+                        c.inbuf.extend_from_slice(&self.scratch[..n]);
+                        self.process_http(cref);
+                        if self.conn(cref).is_some_and(|c| c.held) {
+                            // Answers are piling up unread: leave the rest
+                            // in the kernel until they drain.
+                            return;
+                        }
+                    }
                 }
                 Phase::Waiting(_) => {
                     c.inbuf.extend_from_slice(&self.scratch[..n]);
@@ -546,10 +582,14 @@ impl Server {
 
     fn eof(&mut self, cref: ConnRef) {
         let Some(c) = self.conn(cref) else { return };
+        c.peer_eof = true;
         match c.phase {
             // The peer finished sending; answer what is complete, then go.
             Phase::Http { .. } if c.out.is_empty() => self.close(cref, Close::Abort),
             Phase::Http { .. } | Phase::Waiting(_) => c.close_when_flushed = true,
+            // Our last words (an error answer, a close frame) are still
+            // queued: they leave first (`flush` then ends it, or LINGER).
+            Phase::Closing if !c.out.is_empty() => {}
             _ => self.close(cref, Close::Abort),
         }
     }
@@ -565,6 +605,12 @@ impl Server {
                 return;
             }
             if !matches!(c.phase, Phase::Http { .. }) {
+                return;
+            }
+            if c.out.len() >= HTTP_BACKLOG {
+                // A pipelining peer that does not read its answers: hold
+                // its further requests until it does (resumed by `flush`).
+                c.held = true;
                 return;
             }
             let parsed = http::parse_request(&c.inbuf, max_body);
@@ -727,7 +773,9 @@ impl Server {
         let timeout = self.cfg.request_timeout;
         let Some(c) = self.conn(cref) else { return };
         if !keep_alive {
-            c.close_when_flushed = true;
+            // Nothing more is read or answered; the answer gets LINGER to
+            // leave, and then the connection goes whatever the peer does.
+            self.close(cref, Close::Linger);
             return;
         }
         let deadline = Instant::now() + timeout;
@@ -736,7 +784,17 @@ impl Server {
             head_seen: false,
             between: true,
         };
-        self.timers.arm(deadline, Timer::Request(cref));
+        self.arm_request_timer(cref, deadline);
+    }
+
+    /// Arms the connection's request timer unless one is pending already
+    /// (it fires no later than `deadline`, then re-arms).
+    fn arm_request_timer(&mut self, cref: ConnRef, deadline: Instant) {
+        let Some(c) = self.conn(cref) else { return };
+        if !c.request_timer {
+            c.request_timer = true;
+            self.timers.arm(deadline, Timer::Request(cref));
+        }
     }
 
     /// Hands `job` to the accounts workers; the connection waits in
@@ -1180,10 +1238,32 @@ impl Server {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
-        match c.out.flush_to(&mut c.sock, WRITE_BUDGET) {
+        let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        if c.held && c.out.len() < HTTP_BACKLOG {
+            // Room again: answer what is buffered, then read on. The wait
+            // was ours, not the peer's: its request clock starts afresh.
+            c.held = false;
+            let at = Instant::now() + self.cfg.request_timeout;
+            if let Phase::Http { deadline, .. } = &mut c.phase {
+                *deadline = at;
+            }
+            self.again.push(cref);
+            self.arm_request_timer(cref, at);
+        }
+        self.flush_result(cref, result)
+    }
+
+    fn flush_result(&mut self, cref: ConnRef, result: io::Result<Flush>) {
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        match result {
             Ok(Flush::Drained) => {
                 if c.close_when_flushed && !matches!(c.phase, Phase::Waiting(_) | Phase::Closing) {
                     self.close(cref, Close::Linger);
+                } else if matches!(c.phase, Phase::Closing) && c.peer_eof {
+                    // Both sides are done: no need to linger.
+                    self.close(cref, Close::Abort);
                 } else if matches!(c.phase, Phase::Closing) && !c.write_shut {
                     c.write_shut = true;
                     let _ = c.sock.shutdown(Shutdown::Write);
@@ -1254,7 +1334,7 @@ impl Server {
             }
             _ if already_closing => return,
             Close::Ws(code, reason) => {
-                if matches!(c.phase, Phase::Ws(_)) {
+                if is_websocket(&c.phase) {
                     if code == ws::close::POLICY {
                         // Whole frames only: keep the one being written.
                         c.out.truncate_to_front();
@@ -1294,13 +1374,20 @@ impl Server {
             match t {
                 Timer::Request(cref) => {
                     let Some(c) = self.conn(cref) else { continue };
+                    c.request_timer = false;
                     let Phase::Http { deadline, .. } = c.phase else {
                         continue;
                     };
                     if deadline > now {
+                        // The deadline moved on since this was armed.
+                        self.arm_request_timer(cref, deadline);
                         continue;
                     }
-                    if c.inbuf.is_empty() {
+                    if c.inbuf.is_empty() && !c.out.is_empty() {
+                        // Nothing new asked, but the last answer is still
+                        // on its way to a slow reader: it gets LINGER.
+                        self.close(cref, Close::Linger);
+                    } else if c.inbuf.is_empty() {
                         // An idle keep-alive connection: nothing to answer.
                         self.close(cref, Close::Abort);
                     } else {
@@ -1418,14 +1505,17 @@ impl Server {
         for cref in all {
             let Some(c) = self.conn(cref) else { continue };
             match c.phase {
-                Phase::Ws(_) => self.close(
+                _ if is_websocket(&c.phase) => self.close(
                     cref,
                     Close::Ws(ws::close::GOING_AWAY, "Server shutting down"),
                 ),
-                Phase::Http { .. } if c.out.is_empty() && c.inbuf.is_empty() => {
-                    self.close(cref, Close::Abort)
+                // Nothing owed (at most half a request): go now.
+                Phase::Http { .. } if c.out.is_empty() => self.close(cref, Close::Abort),
+                Phase::Closing => {}
+                _ => {
+                    c.close_when_flushed = true;
+                    self.mark_dirty(cref);
                 }
-                _ => c.close_when_flushed = true,
             }
         }
         self.reap();
@@ -1463,6 +1553,16 @@ fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
 fn release_if_empty(buf: &mut Vec<u8>) {
     if buf.is_empty() && buf.capacity() > KEEP_INBUF {
         *buf = Vec::new();
+    }
+}
+
+/// Whether the connection speaks WebSocket: open, or parked on a `join`
+/// waiting for its token check (the 101 has been sent either way).
+fn is_websocket(phase: &Phase) -> bool {
+    match phase {
+        Phase::Ws(_) => true,
+        Phase::Waiting(p) => matches!(**p, Pending::Join { .. }),
+        _ => false,
     }
 }
 

@@ -725,3 +725,71 @@ fn small_window_socket(addr: std::net::SocketAddr) -> TcpStream {
         TcpStream::from_raw_fd(fd)
     }
 }
+
+#[test]
+fn a_fin_right_after_a_bad_request_still_gets_its_answer() {
+    let s = TestServer::start(&[]);
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        send_then_fin_in_one_segment(&c, b"BROKEN\r\n\r\n");
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        assert!(
+            all.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_pipelining_peer_that_does_not_read_is_held_back_not_buffered() {
+    let s = TestServer::start(&[]);
+    const N: usize = 100_000;
+    let mut c = small_window_socket(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let before = rss_kib(s.child.id());
+    // 3.4 MB of requests whose answers (about 25 MB) nobody reads yet.
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let reqs = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(N);
+        w.write_all(&reqs).unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_kib(s.child.id()).saturating_sub(before);
+    assert!(grown < 8 * 1024, "server RSS grew {grown} KiB");
+    // Reading now, every request gets its answer.
+    let status = b"HTTP/1.1 ";
+    let (mut answered, mut ok) = (0, 0);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    while answered < N {
+        let n = c.read(&mut buf).expect("answers keep coming");
+        assert!(n > 0, "closed after {answered} answers");
+        tail.extend_from_slice(&buf[..n]);
+        let mut i = 0;
+        while let Some(at) = tail[i..]
+            .windows(status.len() + 3)
+            .position(|w| w.starts_with(status))
+        {
+            answered += 1;
+            ok += usize::from(&tail[i + at + status.len()..i + at + status.len() + 3] == b"200");
+            i += at + status.len();
+        }
+        tail.drain(
+            ..tail
+                .len()
+                .saturating_sub(status.len() + 2)
+                .max(i.min(tail.len())),
+        );
+    }
+    assert_eq!((answered, ok), (N, N));
+    writer.join().unwrap();
+}
