@@ -46,6 +46,9 @@ impl Config {
 
     /// Builds a configuration from any key → value lookup.
     pub fn from_lookup(raw: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        // Every value is trimmed, secrets too: an env file with CRLF line
+        // ends must not put a `\r` into the JWT key or the setup token
+        // (whose HTTP header arrives trimmed, so it could never match).
         let get = |k: &str| {
             raw(k)
                 .map(|v| v.trim().to_owned())
@@ -133,7 +136,7 @@ impl Config {
                 ));
             }
         }
-        let accounts = crate::accounts::AccountsConfig::from_lookup(&raw)?;
+        let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
 
         Ok(Config {
             host,
@@ -195,15 +198,16 @@ mod tests {
 
     #[cfg(feature = "accounts")]
     #[test]
-    fn secrets_reach_accounts_untrimmed() {
-        let secret = "  0123456789abcdef0123456789abc  "; // 29 bytes inside
+    fn secrets_are_trimmed_like_every_value() {
         let c = cfg(&[
             ("MONGODB_URI", " mongodb://127.0.0.1:27017 "),
-            ("JWT_SECRET", secret),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef\r"),
+            ("INITIAL_SETUP_TOKEN", " setup-token\r\n"),
         ])
         .unwrap();
         let a = c.accounts.expect("accounts on");
-        assert_eq!(a.jwt_secret, secret.as_bytes());
+        assert_eq!(a.jwt_secret, b"0123456789abcdef0123456789abcdef");
+        assert_eq!(a.setup_token.as_deref(), Some("setup-token"));
         assert_eq!(a.mongodb_uri, "mongodb://127.0.0.1:27017");
     }
 

@@ -590,6 +590,9 @@ impl Server {
             // Our last words (an error answer, a close frame) are still
             // queued: they leave first (`flush` then ends it, or LINGER).
             Phase::Closing if !c.out.is_empty() => {}
+            // Replies to what came with the FIN (room_info, pong, ...) are
+            // queued: leave the room now, send them, then go.
+            Phase::Ws(_) if !c.out.is_empty() => self.close(cref, Close::Linger),
             _ => self.close(cref, Close::Abort),
         }
     }
@@ -764,7 +767,9 @@ impl Server {
         keep_alive: bool,
         head: bool,
     ) {
-        let keep = keep_alive && !matches!(a.status, 400 | 408 | 413 | 431);
+        let keep = keep_alive
+            && self.shutting_down.is_none()
+            && !matches!(a.status, 400 | 408 | 413 | 431);
         self.respond_full(cref, a, origin, !keep, head);
         self.after_response(cref, keep);
     }
@@ -1238,7 +1243,16 @@ impl Server {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
+        let queued = c.out.len();
         let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        if c.held && c.out.len() < queued {
+            // The peer is reading what it asked for: the wait is ours, so
+            // its request clock does not run meanwhile.
+            let at = Instant::now() + self.cfg.request_timeout;
+            if let Phase::Http { deadline, .. } = &mut c.phase {
+                *deadline = at;
+            }
+        }
         if c.held && c.out.len() < HTTP_BACKLOG {
             // Room again: answer what is buffered, then read on. The wait
             // was ours, not the peer's: its request clock starts afresh.
@@ -1345,6 +1359,7 @@ impl Server {
             Close::Linger => {}
         }
         c.phase = Phase::Closing;
+        c.held = false;
         c.inbuf = Vec::new();
         if c.out.is_empty() {
             c.write_shut = true;
@@ -1383,7 +1398,11 @@ impl Server {
                         self.arm_request_timer(cref, deadline);
                         continue;
                     }
-                    if c.inbuf.is_empty() && !c.out.is_empty() {
+                    if c.held {
+                        // A whole timeout without the peer reading any of
+                        // its answers: it gets LINGER, then it goes.
+                        self.close(cref, Close::Linger);
+                    } else if c.inbuf.is_empty() && !c.out.is_empty() {
                         // Nothing new asked, but the last answer is still
                         // on its way to a slow reader: it gets LINGER.
                         self.close(cref, Close::Linger);
@@ -1502,6 +1521,7 @@ impl Server {
                 gen: c.gen,
             })
             .collect();
+        let max_body = self.cfg.max_body_bytes;
         for cref in all {
             let Some(c) = self.conn(cref) else { continue };
             match c.phase {
@@ -1509,8 +1529,15 @@ impl Server {
                     cref,
                     Close::Ws(ws::close::GOING_AWAY, "Server shutting down"),
                 ),
-                // Nothing owed (at most half a request): go now.
-                Phase::Http { .. } if c.out.is_empty() => self.close(cref, Close::Abort),
+                // A complete request already read is answered (and the
+                // answer closes); nothing owed, or half a request: go now.
+                Phase::Http { .. } if c.out.is_empty() => {
+                    if matches!(http::parse_request(&c.inbuf, max_body), Ok(Some(_))) {
+                        self.again.push(cref);
+                    } else {
+                        self.close(cref, Close::Abort);
+                    }
+                }
                 Phase::Closing => {}
                 _ => {
                     c.close_when_flushed = true;

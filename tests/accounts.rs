@@ -1228,7 +1228,8 @@ fn a_job_that_waited_past_the_reply_timeout_is_not_carried_out() {
     daemon.freeze();
     let first = h.post("/api/auth/logout").bearer(&admin).submit();
     let second = h.post("/api/auth/logout").bearer(&user).submit();
-    std::thread::sleep(sync_server::accounts::REPLY_TIMEOUT + Duration::from_millis(300));
+    // Past the loop's reply timeout and the workers' margin after it.
+    std::thread::sleep(sync_server::accounts::REPLY_TIMEOUT + Duration::from_millis(1000));
     daemon.thaw();
     let _ = h.wait(first, Duration::from_secs(30));
     match h.wait(second, Duration::from_secs(30)) {

@@ -793,3 +793,26 @@ fn a_pipelining_peer_that_does_not_read_is_held_back_not_buffered() {
     assert_eq!((answered, ok), (N, N));
     writer.join().unwrap();
 }
+
+#[test]
+fn a_join_that_arrives_with_a_fin_is_still_answered() {
+    let s = TestServer::start(&[]);
+    s.room("J", "h");
+    let mut stay = s.ws();
+    stay.join("J", "stay", false);
+    let mut c = raw_upgrade(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the upgrade is done
+    send_then_fin_in_one_segment(
+        &c,
+        &client_text_frame(br#"{"action":"join","room_code":"J","peer_id":"brief"}"#),
+    );
+    let mut all = Vec::new();
+    let _ = c.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains(r#""type":"room_info""#), "{text}");
+    assert!(text.contains(r#""type":"connected""#), "{text}");
+    // The others saw it come and go.
+    assert_eq!(stay.recv()["type"], "peer_joined");
+    assert_eq!(stay.recv()["type"], "peer_left");
+}

@@ -138,7 +138,8 @@ impl AccountsConfig {
             return Err(format!("DB_NAME is not a valid database name: {db_name:?}"));
         }
 
-        // Secrets are not trimmed: whitespace may be part of them.
+        // The core's lookup has trimmed every value, secrets too (see
+        // `Config::from_lookup`).
         let jwt_secret = get("JWT_SECRET")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| "JWT_SECRET is required when MONGODB_URI is set".to_string())?;

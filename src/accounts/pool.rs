@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use super::handlers::Service;
 use super::{AccountsConfig, Job, Reply};
 
+/// How much longer than the loop's reply timeout a queued job may wait
+/// before a worker drops it unrun.
+const STALE_MARGIN: Duration = Duration::from_millis(500);
+
 /// How long `shutdown` waits for threads in all.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
@@ -156,7 +160,10 @@ fn worker(
             return;
         };
         let authorize = matches!(job, Job::Authorize { .. });
-        if queued_at.elapsed() >= super::REPLY_TIMEOUT {
+        // The margin lets the loop's own timer (armed just after `submit`)
+        // answer first, with its own words; this only makes sure nobody's
+        // request is carried out after that answer.
+        if queued_at.elapsed() >= super::REPLY_TIMEOUT + STALE_MARGIN {
             // The loop has answered 503 already; doing the work now would
             // carry out a request its client was told failed.
             log::debug!("accounts: dropped a job that waited past the reply timeout");
@@ -167,6 +174,9 @@ fn worker(
             };
             if replies.send((tag, reply)).is_err() {
                 return;
+            }
+            if let Err(e) = waker.wake() {
+                log::error!("accounts: cannot wake the server loop: {e}");
             }
             continue;
         }
