@@ -116,12 +116,11 @@ impl Request {
     }
 
     /// Whether the connection stays open after the answer to this request.
+    /// Only HTTP/1.1 connections are kept: an HTTP/1.0 client that asks for
+    /// keep-alive waits for `Connection: keep-alive` in the answer, and
+    /// closing after the answer serves it just as correctly.
     pub fn keep_alive(&self) -> bool {
-        if self.conn_close {
-            false
-        } else {
-            self.http11 || self.conn_keep_alive
-        }
+        self.http11 && !self.conn_close
     }
 
     /// The value of one query parameter, percent-decoded.
@@ -747,7 +746,11 @@ mod tests {
         let (r, _) = parse_request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0)
             .unwrap()
             .unwrap();
-        assert!(r.keep_alive());
+        assert!(r.conn_keep_alive);
+        assert!(
+            !r.keep_alive(),
+            "HTTP/1.0 connections are closed after the answer"
+        );
         let (r, _) = parse_request(
             b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
             0,

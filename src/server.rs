@@ -158,6 +158,9 @@ struct Conn {
     held: bool,
     /// The peer has shut its side (EOF read).
     peer_eof: bool,
+    /// While `held`: the bytes the kernel still had to send at the last
+    /// request timer (0: not looked yet).
+    unsent_seen: u32,
 }
 
 /// How to end a connection.
@@ -474,6 +477,7 @@ impl Server {
             request_timer: false,
             held: false,
             peer_eof: false,
+            unsent_seen: 0,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -1257,6 +1261,7 @@ impl Server {
             // Room again: answer what is buffered, then read on. The wait
             // was ours, not the peer's: its request clock starts afresh.
             c.held = false;
+            c.unsent_seen = 0;
             let at = Instant::now() + self.cfg.request_timeout;
             if let Phase::Http { deadline, .. } = &mut c.phase {
                 *deadline = at;
@@ -1388,6 +1393,7 @@ impl Server {
         while let Some((_, t)) = self.timers.pop_due(now) {
             match t {
                 Timer::Request(cref) => {
+                    let timeout = self.cfg.request_timeout;
                     let Some(c) = self.conn(cref) else { continue };
                     c.request_timer = false;
                     let Phase::Http { deadline, .. } = c.phase else {
@@ -1399,9 +1405,24 @@ impl Server {
                         continue;
                     }
                     if c.held {
-                        // A whole timeout without the peer reading any of
-                        // its answers: it gets LINGER, then it goes.
-                        self.close(cref, Close::Linger);
+                        // Our queue only shrinks when the kernel's has
+                        // drained far enough to raise a writable edge, which
+                        // a slow but steady reader may take longer than a
+                        // timeout to do: ask the kernel whether the peer
+                        // read anything since the last look.
+                        let unsent = unsent_bytes(&c.sock);
+                        let seen = std::mem::replace(&mut c.unsent_seen, unsent.unwrap_or(0));
+                        if unsent.is_some_and(|n| seen == 0 || n < seen) {
+                            let at = now + timeout;
+                            if let Phase::Http { deadline, .. } = &mut c.phase {
+                                *deadline = at;
+                            }
+                            self.arm_request_timer(cref, at);
+                        } else {
+                            // A whole timeout without the peer reading any
+                            // of its answers: it gets LINGER, then it goes.
+                            self.close(cref, Close::Linger);
+                        }
                     } else if c.inbuf.is_empty() && !c.out.is_empty() {
                         // Nothing new asked, but the last answer is still
                         // on its way to a slow reader: it gets LINGER.
@@ -1581,6 +1602,15 @@ fn release_if_empty(buf: &mut Vec<u8>) {
     if buf.is_empty() && buf.capacity() > KEEP_INBUF {
         *buf = Vec::new();
     }
+}
+
+/// Bytes written to the socket that the kernel has not sent yet (SIOCOUTQ).
+fn unsent_bytes(sock: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket writes one int.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0 && n >= 0).then_some(n as u32)
 }
 
 /// Whether the connection speaks WebSocket: open, or parked on a `join`
