@@ -125,7 +125,8 @@ http_stream = {
     "more--body-pending": stream(0, [10], POST_ROOMS[:-1]),
     "close--http10": stream(0, [], CLOSE + GET_ROOT),
     "close--connection-close": stream(0, [20], crlf("GET / HTTP/1.1\nConnection: close\n\n") + GET_ROOT),
-    "end--http10-keep-alive": stream(0, [7], KEEP10 + GET_ROOT),
+    # HTTP/1.0 connections close after the answer, keep-alive or not.
+    "close--http10-keep-alive": stream(0, [7], KEEP10 + GET_ROOT),
     "upgrade--then-frames": stream(0, [30], UPGRADE + "\x81\x85\x00\x00\x00\x00hello"),
     "e400--garbage-after-request": stream(0, [2], GET_HEALTH + "\x00\x01garbage\r\n\r\n"),
     "e413--small-body-limit": stream(1, [4], POST_ROOMS),
