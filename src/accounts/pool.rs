@@ -163,35 +163,30 @@ fn worker(
         // The margin lets the loop's own timer (armed just after `submit`)
         // answer first, with its own words; this only makes sure nobody's
         // request is carried out after that answer.
-        if queued_at.elapsed() >= super::REPLY_TIMEOUT + STALE_MARGIN {
+        let reply = if queued_at.elapsed() >= super::REPLY_TIMEOUT + STALE_MARGIN {
             // The loop has answered 503 already; doing the work now would
             // carry out a request its client was told failed.
             log::debug!("accounts: dropped a job that waited past the reply timeout");
-            let reply = if authorize {
+            if authorize {
                 Reply::Authorized(false)
             } else {
                 Reply::Http(super::handlers::unavailable_reply())
-            };
-            if replies.send((tag, reply)).is_err() {
-                return;
             }
-            if let Err(e) = waker.wake() {
-                log::error!("accounts: cannot wake the server loop: {e}");
-            }
-            continue;
-        }
-        // A bug in one handler must not cost the loop its reply (a connection
-        // would wait forever) nor the pool a worker. With `panic = "abort"`
-        // this never runs; in debug builds and tests it does.
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.handle(job)))
-            .unwrap_or_else(|_| {
-                log::error!("accounts: a request handler panicked");
-                if authorize {
-                    Reply::Authorized(false)
-                } else {
-                    Reply::Http(super::handlers::internal_error())
-                }
-            });
+        } else {
+            // A bug in one handler must not cost the loop its reply (a
+            // connection would wait forever) nor the pool a worker. With
+            // `panic = "abort"` this never runs; in debug builds and tests
+            // it does.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.handle(job)))
+                .unwrap_or_else(|_| {
+                    log::error!("accounts: a request handler panicked");
+                    if authorize {
+                        Reply::Authorized(false)
+                    } else {
+                        Reply::Http(super::handlers::internal_error())
+                    }
+                })
+        };
         if replies.send((tag, reply)).is_err() {
             return;
         }
