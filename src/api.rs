@@ -119,7 +119,7 @@ pub fn route(
         return Routed::Answer(Answer {
             status: 204,
             body: Vec::new(),
-            allow: Some("GET, POST, PUT, DELETE, OPTIONS"),
+            allow: Some(route_methods(path)),
             retry_after: None,
             preflight: true,
         });
@@ -268,6 +268,26 @@ pub fn route(
     }
 }
 
+/// The methods a route answers, for `Allow` and a preflight's
+/// `Access-Control-Allow-Methods` (browsers check that the method they are
+/// about to send is listed). An unknown path lists every method we use, so
+/// the browser goes on to the real request and reads its 404.
+pub fn route_methods(path: &str) -> &'static str {
+    match path {
+        "/" | "/health" | "/ws" => "GET, OPTIONS",
+        "/api/rooms" => "POST, OPTIONS",
+        "/api/auth/invite"
+        | "/api/auth/setup-password"
+        | "/api/auth/login"
+        | "/api/auth/logout" => "POST, OPTIONS",
+        "/api/auth/setup-info" | "/api/auth/users" => "GET, OPTIONS",
+        "/api/auth/me" => "GET, PUT, OPTIONS",
+        p if p.starts_with("/api/rooms/") => "GET, OPTIONS",
+        p if p.starts_with("/api/auth/users/") => "PUT, DELETE, OPTIONS",
+        _ => "GET, POST, PUT, DELETE, OPTIONS",
+    }
+}
+
 fn method_not_allowed(allow: &'static str) -> Answer {
     let mut a = Answer::error(405, "Method not allowed");
     a.allow = Some(allow);
@@ -399,9 +419,18 @@ pub fn origin_allowed(cfg: &Config, origin: Option<&str>) -> bool {
 }
 
 /// The `Access-Control-Allow-Origin` value for a request, if any.
+///
+/// An allowed origin is echoed (never `*`), so that a browser page calling
+/// with `credentials: "include"` may read the answer; under the default
+/// `CORS_ALLOWED_ORIGINS=*` every origin is allowed that way. That is safe
+/// because the server honours no ambient credential (no cookie, no HTTP
+/// auth): a request is authenticated by its `Authorization: Bearer` header
+/// alone, which a page of another origin cannot make the browser add.
+/// A request that names no origin (not a browser) gets `*`.
 pub fn cors_origin<'a>(cfg: &Config, origin: Option<&'a str>) -> Option<&'a str> {
     match (&cfg.cors_allowed_origins, origin) {
-        (None, _) => Some("*"),
+        (None, Some(o)) => Some(o),
+        (None, None) => Some("*"),
         (Some(list), Some(o)) if list.iter().any(|a| a == o.trim_end_matches('/')) => Some(o),
         _ => None,
     }

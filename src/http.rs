@@ -506,7 +506,8 @@ pub struct Extra<'a> {
     /// `Access-Control-Allow-Origin` value; `None` omits CORS headers
     /// (origin not allowed).
     pub cors_origin: Option<&'a str>,
-    /// Adds the preflight headers (`Allow-Methods`, `Allow-Headers`, `Max-Age`).
+    /// Adds the preflight headers (`Allow-Methods` from `allow`,
+    /// `Allow-Headers`, `Max-Age`).
     pub preflight: bool,
     pub close: bool,
     /// A `HEAD` request: headers as for `GET`, no body.
@@ -522,19 +523,11 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], extra: &Extra
         out.extend_from_slice(b"Content-Type: application/json\r\n");
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
-    if let Some(origin) = extra.cors_origin {
-        let _ = write!(out, "Access-Control-Allow-Origin: {origin}\r\n");
-        if origin != "*" {
-            out.extend_from_slice(b"Vary: Origin\r\n");
-        }
-        if extra.preflight {
-            out.extend_from_slice(
-                b"Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n\
-                  Access-Control-Allow-Headers: Content-Type, Authorization, X-Setup-Token\r\n\
-                  Access-Control-Max-Age: 86400\r\n",
-            );
-        }
-    }
+    write_cors(
+        out,
+        extra.cors_origin,
+        extra.preflight.then_some(extra.allow).flatten(),
+    );
     if let Some(allow) = extra.allow {
         let _ = write!(out, "Allow: {allow}\r\n");
     }
@@ -547,6 +540,34 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], extra: &Extra
     out.extend_from_slice(b"\r\n");
     if status != 204 && !extra.head {
         out.extend_from_slice(body);
+    }
+}
+
+/// The CORS headers of every response, the 101 included.
+///
+/// `origin` is the `Access-Control-Allow-Origin` value (see
+/// [`crate::api::cors_origin`]): `*` only for a request that named no
+/// origin, else the page's own origin, which is what a browser needs before
+/// it hands a credentialed (`credentials: "include"`) response to the page,
+/// together with `Allow-Credentials`. `None` (a disallowed origin) writes
+/// no CORS headers, so the browser blocks the answer. Answers differ by
+/// `Origin`, so every one says `Vary: Origin` for caches in between.
+/// `preflight` carries the route's methods for `Allow-Methods`.
+pub fn write_cors(out: &mut Vec<u8>, origin: Option<&str>, preflight: Option<&str>) {
+    use std::io::Write;
+    out.extend_from_slice(b"Vary: Origin\r\n");
+    let Some(origin) = origin else { return };
+    let _ = write!(out, "Access-Control-Allow-Origin: {origin}\r\n");
+    if origin != "*" {
+        out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+    }
+    if let Some(methods) = preflight {
+        let _ = write!(
+            out,
+            "Access-Control-Allow-Methods: {methods}\r\n\
+             Access-Control-Allow-Headers: Content-Type, Authorization, X-Setup-Token\r\n\
+             Access-Control-Max-Age: 86400\r\n"
+        );
     }
 }
 

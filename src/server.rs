@@ -970,14 +970,16 @@ impl Server {
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         // The contract puts CORS headers on every response; browsers do not
         // check them on an upgrade, other clients may.
-        let cors = match api::cors_origin(&self.cfg, req.origin.as_deref()) {
-            Some(o) if o == "*" => format!("Access-Control-Allow-Origin: {o}\r\n"),
-            Some(o) => format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n"),
-            None => String::new(),
-        };
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{cors}\r\n"
+        let mut resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+        )
+        .into_bytes();
+        http::write_cors(
+            &mut resp,
+            api::cors_origin(&self.cfg, req.origin.as_deref()),
+            None,
         );
+        resp.extend_from_slice(b"\r\n");
         let upgrade_token = api::bearer(req.authorization.as_deref())
             .map(str::to_owned)
             .or_else(|| req.query_param("token"))
@@ -985,7 +987,7 @@ impl Server {
         let now = Instant::now();
         let interval = self.cfg.ping_interval;
         let Some(c) = self.conn(cref) else { return };
-        c.out.push(Frame::from(resp.into_bytes()));
+        c.out.push(Frame::from(resp));
         c.phase = Phase::Ws(Box::new(WsState {
             decoder: Decoder::default(),
             session: Session::default(),

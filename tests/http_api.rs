@@ -152,11 +152,19 @@ fn unknown_route_wrong_method_and_preflight() {
     );
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
-    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert!(r
-        .header("access-control-allow-methods")
-        .unwrap()
-        .contains("POST"));
+    // Credentialed CORS: the page's own origin, never `*` (a browser hands
+    // a `credentials: "include"` answer to the page only then).
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("POST, OPTIONS")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("86400"));
     assert!(r
         .header("access-control-allow-headers")
         .unwrap()
@@ -180,6 +188,8 @@ fn cors_allow_list_echoes_only_listed_origins() {
         r.header("access-control-allow-origin"),
         Some("https://b.example")
     );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("vary"), Some("Origin"));
     let r = http(
         s.addr,
         "GET",
@@ -188,6 +198,49 @@ fn cors_allow_list_echoes_only_listed_origins() {
         b"",
     );
     assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+    // The answer still varies by Origin, for caches in between.
+    assert_eq!(r.header("vary"), Some("Origin"));
+}
+
+#[test]
+fn preflight_lists_the_methods_of_its_route() {
+    let s = TestServer::start(&[]);
+    for (path, methods) in [
+        ("/api/rooms", "POST, OPTIONS"),
+        ("/api/rooms/ABC123", "GET, OPTIONS"),
+        ("/api/auth/login", "POST, OPTIONS"),
+        ("/api/auth/me", "GET, PUT, OPTIONS"),
+        ("/api/auth/users", "GET, OPTIONS"),
+        ("/api/auth/users/abc", "PUT, DELETE, OPTIONS"),
+        ("/api/auth/setup-info", "GET, OPTIONS"),
+    ] {
+        let r = http(
+            s.addr,
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", "http://127.0.0.1:5173"),
+                ("Access-Control-Request-Method", "POST"),
+                (
+                    "Access-Control-Request-Headers",
+                    "content-type,authorization,x-setup-token",
+                ),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 204, "{path}");
+        assert_eq!(r.header("access-control-allow-methods"), Some(methods));
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("Content-Type, Authorization, X-Setup-Token")
+        );
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    }
+    // Not a browser (no Origin): the plain wildcard, no credentials.
+    let r = http(s.addr, "GET", "/health", &[], b"");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-allow-credentials"), None);
 }
 
 #[test]

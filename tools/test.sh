@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: unit tests, the
-# integration tests against the real binary, and the accounts tests against
+# integration tests against the real binary, the browser tests in headless
+# Chromium, and the accounts tests against
 # a real MongoDB-wire database (SecantusDB, installed into a venv and started
 # on a free loopback port by tools/with-secantus.sh). Extra arguments go to
 # `cargo test`.
@@ -14,6 +15,17 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
   echo "tools/test.sh: python3 (3.10+) with pip is required for the test database" >&2
   exit 1
+fi
+
+# The browser tests (tests/browser.rs) drive Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  else
+    echo "tools/test.sh: the browser tests need Debian's chromium (apt-get install chromium, as root)" >&2
+    exit 1
+  fi
 fi
 
 # Build first so the database is not kept waiting on a cold compile.

@@ -2,6 +2,8 @@
 //! `127.0.0.1:0`, raw HTTP over TCP, and blocking tungstenite clients.
 #![allow(dead_code)]
 
+pub mod cdp;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
