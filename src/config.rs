@@ -33,6 +33,9 @@ pub struct Config {
     pub trust_proxy: Option<IpAddr>,
     /// `None` means any origin (`*`).
     pub cors_allowed_origins: Option<Vec<String>>,
+    /// Replay history bounds (`ROOM_HISTORY_SIZE`, `ROOM_HISTORY_SECONDS`,
+    /// `HISTORY_MEMORY_BYTES`).
+    pub history: crate::history::Limits,
     /// Accounts are enabled when `MONGODB_URI` is set; `REQUIRE_AUTH` lives
     /// in there too.
     pub accounts: Option<crate::accounts::AccountsConfig>,
@@ -153,6 +156,11 @@ impl Config {
             room_create_burst: float("ROOM_CREATE_BURST", 5.0)?,
             trust_proxy,
             cors_allowed_origins: cors,
+            history: crate::history::Limits {
+                per_room: num("ROOM_HISTORY_SIZE", 200, 0)? as usize,
+                max_age: Duration::from_secs(secs("ROOM_HISTORY_SECONDS", 300, 0)?),
+                total_bytes: num("HISTORY_MEMORY_BYTES", 8 * 1024 * 1024, 0)? as usize,
+            },
             accounts,
         })
     }

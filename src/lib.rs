@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod healthcheck;
+pub mod history;
 pub mod http;
 pub mod memguard;
 pub mod notify;

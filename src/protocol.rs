@@ -14,6 +14,16 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 /// Longest `peer_id`, in characters.
 pub const MAX_PEER_ID_CHARS: usize = 128;
 
+/// A `join`'s `since`: the last position of the room's stream the client
+/// saw, to be caught up from (§6).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since<'a> {
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+    pub seq: u64,
+}
+
 /// A decoded client action.
 #[derive(Debug)]
 pub enum Action<'a> {
@@ -24,6 +34,8 @@ pub enum Action<'a> {
         /// Raw JSON, `None` when absent or `null`.
         metadata: Option<&'a RawValue>,
         token: Option<Cow<'a, str>>,
+        /// Where a reconnecting client left the stream.
+        since: Option<Since<'a>>,
     },
     /// `data` is a raw JSON string literal, quotes included.
     Broadcast {
@@ -55,20 +67,24 @@ struct Wire<'a> {
     document: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+}
+
+/// serde's message without its position suffix, which is noise to a
+/// browser developer when the message is one line.
+fn detail(e: serde_json::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(i) = s.find(" at line ") {
+        s.truncate(i);
+    }
+    s
 }
 
 /// Decodes one text message. The error is the detail that follows
 /// `Invalid message format: ` in the reply.
 pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
-    let w: Wire<'a> = serde_json::from_str(text).map_err(|e| {
-        let mut s = e.to_string();
-        // serde's position suffix is noise to a browser developer when the
-        // message is one line; keep the part that names the problem.
-        if let Some(i) = s.find(" at line ") {
-            s.truncate(i);
-        }
-        s
-    })?;
+    let w: Wire<'a> = serde_json::from_str(text).map_err(detail)?;
     let Some(action) = w.action else {
         return Err("missing field `action`".into());
     };
@@ -98,12 +114,22 @@ pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
                     "`metadata` must be at most {MAX_METADATA_BYTES} bytes"
                 ));
             }
+            let since = match w.since.filter(|s| s.get() != "null") {
+                None => None,
+                Some(raw) => Some(serde_json::from_str::<Since<'a>>(raw.get()).map_err(|e| {
+                    format!(
+                        "`since` must be {{\"epoch\": string, \"seq\": integer}} ({})",
+                        detail(e)
+                    )
+                })?),
+            };
             Action::Join {
                 room_code,
                 peer_id,
                 is_host: w.is_host.unwrap_or(false),
                 metadata,
                 token: w.token,
+                since,
             }
         }
         "broadcast" => Action::Broadcast {
@@ -142,8 +168,10 @@ mod tests {
                 is_host,
                 metadata,
                 token,
+                since,
             } => {
                 assert_eq!((&*room_code, &*peer_id, is_host), ("R", "p", true));
+                assert!(since.is_none());
                 assert_eq!(metadata.unwrap().get(), r#"{"n":1}"#);
                 assert!(token.is_none());
             }
@@ -208,6 +236,41 @@ mod tests {
         {
             Action::Join { metadata, .. } => assert!(metadata.is_none()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn join_since_is_decoded_and_checked() {
+        match decode(
+            r#"{"action":"join","room_code":"R","peer_id":"p","since":{"epoch":"e1","seq":7}}"#,
+        )
+        .unwrap()
+        {
+            Action::Join { since, .. } => assert_eq!(
+                since,
+                Some(Since {
+                    epoch: "e1".into(),
+                    seq: 7
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+        match decode(r#"{"action":"join","room_code":"R","peer_id":"p","since":null}"#).unwrap() {
+            Action::Join { since, .. } => assert!(since.is_none()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#""e1""#,
+            r#"{"epoch":"e1"}"#,
+            r#"{"epoch":1,"seq":1}"#,
+            r#"{"epoch":"e1","seq":-1}"#,
+            r#"{"epoch":"e1","seq":1.5}"#,
+            r#"{"epoch":"e1","seq":1,"extra":true}"#,
+        ] {
+            let text =
+                format!(r#"{{"action":"join","room_code":"R","peer_id":"p","since":{bad}}}"#);
+            let e = decode(&text).unwrap_err();
+            assert!(e.starts_with("`since` must be"), "{bad}: {e}");
         }
     }
 }

@@ -12,16 +12,25 @@
 //!   session names; peer ids are unique within a room.
 //! * Every outgoing message is serialized once into a shared [`Frame`]; a
 //!   fan-out to `n` peers is one effect, not `n` copies.
+//! * Every stream event (`peer_joined`, `peer_left`, `data`, a
+//!   `document_sync` from `sync_document`) is stamped with the room's next
+//!   `seq` when its frame is built, so every member sees one numbering in one
+//!   order. Snapshots (`room_info`, a joiner's or `request_sync`'s
+//!   `document_sync`) carry no `seq` of their own. Recent `data` events are
+//!   held for replay ([`crate::history`]).
 //! * An empty room carries `empty_since`; the shell holds at most one timer
 //!   per room (re-armed later when the room emptied again meanwhile) for
 //!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
 
-use crate::protocol::MAX_METADATA_BYTES;
+use crate::history::{self, Ledger, Log, Logs};
+use crate::protocol::{Since, MAX_METADATA_BYTES};
 use crate::util::{json_str, random_string, rfc3339, uuid_v4};
 use crate::ws::{self, Frame, HEADROOM};
 use serde_json::value::RawValue;
 use slab::Slab;
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Names a connection across events: slab key plus generation, since slab
@@ -44,6 +53,9 @@ pub struct RoomRef {
 pub struct Session {
     pub room: Option<RoomRef>,
     pub is_host: bool,
+    /// The peer id this connection joined with, shared with its member
+    /// entry and with the history entries of what it sent.
+    peer_id: Option<Arc<str>>,
     /// `{"type":"data","from":"<peer id>","data":` — built once at join so a
     /// broadcast costs no escaping.
     data_prefix: Box<[u8]>,
@@ -76,7 +88,7 @@ pub enum Effect {
 
 struct Member {
     conn: ConnRef,
-    peer_id: Box<str>,
+    peer_id: Arc<str>,
     /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
     peer_json: Box<str>,
 }
@@ -89,8 +101,18 @@ pub struct Room {
     created_at: Box<str>,
     gen: u32,
     members: Vec<Member>,
-    /// The stored document as a ready `document_sync` frame.
+    /// The stored document as a ready `document_sync` frame (a snapshot:
+    /// no `seq`).
     document: Option<Frame>,
+    /// Names this incarnation of the room's stream; a client's `since` from
+    /// another epoch is never replayed.
+    epoch: Box<str>,
+    /// The number of the room's last stream event (0: none yet).
+    seq: u64,
+    /// The number of the event that last changed the document (0: never).
+    doc_seq: u64,
+    /// Recent `data` events, for replay.
+    log: Log,
     empty_since: Option<Instant>,
     /// The shell holds a pending expiry timer for this room. At most one is
     /// ever pending: a room that empties again while one is (a lone member
@@ -100,6 +122,11 @@ pub struct Room {
 }
 
 impl Room {
+    /// Numbers the room's next stream event.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
     pub fn code(&self) -> &str {
         &self.code
     }
@@ -114,6 +141,17 @@ impl Room {
     }
     pub fn has_document(&self) -> bool {
         self.document.is_some()
+    }
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+    /// The number of the room's last stream event.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Held `data` events.
+    pub fn history_len(&self) -> usize {
+        self.log.len()
     }
     pub fn peer_count(&self) -> usize {
         self.members.len()
@@ -156,6 +194,15 @@ pub struct Created {
 
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 const HOST_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+const EPOCH_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+impl Logs for Slab<Room> {
+    fn log_mut(&mut self, r: RoomRef) -> Option<&mut Log> {
+        self.get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+            .map(|room| &mut room.log)
+    }
+}
 
 /// Every room of the server.
 pub struct Rooms {
@@ -163,6 +210,7 @@ pub struct Rooms {
     by_code: HashMap<Box<str>, usize>,
     idle_timeout: Option<Duration>,
     next_gen: u32,
+    ledger: Ledger,
 }
 
 impl Rooms {
@@ -172,7 +220,18 @@ impl Rooms {
             by_code: HashMap::new(),
             idle_timeout,
             next_gen: 0,
+            ledger: Ledger::new(history::Limits::default()),
         }
+    }
+
+    /// Sets the replay history's bounds (before any room exists).
+    pub fn set_history_limits(&mut self, limits: history::Limits) {
+        self.ledger = Ledger::new(limits);
+    }
+
+    /// Bytes and events held for replay across all rooms.
+    pub fn history_usage(&self) -> (usize, usize) {
+        (self.ledger.bytes(), self.ledger.events())
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +321,10 @@ impl Rooms {
             gen: self.next_gen,
             members: Vec::new(),
             document: None,
+            epoch: random_string(EPOCH_ALPHABET, 12, rand).into(),
+            seq: 0,
+            doc_seq: 0,
+            log: Log::default(),
             empty_since: Some(now),
             expiry_armed: false,
         };
@@ -289,6 +352,7 @@ impl Rooms {
         peer_id: &str,
         is_host: bool,
         metadata: Option<&RawValue>,
+        since: Option<Since<'_>>,
         now: Instant,
         wall: SystemTime,
         fx: &mut Vec<Effect>,
@@ -328,10 +392,11 @@ impl Rooms {
             ));
             // Fan-outs are expanded after this call returns, when the
             // joiner is already a member: exclude it explicitly.
+            let seq = room.next_seq();
             fx.push(Effect::Fanout {
                 room: target,
                 except: Some(conn),
-                frame: peer_left_frame(&old.peer_id),
+                frame: peer_left_frame(&old.peer_id, seq),
             });
         }
 
@@ -343,22 +408,32 @@ impl Rooms {
             is_host,
             metadata.map_or("null", |m| m.get())
         );
+        let seq = room.next_seq();
         let joined_frame = build(|b| {
             b.extend_from_slice(br#"{"type":"peer_joined","peer":"#);
             b.extend_from_slice(peer_json.as_bytes());
-            b.push(b'}');
+            end_seq(b, seq);
         });
         fx.push(Effect::Fanout {
             room: target,
             except: Some(conn),
             frame: joined_frame,
         });
+        let peer: Arc<str> = peer_id.into();
         room.members.push(Member {
             conn,
-            peer_id: peer_id.into(),
+            peer_id: peer.clone(),
             peer_json: peer_json.into(),
         });
         room.empty_since = None;
+
+        // Recovery: the same epoch, a position not ahead of the stream,
+        // and every `data` event after it still held. Never a partial
+        // replay.
+        room.log.expire(&mut self.ledger, now);
+        let recovered = since
+            .as_ref()
+            .map(|s| *s.epoch == *room.epoch && s.seq <= room.seq && room.log.covers(s.seq));
 
         let info = build(|b| {
             b.extend_from_slice(br#"{"type":"room_info","room_code":"#);
@@ -367,6 +442,12 @@ impl Rooms {
             b.extend_from_slice(json_str(&room.host_id).as_bytes());
             b.extend_from_slice(br#","peers":"#);
             b.extend_from_slice(room.peers_json().as_bytes());
+            b.extend_from_slice(br#","epoch":"#);
+            b.extend_from_slice(json_str(&room.epoch).as_bytes());
+            let _ = write!(b, r#","seq":{}"#, room.seq);
+            if let Some(r) = recovered {
+                let _ = write!(b, r#","recovered":{r}"#);
+            }
             b.push(b'}');
         });
         fx.push(Effect::Send(conn, info));
@@ -378,8 +459,22 @@ impl Rooms {
             b.push(b'}');
         });
         fx.push(Effect::Send(conn, connected));
-        if let Some(doc) = &room.document {
-            fx.push(Effect::Send(conn, doc.clone()));
+        match (since, recovered) {
+            (Some(s), Some(true)) => {
+                for frame in room.log.after(s.seq, peer_id) {
+                    fx.push(Effect::Send(conn, frame.clone()));
+                }
+                if room.doc_seq > s.seq {
+                    if let Some(doc) = &room.document {
+                        fx.push(Effect::Send(conn, doc.clone()));
+                    }
+                }
+            }
+            _ => {
+                if let Some(doc) = &room.document {
+                    fx.push(Effect::Send(conn, doc.clone()));
+                }
+            }
         }
 
         let mut prefix = Vec::with_capacity(id_json.len() + 32);
@@ -389,6 +484,7 @@ impl Rooms {
         *session = Session {
             room: Some(target),
             is_host,
+            peer_id: Some(peer),
             data_prefix: prefix.into(),
         };
     }
@@ -396,26 +492,43 @@ impl Rooms {
     /// Handles `broadcast`: every other member gets `data`. `data` must be a
     /// JSON string literal (checked by the decoder).
     pub fn broadcast(
-        &self,
+        &mut self,
         conn: ConnRef,
         session: &Session,
         data: &RawValue,
+        now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let Some(r) = session.room.filter(|r| self.get(*r).is_some()) else {
+        let (Some(r), Some(from)) = (session.room, &session.peer_id) else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
+        let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+        else {
+            fx.push(Effect::Send(conn, not_in_room()));
+            return;
+        };
+        let seq = room.next_seq();
         let raw = data.get().as_bytes();
-        let mut b = Vec::with_capacity(HEADROOM + session.data_prefix.len() + raw.len() + 1);
+        let mut b = Vec::with_capacity(HEADROOM + session.data_prefix.len() + raw.len() + 28);
         b.resize(HEADROOM, 0);
         b.extend_from_slice(&session.data_prefix);
         b.extend_from_slice(raw);
-        b.push(b'}');
+        end_seq(&mut b, seq);
+        let frame = ws::finish_text(b);
+        // The room's log is taken out for the call so that the total bound
+        // may borrow the other rooms' logs.
+        let mut log = std::mem::take(&mut room.log);
+        self.ledger
+            .hold(r, &mut log, seq, from, &frame, now, &mut self.rooms);
+        self.rooms[r.key as usize].log = log;
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: ws::finish_text(b),
+            frame,
         });
     }
 
@@ -438,12 +551,17 @@ impl Rooms {
             ));
             return;
         }
-        let frame = document_frame(document.get());
-        self.rooms[r.key as usize].document = Some(frame.clone());
+        let room = &mut self.rooms[r.key as usize];
+        let seq = room.next_seq();
+        room.doc_seq = seq;
+        // Two frames: the stored snapshot has no `seq` (a joiner gets it
+        // after `room_info`, which already names the stream's position);
+        // the fan-out is the numbered event.
+        room.document = Some(document_frame(document.get(), None));
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame,
+            frame: document_frame(document.get(), Some(seq)),
         });
     }
 
@@ -456,7 +574,7 @@ impl Rooms {
         let frame = room
             .document
             .clone()
-            .unwrap_or_else(|| document_frame("\"\""));
+            .unwrap_or_else(|| document_frame("\"\"", None));
         fx.push(Effect::Send(conn, frame));
     }
 
@@ -471,6 +589,7 @@ impl Rooms {
     ) {
         let Some(r) = session.room.take() else { return };
         session.is_host = false;
+        session.peer_id = None;
         session.data_prefix = Box::default();
         let Some(room) = self
             .rooms
@@ -483,10 +602,11 @@ impl Rooms {
             return;
         };
         let gone = room.members.remove(i);
+        let seq = room.next_seq();
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: peer_left_frame(&gone.peer_id),
+            frame: peer_left_frame(&gone.peer_id, seq),
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
@@ -535,7 +655,8 @@ impl Rooms {
         };
         match since.checked_add(timeout) {
             Some(at) if now >= at => {
-                let room = self.rooms.remove(r.key as usize);
+                let mut room = self.rooms.remove(r.key as usize);
+                room.log.clear(&mut self.ledger);
                 self.by_code.remove(&room.code);
                 true
             }
@@ -564,20 +685,30 @@ fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
     ws::finish_text(b)
 }
 
-fn document_frame(raw: &str) -> Frame {
-    let mut b = Vec::with_capacity(HEADROOM + raw.len() + 40);
+/// Closes a stream event's JSON object with its number.
+fn end_seq(b: &mut Vec<u8>, seq: u64) {
+    let _ = write!(b, r#","seq":{seq}}}"#);
+}
+
+/// `document_sync`: numbered when it is the stream event, plain when it is
+/// a snapshot.
+fn document_frame(raw: &str, seq: Option<u64>) -> Frame {
+    let mut b = Vec::with_capacity(HEADROOM + raw.len() + 64);
     b.resize(HEADROOM, 0);
     b.extend_from_slice(br#"{"type":"document_sync","document":"#);
     b.extend_from_slice(raw.as_bytes());
-    b.push(b'}');
+    match seq {
+        Some(seq) => end_seq(&mut b, seq),
+        None => b.push(b'}'),
+    }
     ws::finish_text(b)
 }
 
-fn peer_left_frame(peer_id: &str) -> Frame {
+fn peer_left_frame(peer_id: &str, seq: u64) -> Frame {
     build(|b| {
         b.extend_from_slice(br#"{"type":"peer_left","peer_id":"#);
         b.extend_from_slice(json_str(peer_id).as_bytes());
-        b.push(b'}');
+        end_seq(b, seq);
     })
 }
 
@@ -684,6 +815,7 @@ mod tests {
                 peer,
                 host,
                 None,
+                None,
                 self.now,
                 SystemTime::now(),
                 &mut fx,
@@ -695,7 +827,7 @@ mod tests {
             let mut fx = Vec::new();
             let raw = RawValue::from_string(json_str(data)).unwrap();
             let s = self.sessions.remove(&conn).unwrap_or_default();
-            self.rooms.broadcast(conn, &s, &raw, &mut fx);
+            self.rooms.broadcast(conn, &s, &raw, self.now, &mut fx);
             self.sessions.insert(conn, s);
             self.render(fx)
         }
@@ -759,9 +891,10 @@ mod tests {
         assert_eq!(
             out,
             [
-                r#"1:{"type":"data","from":"p2","data":"hi"}"#,
-                r#"3:{"type":"data","from":"p2","data":"hi"}"#,
-                r#"4:{"type":"data","from":"p2","data":"hi"}"#,
+                // Four joins were events 1-4.
+                r#"1:{"type":"data","from":"p2","data":"hi","seq":5}"#,
+                r#"3:{"type":"data","from":"p2","data":"hi","seq":5}"#,
+                r#"4:{"type":"data","from":"p2","data":"hi","seq":5}"#,
             ]
         );
     }
@@ -795,7 +928,7 @@ mod tests {
             .sync_document(c(1), &w.sessions[&c(1)], &doc, &mut fx);
         assert_eq!(
             w.render(fx),
-            [r#"2:{"type":"document_sync","document":"DOC"}"#]
+            [r#"2:{"type":"document_sync","document":"DOC","seq":3}"#]
         );
         let out = w.join(c(3), "R1", "q", false);
         assert_eq!(
@@ -927,5 +1060,181 @@ mod tests {
             Some(CreateError::BadHostId)
         );
         assert!(fx.is_empty(), "no idle timeout, no expiry");
+    }
+
+    impl World {
+        fn join_since(
+            &mut self,
+            conn: ConnRef,
+            code: &str,
+            peer: &str,
+            since: Option<(&str, u64)>,
+        ) -> Vec<String> {
+            let mut fx = Vec::new();
+            let mut s = self.sessions.remove(&conn).unwrap_or_default();
+            let since = since.map(|(epoch, seq)| Since {
+                epoch: epoch.into(),
+                seq,
+            });
+            self.rooms.join(
+                conn,
+                &mut s,
+                code,
+                peer,
+                false,
+                None,
+                since,
+                self.now,
+                SystemTime::now(),
+                &mut fx,
+            );
+            self.sessions.insert(conn, s);
+            self.render(fx)
+        }
+        fn sync(&mut self, conn: ConnRef, doc: &str) -> Vec<String> {
+            let mut fx = Vec::new();
+            let raw = RawValue::from_string(json_str(doc)).unwrap();
+            let s = self.sessions.remove(&conn).unwrap_or_default();
+            self.rooms.sync_document(conn, &s, &raw, &mut fx);
+            self.sessions.insert(conn, s);
+            self.render(fx)
+        }
+        fn position(&self, code: &str) -> (String, u64) {
+            let (_, room) = self.rooms.find(code).unwrap();
+            (room.epoch().to_owned(), room.seq())
+        }
+    }
+
+    fn field(line: &str, key: &str) -> serde_json::Value {
+        let json = &line[line.find(':').unwrap() + 1..];
+        serde_json::from_str::<serde_json::Value>(json).unwrap()[key].clone()
+    }
+
+    #[test]
+    fn reconnect_replays_missed_data_then_the_changed_document() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.join(c(2), "R1", "p", false);
+        let (epoch, seen) = w.position("R1");
+        w.leave(c(2));
+        w.say(c(1), "one");
+        w.sync(c(1), "DOC");
+        w.say(c(1), "two");
+        let out = w.join_since(c(3), "R1", "p", Some((&epoch, seen)));
+        assert_eq!(
+            kinds(&out),
+            [
+                "1:peer_joined",
+                "3:room_info",
+                "3:connected",
+                "3:data",
+                "3:data",
+                "3:document_sync"
+            ]
+        );
+        assert_eq!(field(&out[1], "recovered"), true);
+        assert_eq!(field(&out[1], "seq"), 7);
+        assert_eq!(field(&out[3], "data"), "one");
+        assert_eq!(field(&out[3], "seq"), 4);
+        assert_eq!(field(&out[4], "data"), "two");
+        assert_eq!(field(&out[4], "seq"), 6);
+        // The current document, once, as a snapshot.
+        assert_eq!(field(&out[5], "document"), "DOC");
+        assert_eq!(field(&out[5], "seq"), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn reconnect_without_a_document_change_gets_no_document() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.sync(c(1), "DOC");
+        w.join(c(2), "R1", "p", false);
+        let (epoch, seen) = w.position("R1");
+        w.leave(c(2));
+        w.say(c(1), "one");
+        let out = w.join_since(c(3), "R1", "p", Some((&epoch, seen)));
+        assert_eq!(
+            kinds(&out),
+            ["1:peer_joined", "3:room_info", "3:connected", "3:data"]
+        );
+        // Nothing missed: recovered, nothing replayed, no document.
+        w.leave(c(3));
+        let (epoch, seen) = w.position("R1");
+        let out = w.join_since(c(4), "R1", "p", Some((&epoch, seen)));
+        assert_eq!(kinds(&out), ["1:peer_joined", "4:room_info", "4:connected"]);
+        assert_eq!(field(&out[1], "recovered"), true);
+    }
+
+    #[test]
+    fn unrecoverable_positions_get_a_normal_join() {
+        let mut w = World::new();
+        w.rooms.set_history_limits(history::Limits {
+            per_room: 2,
+            ..history::Limits::default()
+        });
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.sync(c(1), "DOC");
+        let (epoch, seen) = w.position("R1");
+        for i in 0..3 {
+            w.say(c(1), &format!("m{i}"));
+        }
+        let normal = [
+            "1:peer_joined",
+            "2:room_info",
+            "2:connected",
+            "2:document_sync",
+        ];
+        for since in [
+            (epoch.as_str(), seen),    // too old: m0 fell out
+            ("other-epoch", seen + 3), // another incarnation
+            (epoch.as_str(), 99),      // ahead of the stream
+        ] {
+            let out = w.join_since(c(2), "R1", "p", Some(since));
+            assert_eq!(kinds(&out), normal, "{since:?}");
+            assert_eq!(field(&out[1], "recovered"), false, "{since:?}");
+            w.leave(c(2));
+        }
+        // A position the two held events cover is recovered.
+        let out = w.join_since(c(2), "R1", "p", Some((&epoch, seen + 1)));
+        assert_eq!(field(&out[1], "recovered"), true);
+        assert_eq!(kinds(&out)[3..], ["2:data", "2:data"]);
+    }
+
+    #[test]
+    fn a_peer_does_not_get_its_own_data_back_in_a_replay() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.join(c(2), "R1", "p", false);
+        let (epoch, seen) = w.position("R1");
+        w.say(c(2), "mine");
+        w.say(c(1), "theirs");
+        w.leave(c(2));
+        let out = w.join_since(c(3), "R1", "p", Some((&epoch, seen)));
+        let data: Vec<_> = out
+            .iter()
+            .filter(|l| l.starts_with("3:") && field(l, "type") == "data")
+            .map(|l| field(l, "data"))
+            .collect();
+        assert_eq!(data, ["theirs"]);
+    }
+
+    #[test]
+    fn history_memory_is_released_with_the_room() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        w.join(c(2), "R1", "p", false);
+        w.say(c(1), "x");
+        assert_eq!(w.rooms.history_usage().1, 1);
+        w.leave(c(1));
+        w.leave(c(2));
+        let (r, _) = w.rooms.find("R1").unwrap();
+        w.now += Duration::from_secs(3);
+        assert!(w.rooms.expire(r, w.now, &mut Vec::new()));
+        assert_eq!(w.rooms.history_usage(), (0, 0));
     }
 }

@@ -261,7 +261,11 @@ impl Server {
             listener: Some(listener),
             local_addr,
             conns: Slab::with_capacity(1024),
-            rooms: Rooms::new(cfg.room_idle_timeout),
+            rooms: {
+                let mut rooms = Rooms::new(cfg.room_idle_timeout);
+                rooms.set_history_limits(cfg.history);
+                rooms
+            },
             timers: Timers::default(),
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
             next_gen: 0,
@@ -1097,6 +1101,7 @@ impl Server {
                 is_host,
                 metadata,
                 token,
+                since,
             } => {
                 if self.cfg.require_auth() && !authorized {
                     let token = token
@@ -1123,6 +1128,7 @@ impl Server {
                     &peer_id,
                     is_host,
                     metadata,
+                    since,
                     now,
                     std::time::SystemTime::now(),
                     &mut self.fx,
@@ -1130,7 +1136,8 @@ impl Server {
                 self.apply_effects();
             }
             Action::Broadcast { data } => {
-                self.rooms.broadcast(cref, &ws.session, data, &mut self.fx);
+                self.rooms
+                    .broadcast(cref, &ws.session, data, now, &mut self.fx);
                 self.apply_effects();
             }
             Action::SyncDocument { document } => {

@@ -120,7 +120,8 @@ fn broadcast_reaches_everyone_else_with_sender() {
     a.recv();
     b.recv();
     b.send(json!({"action":"broadcast","data":"hello \"world\" ✓"}));
-    let expect = json!({"type":"data","from":"b","data":"hello \"world\" ✓"});
+    // Three joins were the room's events 1-3 (§6).
+    let expect = json!({"type":"data","from":"b","data":"hello \"world\" ✓","seq":4});
     assert_eq!(a.recv(), expect);
     assert_eq!(c.recv(), expect);
     assert!(b.silent_for(Duration::from_millis(200)));
@@ -146,7 +147,7 @@ fn document_is_host_only_stored_and_replayed() {
     host.send(json!({"action":"sync_document","document":"{\"tasks\":[1,2]}"}));
     assert_eq!(
         p.recv(),
-        json!({"type":"document_sync","document":"{\"tasks\":[1,2]}"})
+        json!({"type":"document_sync","document":"{\"tasks\":[1,2]}","seq":3})
     );
     assert!(host.silent_for(Duration::from_millis(200)));
     p.send(json!({"action":"request_sync"}));
@@ -180,19 +181,19 @@ fn leave_closes_1000_and_others_hear_peer_left() {
     a.recv();
     b.send(json!({"action":"leave"}));
     assert_eq!(b.expect_close(), Some(1000));
-    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"b"}));
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"b","seq":3}));
     // A TCP drop is a leave too.
     let mut c = s.ws();
     c.join("L", "c", false);
     a.recv();
     drop(c);
-    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"c"}));
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"c","seq":5}));
     // So is a close frame.
     let mut d = s.ws();
     d.join("L", "d", false);
     a.recv();
     d.ws.close(None).unwrap();
-    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"d"}));
+    assert_eq!(a.recv(), json!({"type":"peer_left","peer_id":"d","seq":7}));
 }
 
 #[test]
@@ -209,7 +210,7 @@ fn moving_between_rooms() {
     a1.recv();
     let info = mover.join("B", "m", false);
     assert_eq!(info["room_code"], "B");
-    assert_eq!(a1.recv(), json!({"type":"peer_left","peer_id":"m"}));
+    assert_eq!(a1.recv(), json!({"type":"peer_left","peer_id":"m","seq":3}));
     assert_eq!(b1.recv()["type"], "peer_joined");
     // Broadcasts now reach room B only.
     mover.send(json!({"action":"broadcast","data":"in B"}));

@@ -104,6 +104,7 @@ pub fn run(data: &[u8]) -> String {
                 &peer_id,
                 is_host,
                 meta,
+                None,
                 now,
                 SystemTime::now(),
                 &mut fx,

@@ -76,6 +76,9 @@ struct Conn {
     reading: bool,
     /// Messages queued during the current step, checked and decoded.
     step_log: Vec<Value>,
+    /// The last stream position this connection was told of: `room_info`'s
+    /// `seq`, then each numbered event's.
+    seq: u64,
 }
 
 impl Conn {
@@ -88,6 +91,7 @@ impl Conn {
             queued: 0,
             reading: true,
             step_log: Vec::new(),
+            seq: 0,
         }
     }
 }
@@ -216,6 +220,7 @@ impl World {
                 is_host,
                 metadata,
                 token: _,
+                since,
             }) => {
                 let target = self.rooms.find(&room_code).map(|(r, _)| r);
                 let mut session = std::mem::take(&mut self.conns[i].session);
@@ -226,6 +231,7 @@ impl World {
                     &peer_id,
                     is_host,
                     metadata,
+                    since,
                     self.now,
                     self.wall,
                     &mut self.fx,
@@ -240,7 +246,7 @@ impl World {
                 assert!(value.is_string(), "data {value}");
                 let sender = self.peer_id_of(me);
                 self.rooms
-                    .broadcast(me, &self.conns[i].session, data, &mut self.fx);
+                    .broadcast(me, &self.conns[i].session, data, self.now, &mut self.fx);
                 self.apply_effects();
                 self.finish_step();
                 match sender {
@@ -394,6 +400,25 @@ impl World {
         if c.queued + frame.len() > MAX_OUTBOUND {
             self.doom(to, 1008);
             return;
+        }
+        // §6: one numbering per room, strictly increasing for each member.
+        match msg_type(&msg) {
+            "room_info" => {
+                let seq = msg["seq"].as_u64().expect("room_info carries seq");
+                assert!(msg["epoch"].is_string(), "room_info carries epoch: {msg}");
+                c.seq = seq;
+            }
+            t @ ("peer_joined" | "peer_left" | "data" | "document_sync") => {
+                match msg["seq"].as_u64() {
+                    Some(seq) => {
+                        assert!(seq > c.seq, "{t} seq {seq} after {}: {msg}", c.seq);
+                        c.seq = seq;
+                    }
+                    // Only a snapshot of the document has no number.
+                    None => assert_eq!(t, "document_sync", "{t} without seq: {msg}"),
+                }
+            }
+            _ => {}
         }
         c.queued += frame.len();
         c.queue.push(frame);
