@@ -11,6 +11,7 @@
 #
 # Usage: tools/bench.sh [scenario ...]
 #   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
+#              reconnect
 #   (default: all). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -106,7 +107,7 @@ run() {
 }
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect)
 
 for s in "${SCENARIOS[@]}"; do
     case "$s" in
@@ -150,6 +151,11 @@ for s in "${SCENARIOS[@]}"; do
         done ;;
     slow)
         run slow -- --label "slow reader (MAX_OUTBOUND_BYTES 32 MiB)" slow ;;
+    reconnect)
+        # 4,950 listeners of 50 rooms miss 50 messages each and come back at
+        # once with `since` (§6).
+        run reconnect -- --label "reconnect storm: 4,950 peers of 50 busy rooms re-join with since" \
+            reconnect --rooms 50 --peers 100 --missed 50 ;;
     stall)
         run stall -- --label "stall: joiner stops halfway through 10 MiB" stall --size 10485760 ;;
     *)

@@ -5,6 +5,7 @@ pub mod doc;
 pub mod fanout;
 pub mod idle;
 pub mod joinstorm;
+pub mod reconnect;
 pub mod slow;
 pub mod stall;
 
