@@ -247,7 +247,8 @@ pub fn route(
                     let info = Info {
                         success: true,
                         room_code: room.code(),
-                        host_id: room.host_id(),
+                        // The secret host id stays with the creator.
+                        host_id: room.host_public_id(),
                         peers: &peers,
                         peer_count: room.peer_count(),
                         created_at: room.created_at(),
@@ -318,7 +319,8 @@ pub fn create_room(
     let restoring = body
         .desired_room_code
         .as_deref()
-        .is_some_and(|c| rooms.find(c).is_some());
+        .and_then(|c| rooms.find(c))
+        .is_some_and(|(_, r)| body.desired_host_id.as_deref() == Some(r.host_id()));
     if !admit_new && !restoring {
         return Answer::error(503, NEAR_MEMORY_LIMIT);
     }
@@ -341,6 +343,12 @@ pub fn create_room(
             return Answer::error(
                 400,
                 "desired_host_id must be 1-128 characters without control characters",
+            );
+        }
+        Err(CreateError::Taken) => {
+            return Answer::error(
+                409,
+                "A room with this code exists; only its host may restore it",
             );
         }
     };

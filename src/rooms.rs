@@ -12,6 +12,12 @@
 //!   session names; peer ids are unique within a room.
 //! * Every outgoing message is serialized once into a shared [`Frame`]; a
 //!   fan-out to `n` peers is one effect, not `n` copies.
+//! * The host id a room's creator received is a secret capability: only a
+//!   join with it may be the host. Every message other peers see names the
+//!   host by the room's `host_public_id` instead (peers lists, `room_info`,
+//!   `peer_joined`, `peer_left`, `data.from`); only the host's own
+//!   `connected` carries the secret back to it. No peer may join under the
+//!   public id.
 //! * An empty room carries `empty_since`; the shell holds at most one timer
 //!   per room (re-armed later when the room emptied again meanwhile) for
 //!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
@@ -76,7 +82,10 @@ pub enum Effect {
 
 struct Member {
     conn: ConnRef,
+    /// The id the peer joined with (for the host: the secret host id).
     peer_id: Box<str>,
+    /// The id others see: `peer_id`, or the room's public host id.
+    shown_id: Box<str>,
     /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
     peer_json: Box<str>,
 }
@@ -86,6 +95,8 @@ pub struct Room {
     code: Box<str>,
     room_id: Box<str>,
     host_id: Box<str>,
+    /// The host's name towards everyone else (protocol §2 rule 11).
+    host_public_id: Box<str>,
     created_at: Box<str>,
     gen: u32,
     members: Vec<Member>,
@@ -106,8 +117,22 @@ impl Room {
     pub fn room_id(&self) -> &str {
         &self.room_id
     }
+    /// The secret host id: only its creator may know it.
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+    /// The id everyone else sees for the host.
+    pub fn host_public_id(&self) -> &str {
+        &self.host_public_id
+    }
+    /// What others are shown for a peer joining as `peer_id`: the secret
+    /// host id never leaves the room except to the host itself.
+    fn shown<'a>(&'a self, peer_id: &'a str) -> &'a str {
+        if peer_id == &*self.host_id {
+            &self.host_public_id
+        } else {
+            peer_id
+        }
     }
     pub fn created_at(&self) -> &str {
         &self.created_at
@@ -135,9 +160,10 @@ impl Room {
     pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
         self.members.iter().map(|m| m.conn)
     }
-    /// The members' peer ids in join order.
+    /// The members' peer ids in join order, as others see them (the host
+    /// under its public id).
     pub fn member_peer_ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.members.iter().map(|m| &*m.peer_id)
+        self.members.iter().map(|m| &*m.shown_id)
     }
 }
 
@@ -146,6 +172,8 @@ impl Room {
 pub enum CreateError {
     BadRoomCode,
     BadHostId,
+    /// The desired code names a room whose host id the caller did not give.
+    Taken,
 }
 
 /// The answer to a create: the room and whether it already existed.
@@ -234,7 +262,12 @@ impl Rooms {
                 return Err(CreateError::BadHostId);
             }
         }
-        if let Some((r, _)) = desired_code.and_then(|c| self.find(c)) {
+        if let Some((r, room)) = desired_code.and_then(|c| self.find(c)) {
+            // Only the creator, who holds the secret host id, gets the room
+            // back; anyone else learning it could take the host role.
+            if desired_host != Some(room.host_id()) {
+                return Err(CreateError::Taken);
+            }
             return Ok(Created {
                 room: r,
                 restored: true,
@@ -253,11 +286,18 @@ impl Rooms {
             Some(h) => h.to_owned(),
             None => format!("host_{}", random_string(HOST_ALPHABET, 8, rand)),
         };
+        let host_public_id = loop {
+            let id = format!("host_{}", random_string(HOST_ALPHABET, 8, rand));
+            if id != host_id {
+                break id;
+            }
+        };
         self.next_gen = self.next_gen.wrapping_add(1);
         let room = Room {
             code: code.clone().into(),
             room_id: uuid_v4(rand).into(),
             host_id: host_id.into(),
+            host_public_id: host_public_id.into(),
             created_at: rfc3339(wall).into(),
             gen: self.next_gen,
             members: Vec::new(),
@@ -304,6 +344,13 @@ impl Rooms {
             ));
             return;
         }
+        if peer_id == &*room.host_public_id {
+            fx.push(Effect::Send(
+                conn,
+                error_frame("This peer_id is reserved for the room's host"),
+            ));
+            return;
+        }
         if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
             fx.push(Effect::Send(
                 conn,
@@ -331,14 +378,16 @@ impl Rooms {
             fx.push(Effect::Fanout {
                 room: target,
                 except: Some(conn),
-                frame: peer_left_frame(&old.peer_id),
+                frame: peer_left_frame(&old.shown_id),
             });
         }
 
         let id_json = json_str(peer_id);
+        let shown_id = room.shown(peer_id).to_owned();
+        let shown_json = json_str(&shown_id);
         let peer_json = format!(
             r#"{{"id":{},"joined_at":"{}","is_host":{},"metadata":{}}}"#,
-            id_json,
+            shown_json,
             rfc3339(wall),
             is_host,
             metadata.map_or("null", |m| m.get())
@@ -356,6 +405,7 @@ impl Rooms {
         room.members.push(Member {
             conn,
             peer_id: peer_id.into(),
+            shown_id: shown_id.into(),
             peer_json: peer_json.into(),
         });
         room.empty_since = None;
@@ -364,7 +414,7 @@ impl Rooms {
             b.extend_from_slice(br#"{"type":"room_info","room_code":"#);
             b.extend_from_slice(json_str(&room.code).as_bytes());
             b.extend_from_slice(br#","host_id":"#);
-            b.extend_from_slice(json_str(&room.host_id).as_bytes());
+            b.extend_from_slice(json_str(&room.host_public_id).as_bytes());
             b.extend_from_slice(br#","peers":"#);
             b.extend_from_slice(room.peers_json().as_bytes());
             b.push(b'}');
@@ -382,9 +432,9 @@ impl Rooms {
             fx.push(Effect::Send(conn, doc.clone()));
         }
 
-        let mut prefix = Vec::with_capacity(id_json.len() + 32);
+        let mut prefix = Vec::with_capacity(shown_json.len() + 32);
         prefix.extend_from_slice(br#"{"type":"data","from":"#);
-        prefix.extend_from_slice(id_json.as_bytes());
+        prefix.extend_from_slice(shown_json.as_bytes());
         prefix.extend_from_slice(br#","data":"#);
         *session = Session {
             room: Some(target),
@@ -486,7 +536,7 @@ impl Rooms {
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: peer_left_frame(&gone.peer_id),
+            frame: peer_left_frame(&gone.shown_id),
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
@@ -732,7 +782,10 @@ mod tests {
         );
         let out = w.join(c(2), "R1", "p2", false);
         assert_eq!(kinds(&out), ["1:peer_joined", "2:room_info", "2:connected"]);
-        assert!(out[1].contains(r#""peers":[{"id":"h""#) && out[1].contains(r#"{"id":"p2""#));
+        // The host is listed under its public id (rule 11).
+        let public = w.rooms.find("R1").unwrap().1.host_public_id().to_string();
+        assert!(out[1].contains(&format!(r#""peers":[{{"id":"{public}""#)));
+        assert!(out[1].contains(r#"{"id":"p2""#));
         assert!(out[2].contains(r#""peer_id":"p2","room_code":"R1""#));
     }
 
@@ -746,6 +799,53 @@ mod tests {
         );
         assert_eq!(kinds(&w.join(c(1), "R1", "p", true)), ["1:error"]);
         assert!(!w.sessions[&c(1)].in_room());
+    }
+
+    #[test]
+    fn the_host_is_shown_by_its_public_id_only() {
+        let mut w = World::new();
+        w.create("R1", "secret-h");
+        let public = w.rooms.find("R1").unwrap().1.host_public_id().to_string();
+        w.join(c(2), "R1", "p2", false);
+        let out = w.join(c(1), "R1", "secret-h", true);
+        // Its own `connected` names the secret; nothing anyone else gets does.
+        assert_eq!(kinds(&out), ["2:peer_joined", "1:room_info", "1:connected"]);
+        assert!(
+            out[0].contains(&format!(r#""id":"{public}""#)),
+            "{}",
+            out[0]
+        );
+        assert!(out[1].contains(&format!(r#""host_id":"{public}""#)));
+        assert!(out[2].contains(r#""peer_id":"secret-h""#));
+        let out = w.say(c(1), "x");
+        assert_eq!(
+            out,
+            [format!(
+                r#"2:{{"type":"data","from":"{public}","data":"x"}}"#
+            )]
+        );
+        let out = w.join(c(3), "R1", "p3", false);
+        assert!(out.iter().all(|l| !l.contains("secret-h")), "{out:?}");
+        assert_eq!(
+            w.rooms
+                .find("R1")
+                .unwrap()
+                .1
+                .peers_json()
+                .matches(&*public)
+                .count(),
+            1
+        );
+        // Joining under the public id would impersonate the host.
+        let out = w.join(c(4), "R1", &public, false);
+        assert_eq!(kinds(&out), ["4:error"]);
+        assert!(out[0].contains("reserved"));
+        let out = w.leave(c(1));
+        assert_eq!(
+            out[0],
+            format!(r#"2:{{"type":"peer_left","peer_id":"{public}"}}"#)
+        );
+        assert!(out.iter().all(|l| !l.contains("secret-h")), "{out:?}");
     }
 
     #[test]
@@ -896,11 +996,30 @@ mod tests {
         assert_eq!(room.code().len(), 6);
         assert!(room.code().bytes().all(|b| CODE_ALPHABET.contains(&b)));
         assert!(room.host_id().starts_with("host_") && room.host_id().len() == 13);
+        assert!(room.host_public_id().starts_with("host_"));
+        assert_ne!(room.host_public_id(), room.host_id());
         let code = room.code().to_string();
+        let host = room.host_id().to_string();
+        let public = room.host_public_id().to_string();
+        // Only the secret host id restores the room.
+        for other in [Some("other"), None, Some(public.as_str())] {
+            assert_eq!(
+                r.create(
+                    Some(&code),
+                    other,
+                    now,
+                    SystemTime::now(),
+                    &mut rand,
+                    &mut fx,
+                )
+                .err(),
+                Some(CreateError::Taken)
+            );
+        }
         let b = r
             .create(
                 Some(&code),
-                Some("other"),
+                Some(&host),
                 now,
                 SystemTime::now(),
                 &mut rand,
