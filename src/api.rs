@@ -107,6 +107,7 @@ pub fn route(
     cfg: &Config,
     rooms: &mut Rooms,
     limiter: &mut RateLimiter<IpAddr>,
+    misses: &mut RateLimiter<IpAddr>,
     stats: &Stats<'_>,
     peer: IpAddr,
     req: &Request,
@@ -226,6 +227,10 @@ pub fn route(
                 return Routed::Answer(method_not_allowed("GET, OPTIONS"));
             }
             let code = &p["/api/rooms/".len()..];
+            let ip = client_ip(cfg, peer, req);
+            if let Err(wait) = misses.check_lookup(&ip, rooms.find(code).is_some(), now) {
+                return Routed::Answer(lookups_limited(wait));
+            }
             Routed::Answer(match rooms.find(code) {
                 Some((_, room)) => {
                     // `peers` goes out as the stored JSON text. Parsing it
@@ -267,6 +272,21 @@ pub fn route(
         }
         _ => Routed::Answer(Answer::error(404, "Not found")),
     }
+}
+
+/// A refusal by the room-lookup budget (REST and `join`), with the wait.
+pub fn lookups_limited_text(wait: std::time::Duration) -> String {
+    format!(
+        "Rate limited: too many lookups of rooms that do not exist; try again in {} s",
+        retry_after_secs(wait)
+    )
+}
+
+/// 429 for a client over its budget of lookups of unknown room codes.
+fn lookups_limited(wait: std::time::Duration) -> Answer {
+    let mut a = Answer::error(429, &lookups_limited_text(wait));
+    a.retry_after = Some(retry_after_secs(wait));
+    a
 }
 
 fn method_not_allowed(allow: &'static str) -> Answer {

@@ -30,6 +30,10 @@ pub struct Config {
     pub ping_interval: Duration,
     pub room_create_rate: f64,
     pub room_create_burst: f64,
+    /// Per-client budget for looking up room codes that do not exist
+    /// (REST 404s and `Room not found` joins): refill per second and burst.
+    pub room_miss_rate: f64,
+    pub room_miss_burst: f64,
     pub trust_proxy: Option<IpAddr>,
     /// `None` means any origin (`*`).
     pub cors_allowed_origins: Option<Vec<String>>,
@@ -151,6 +155,8 @@ impl Config {
             ping_interval: Duration::from_secs(secs("PING_INTERVAL_SECONDS", 30, 1)?),
             room_create_rate: float("ROOM_CREATE_RATE", 2.0)?,
             room_create_burst: float("ROOM_CREATE_BURST", 5.0)?,
+            room_miss_rate: float("ROOM_MISS_RATE", 1.0)?,
+            room_miss_burst: float("ROOM_MISS_BURST", 20.0)?,
             trust_proxy,
             cors_allowed_origins: cors,
             accounts,
@@ -225,6 +231,7 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.room_create_rate, 2.0);
         assert_eq!(c.room_create_burst, 5.0);
+        assert_eq!((c.room_miss_rate, c.room_miss_burst), (1.0, 20.0));
         assert!(c.trust_proxy.is_none());
         assert!(c.cors_allowed_origins.is_none());
         assert!(c.accounts.is_none());
@@ -238,6 +245,7 @@ mod tests {
             ("MAX_CONNECTIONS", "-1"),
             ("MAX_CONNECTIONS", "0"),
             ("ROOM_CREATE_RATE", "fast"),
+            ("ROOM_MISS_BURST", "0"),
             ("TRUST_PROXY", "proxy.local"),
             ("RUST_LOG", "loud"),
             ("PING_INTERVAL_SECONDS", "0"),

@@ -125,6 +125,8 @@ struct WsState {
     last_seen: Instant,
     /// A token given on the upgrade (header or `?token=`).
     upgrade_token: Option<Box<str>>,
+    /// The address rate limits charge (the upgrade's, via `TRUST_PROXY`).
+    client_ip: IpAddr,
 }
 
 struct Conn {
@@ -186,6 +188,8 @@ pub struct Server {
     rooms: Rooms,
     timers: Timers<Timer>,
     limiter: RateLimiter<IpAddr>,
+    /// Per-client budget for lookups of unknown room codes (rule 12).
+    misses: RateLimiter<IpAddr>,
     cfg: Config,
     next_gen: u32,
     next_job: u32,
@@ -264,6 +268,7 @@ impl Server {
             rooms: Rooms::new(cfg.room_idle_timeout),
             timers: Timers::default(),
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
+            misses: RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 100_000),
             next_gen: 0,
             next_job: 0,
             scratch: vec![0; SCRATCH],
@@ -680,6 +685,7 @@ impl Server {
             &self.cfg,
             &mut self.rooms,
             &mut self.limiter,
+            &mut self.misses,
             &stats,
             peer,
             &req,
@@ -984,13 +990,17 @@ impl Server {
             .map(String::into_boxed_str);
         let now = Instant::now();
         let interval = self.cfg.ping_interval;
-        let Some(c) = self.conn(cref) else { return };
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let client_ip = api::client_ip(&self.cfg, c.peer, req);
         c.out.push(Frame::from(resp.into_bytes()));
         c.phase = Phase::Ws(Box::new(WsState {
             decoder: Decoder::default(),
             session: Session::default(),
             last_seen: now,
             upgrade_token,
+            client_ip,
         }));
         self.timers.arm(now + interval, Timer::Ping(cref));
         self.mark_dirty(cref);
@@ -1112,6 +1122,13 @@ impl Server {
                         message: text.to_owned(),
                     };
                     self.submit(cref, Job::Authorize { token }, pending);
+                    return;
+                }
+                let found = self.rooms.find(&room_code).is_some();
+                if let Err(wait) = self.misses.check_lookup(&ws.client_ip, found, now) {
+                    debug!("[{}] join refused: lookup budget spent", cref.key);
+                    let text = api::lookups_limited_text(wait);
+                    self.send(cref, rooms::error_frame(&text));
                     return;
                 }
                 self.rooms.join(

@@ -118,6 +118,7 @@ pub fn run(data: &[u8]) -> String {
         fx.clear();
     }
     let mut limiter = RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 1024);
+    let mut misses = RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 1024);
     let stats = Stats {
         connections: 3,
         started: now,
@@ -128,7 +129,17 @@ pub fn run(data: &[u8]) -> String {
     let mut outcomes = Vec::new();
     let mut route = |req: &Request, rooms: &mut Rooms| {
         let before = rooms.len();
-        let routed = api::route(&cfg, rooms, &mut limiter, &stats, peer, req, now, &mut fx);
+        let routed = api::route(
+            &cfg,
+            rooms,
+            &mut limiter,
+            &mut misses,
+            &stats,
+            peer,
+            req,
+            now,
+            &mut fx,
+        );
         check(
             &cfg,
             rooms,
