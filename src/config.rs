@@ -24,6 +24,11 @@ pub struct Config {
     pub room_idle_timeout: Option<Duration>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    /// Largest message from a WebSocket that has not joined a room, and
+    /// from every WebSocket while the memory guard is engaged.
+    pub max_prejoin_message_bytes: usize,
+    /// Bytes of unfinished WebSocket messages held across all connections.
+    pub max_reassembly_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -149,6 +154,9 @@ impl Config {
             room_idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
             max_connections: num("MAX_CONNECTIONS", 10_000, 1)? as usize,
             max_message_bytes: num("MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 64)? as usize,
+            max_prejoin_message_bytes: num("MAX_PREJOIN_MESSAGE_BYTES", 64 * 1024, 1024)? as usize,
+            max_reassembly_bytes: num("MAX_REASSEMBLY_BYTES", 32 * 1024 * 1024, 64 * 1024)?
+                as usize,
             max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
             max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
             request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
@@ -225,6 +233,8 @@ mod tests {
         assert_eq!(c.room_idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_message_bytes, 16_777_216);
+        assert_eq!(c.max_prejoin_message_bytes, 65_536);
+        assert_eq!(c.max_reassembly_bytes, 33_554_432);
         assert_eq!(c.max_outbound_bytes, 33_554_432);
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.request_timeout, Duration::from_secs(10));

@@ -140,6 +140,11 @@ impl Room {
     pub fn has_document(&self) -> bool {
         self.document.is_some()
     }
+    /// Bytes the stored document's frame holds (0 without one); compare
+    /// with [`document_frame_len`] to tell whether a new one is larger.
+    pub fn document_frame_len(&self) -> usize {
+        self.document.as_ref().map_or(0, |f| f.len())
+    }
     pub fn peer_count(&self) -> usize {
         self.members.len()
     }
@@ -614,10 +619,24 @@ fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
     ws::finish_text(b)
 }
 
+/// The length of the `document_sync` frame for a document whose raw JSON
+/// string is `raw_len` bytes.
+pub fn document_frame_len(raw_len: usize) -> usize {
+    let payload = DOCUMENT_PREFIX.len() + raw_len + 1;
+    let header = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    header + payload
+}
+
+const DOCUMENT_PREFIX: &[u8] = br#"{"type":"document_sync","document":"#;
+
 fn document_frame(raw: &str) -> Frame {
     let mut b = Vec::with_capacity(HEADROOM + raw.len() + 40);
     b.resize(HEADROOM, 0);
-    b.extend_from_slice(br#"{"type":"document_sync","document":"#);
+    b.extend_from_slice(DOCUMENT_PREFIX);
     b.extend_from_slice(raw.as_bytes());
     b.push(b'}');
     ws::finish_text(b)
@@ -897,6 +916,12 @@ mod tests {
             w.render(fx),
             [r#"2:{"type":"document_sync","document":"DOC"}"#]
         );
+        let (_, room) = w.rooms.find("R1").unwrap();
+        assert_eq!(room.document_frame_len(), document_frame_len(5));
+        for n in [0, 88, 89, 90, 200, 65_498, 65_499, 70_000] {
+            let raw = format!("\"{}\"", "x".repeat(n));
+            assert_eq!(document_frame(&raw).len(), document_frame_len(raw.len()));
+        }
         let out = w.join(c(3), "R1", "q", false);
         assert_eq!(
             kinds(&out),

@@ -163,6 +163,9 @@ struct Conn {
     /// While `held`: the bytes the kernel still had to send at the last
     /// request timer (0: not looked yet).
     unsent_seen: u32,
+    /// Bytes of unfinished WebSocket messages this connection holds, as
+    /// last counted into [`Server::reassembly`].
+    reassembly: usize,
 }
 
 /// How to end a connection.
@@ -175,6 +178,10 @@ enum Close {
     /// Drop the socket now.
     Abort,
 }
+
+/// The `error` for an action refused while the memory guard is engaged.
+const AT_MEMORY_LIMIT: &str =
+    "Server is at its memory limit; nothing was changed or sent, try again later";
 
 const MSG_ACCOUNTS_BUSY: &str = "Accounts service is busy; try again shortly";
 const MSG_ACCOUNTS_SLOW: &str = "The accounts database did not answer in time; try again shortly";
@@ -190,6 +197,9 @@ pub struct Server {
     limiter: RateLimiter<IpAddr>,
     /// Per-client budget for lookups of unknown room codes (rule 12).
     misses: RateLimiter<IpAddr>,
+    /// Bytes of unfinished WebSocket messages across all connections
+    /// (bounded by `MAX_REASSEMBLY_BYTES`).
+    reassembly: usize,
     cfg: Config,
     next_gen: u32,
     next_job: u32,
@@ -269,6 +279,7 @@ impl Server {
             timers: Timers::default(),
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
             misses: RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 100_000),
+            reassembly: 0,
             next_gen: 0,
             next_job: 0,
             scratch: vec![0; SCRATCH],
@@ -483,6 +494,7 @@ impl Server {
             held: false,
             peer_eof: false,
             unsent_seen: 0,
+            reassembly: 0,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -501,7 +513,6 @@ impl Server {
     fn read(&mut self, cref: ConnRef, to_end: bool) {
         let mut total = 0;
         loop {
-            let max_message = self.cfg.max_message_bytes;
             let Some(c) = live(&mut self.conns, cref) else {
                 return;
             };
@@ -564,9 +575,15 @@ impl Server {
                 }
                 Phase::Ws(ws) => {
                     ws.last_seen = Instant::now();
+                    let max_message = message_limit(&self.cfg, &ws.session);
                     if c.inbuf.is_empty() {
                         if let Some(need) = ws::frame_len(&self.scratch[..n]) {
-                            if need > n && need <= max_message + 14 {
+                            // Reserve for the whole frame only when the
+                            // total bound has room for it.
+                            if need > n
+                                && need <= max_message + 14
+                                && self.reassembly + need <= self.cfg.max_reassembly_bytes
+                            {
                                 c.inbuf.reserve_exact(need);
                             }
                         }
@@ -1010,7 +1027,6 @@ impl Server {
     }
 
     fn process_ws(&mut self, cref: ConnRef) {
-        let max_message = self.cfg.max_message_bytes;
         let Some(c) = self.conn(cref) else { return };
         let Phase::Ws(ws) = &mut c.phase else { return };
         let mut decoder = std::mem::take(&mut ws.decoder);
@@ -1019,10 +1035,19 @@ impl Server {
         let mut failure: Option<WsError> = None;
         loop {
             // Stop when the connection is closing or parked on a worker.
-            match self.conn(cref) {
-                Some(c) if !c.doomed && matches!(c.phase, Phase::Ws(_)) => {}
+            // The size limit depends on whether it has joined (rule 12), which
+            // the message before may have changed.
+            let c = self
+                .conns
+                .get(cref.key as usize)
+                .filter(|c| c.gen == cref.gen);
+            let max_message = match c {
+                Some(c) if !c.doomed => match &c.phase {
+                    Phase::Ws(ws) => message_limit(&self.cfg, &ws.session),
+                    _ => break,
+                },
                 _ => break,
-            }
+            };
             match decoder.next(&mut buf[pos..], max_message) {
                 Ok(None) => break,
                 Ok(Some((event, used))) => {
@@ -1077,6 +1102,67 @@ impl Server {
             }
             self.request_close(cref, Close::Ws(e.close_code(), e.reason()));
         }
+        self.check_reassembly(cref);
+    }
+
+    /// Recounts what `cref` holds of unfinished messages into the total and
+    /// enforces the bounds on it (rule 12): past `MAX_REASSEMBLY_BYTES` in
+    /// all, or past the small pre-join size while the memory guard is
+    /// engaged, the connection whose message grew is closed with 1013 (try
+    /// again later): the refusal is about the server's state, not the
+    /// message, which `MAX_MESSAGE_BYTES` (1009) judges.
+    fn check_reassembly(&mut self, cref: ConnRef) {
+        let small = self.cfg.max_prejoin_message_bytes;
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let now_held = unfinished_bytes(c);
+        self.reassembly = self.reassembly - c.reassembly + now_held;
+        c.reassembly = now_held;
+        if now_held <= small {
+            return;
+        }
+        let reason = if self.reassembly > self.cfg.max_reassembly_bytes {
+            "Server busy: too much unfinished message data; try again later"
+        } else if !self.memguard.allow_new_websocket(Instant::now()) {
+            "Server is at its memory limit; try again later"
+        } else {
+            return;
+        };
+        debug!("[{}] unfinished message refused: {reason}", cref.key);
+        self.request_close(cref, Close::Ws(ws::close::TRY_AGAIN_LATER, reason));
+    }
+
+    /// Whether the memory guard refuses an action that would grow memory:
+    /// a `sync_document` larger than the stored one, or a broadcast larger
+    /// than the small-message size (rule 12, issue 15 item 3).
+    fn memory_refuses(&mut self, cref: ConnRef, action: &Action<'_>) -> bool {
+        let Some(Phase::Ws(ws)) = self
+            .conns
+            .get(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+            .map(|c| &c.phase)
+        else {
+            return false;
+        };
+        let session = &ws.session;
+        let grows = match action {
+            Action::SyncDocument { document } => {
+                session.is_host
+                    && session
+                        .room
+                        .and_then(|r| self.rooms.get(r))
+                        .is_some_and(|room| {
+                            rooms::document_frame_len(document.get().len())
+                                > room.document_frame_len()
+                        })
+            }
+            Action::Broadcast { data } => {
+                session.in_room() && data.get().len() > self.cfg.max_prejoin_message_bytes
+            }
+            _ => false,
+        };
+        grows && !self.memguard.allow_new_websocket(Instant::now())
     }
 
     /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
@@ -1092,6 +1178,11 @@ impl Server {
                 return;
             }
         };
+        if self.memory_refuses(cref, &action) {
+            // The room keeps its document; the sender may retry later.
+            self.send(cref, rooms::error_frame(AT_MEMORY_LIMIT));
+            return;
+        }
         let now = Instant::now();
         let Some(c) = live(&mut self.conns, cref) else {
             return;
@@ -1383,6 +1474,7 @@ impl Server {
         c.phase = Phase::Closing;
         c.held = false;
         c.inbuf = Vec::new();
+        self.reassembly -= std::mem::take(&mut c.reassembly);
         if c.out.is_empty() {
             c.write_shut = true;
             let _ = c.sock.shutdown(Shutdown::Write);
@@ -1396,6 +1488,7 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(cref.key as usize);
+        self.reassembly -= c.reassembly;
         let _ = self.poll.registry().deregister(&mut c.sock);
         debug!("[{}] closed", cref.key);
         if self.accept_paused {
@@ -1628,6 +1721,32 @@ fn unsent_bytes(sock: &TcpStream) -> Option<u32> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket writes one int.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
     (rc == 0 && n >= 0).then_some(n as u32)
+}
+
+/// The largest message `session`'s connection may send now: small until it
+/// has joined a room (a join is a few KiB), `MAX_MESSAGE_BYTES` after.
+fn message_limit(cfg: &Config, session: &Session) -> usize {
+    if session.in_room() {
+        cfg.max_message_bytes
+    } else {
+        cfg.max_prejoin_message_bytes.min(cfg.max_message_bytes)
+    }
+}
+
+/// Bytes a WebSocket connection holds for messages not complete yet: what
+/// its input buffer holds after decoding (part of a frame; capacity kept
+/// for reuse or reserved ahead is not touched memory, so not counted) and
+/// the decoder's fragments.
+fn unfinished_bytes(c: &Conn) -> usize {
+    let decoder = match &c.phase {
+        Phase::Ws(ws) => &ws.decoder,
+        Phase::Waiting(p) => match &**p {
+            Pending::Join { ws, .. } => &ws.decoder,
+            _ => return 0,
+        },
+        _ => return 0,
+    };
+    c.inbuf.len() + decoder.buffered()
 }
 
 /// Whether the connection speaks WebSocket: open, or parked on a `join`

@@ -186,3 +186,192 @@ fn guessing_room_codes_is_rate_limited_per_client() {
     let r = http_from("127.0.0.4", s.addr, "GET", "/api/rooms/NOPE4", "");
     assert_eq!(r.status, 429);
 }
+
+/// A masked client frame.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n < 65536 => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
+/// Reads until the close frame; returns its code and reason.
+fn close_of(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                return (u16::from(f.code), f.reason.to_string())
+            }
+            Ok(tungstenite::Message::Close(None)) => return (0, String::new()),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// Before joining, only small messages; after, up to MAX_MESSAGE_BYTES.
+#[test]
+fn a_socket_that_has_not_joined_may_only_send_small_messages() {
+    let s = TestServer::start(&[("MAX_PREJOIN_MESSAGE_BYTES", "4096")]);
+    s.room("SMALL", "h");
+    let big = "x".repeat(100_000);
+    let mut joined = s.ws();
+    joined.join("SMALL", "j", false);
+    let mut other = s.ws();
+    other.join("SMALL", "o", false);
+    joined.send(json!({"action":"broadcast","data":big}));
+    assert_eq!(other.recv()["data"].as_str().unwrap().len(), 100_000);
+
+    // A large message before any join: 1009, judged from the header.
+    let mut stranger = s.ws();
+    stranger.send(json!({"action":"broadcast","data":big}));
+    assert_eq!(close_of(&mut stranger).0, 1009);
+    // The same in fragments that never end.
+    let mut frag = s.ws();
+    let sock = frag.ws.get_mut();
+    sock.write_all(&client_frame(1, false, &[b' '; 3000]))
+        .unwrap();
+    sock.write_all(&client_frame(0, false, &[b' '; 3000]))
+        .unwrap();
+    assert_eq!(close_of(&mut frag).0, 1009);
+    // A join is always small enough.
+    let mut late = s.ws();
+    late.join("SMALL", "late", false);
+}
+
+/// Unfinished messages across connections have a total bound: past it the
+/// connection whose message grew is closed with 1013, the others go on.
+#[test]
+fn unfinished_messages_have_a_total_bound() {
+    let s = TestServer::start(&[("MAX_REASSEMBLY_BYTES", "1000000")]);
+    s.room("FRAG", "h");
+    let mut a = s.ws();
+    a.join("FRAG", "a", false);
+    let mut b = s.ws();
+    b.join("FRAG", "b", false);
+    let mut watcher = s.ws();
+    watcher.join("FRAG", "w", false);
+    assert_eq!(a.recv_type(), "peer_joined");
+    assert_eq!(a.recv_type(), "peer_joined");
+    assert_eq!(b.recv_type(), "peer_joined");
+    // `a` holds 600 KB of a message it never finishes.
+    let first = [
+        b"{\"action\":\"broadcast\",\"data\":\"".as_slice(),
+        &[b'y'; 600_000],
+    ]
+    .concat();
+    a.ws.get_mut()
+        .write_all(&client_frame(1, false, &first))
+        .unwrap();
+    // `b`'s 600 KB would pass the total: refused with 1013.
+    b.ws.get_mut()
+        .write_all(&client_frame(1, false, &first))
+        .unwrap();
+    let (code, reason) = close_of(&mut b);
+    assert_eq!(code, 1013, "{reason}");
+    assert_eq!(watcher.recv()["type"], "peer_left");
+    // `a` finishes its message: delivered; `a` and the room carry on.
+    a.ws.get_mut()
+        .write_all(&client_frame(0, true, b"\"}"))
+        .unwrap();
+    assert_eq!(watcher.recv()["data"].as_str().unwrap().len(), 600_000);
+    a.send(json!({"action":"ping"}));
+    assert_eq!(a.recv()["type"], "peer_left");
+    assert_eq!(a.recv_type(), "pong");
+    // Its memory was given back to the total: b's 600 KB now fits.
+    let mut c = s.ws();
+    c.join("FRAG", "c", false);
+    c.ws.get_mut()
+        .write_all(&client_frame(1, true, &[&first[..], b"\"}"].concat()))
+        .unwrap();
+    loop {
+        let m = watcher.recv();
+        if m["type"] == "data" {
+            assert_eq!(m["data"].as_str().unwrap().len(), 600_000);
+            break;
+        }
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// While the memory guard is engaged, a document that would grow and a
+/// large broadcast get an `error`; the room keeps its document, a client in
+/// another room keeps working.
+#[test]
+fn at_the_memory_limit_growing_actions_get_an_error() {
+    const LIMIT: u64 = 48 << 20;
+    let s = TestServer::start(&[
+        ("MEMORY_LIMIT_BYTES", &LIMIT.to_string()),
+        ("MAX_OUTBOUND_BYTES", &(512u64 << 20).to_string()),
+    ]);
+    s.room("MEM", "h");
+    s.room("CALM", "h2");
+    let mut host = s.ws();
+    host.join("MEM", "h", true);
+    host.send(json!({"action":"sync_document","document":"v1"}));
+    // A member that never reads: what the host broadcasts piles up for it.
+    let mut slow = s.ws();
+    slow.join("MEM", "slow", false);
+    assert_eq!(host.recv_type(), "peer_joined");
+    let mut calm = s.ws();
+    calm.join("CALM", "calm", false);
+    let upgraded = std::time::Instant::now();
+
+    let chunk = "z".repeat(60_000);
+    let pid = s.child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rss_bytes(pid) < LIMIT * 95 / 100 {
+        assert!(std::time::Instant::now() < deadline, "RSS never rose");
+        for _ in 0..50 {
+            host.send(json!({"action":"broadcast","data":chunk}));
+        }
+        host.send(json!({"action":"ping"}));
+        assert_eq!(host.recv_type(), "pong");
+    }
+    // The guard samples RSS at most every 100 ms; the last sample was at
+    // the last upgrade.
+    while upgraded.elapsed() < Duration::from_millis(200) {
+        std::thread::yield_now();
+    }
+    host.send(json!({"action":"sync_document","document":"v2 is longer"}));
+    let m = host.recv();
+    assert_eq!(m["type"], "error", "{m}");
+    assert!(
+        m["message"].as_str().unwrap().contains("memory limit"),
+        "{m}"
+    );
+    host.send(json!({"action":"broadcast","data":"w".repeat(100_000)}));
+    let m = host.recv();
+    assert!(
+        m["message"].as_str().unwrap().contains("memory limit"),
+        "{m}"
+    );
+    host.send(json!({"action":"request_sync"}));
+    assert_eq!(host.recv()["document"], "v1", "the room kept its document");
+    // A document no larger than the stored one is fine.
+    host.send(json!({"action":"sync_document","document":"v3"}));
+    host.send(json!({"action":"request_sync"}));
+    assert_eq!(host.recv()["document"], "v3");
+    // Elsewhere, nothing changed.
+    calm.send(json!({"action":"ping"}));
+    assert_eq!(calm.recv_type(), "pong");
+    drop(slow);
+}
