@@ -29,6 +29,9 @@ pub struct Config {
     pub max_prejoin_message_bytes: usize,
     /// Bytes of unfinished WebSocket messages held across all connections.
     pub max_reassembly_bytes: usize,
+    /// What queued HTTP answers may cost across all connections before
+    /// pipelining peers with unread answers are held back.
+    pub max_http_backlog_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -157,6 +160,7 @@ impl Config {
             max_prejoin_message_bytes: num("MAX_PREJOIN_MESSAGE_BYTES", 64 * 1024, 1024)? as usize,
             max_reassembly_bytes: num("MAX_REASSEMBLY_BYTES", 32 * 1024 * 1024, 64 * 1024)?
                 as usize,
+            max_http_backlog_bytes: num("MAX_HTTP_BACKLOG_BYTES", 8 * 1024 * 1024, 0)? as usize,
             max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
             max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
             request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
@@ -235,6 +239,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 16_777_216);
         assert_eq!(c.max_prejoin_message_bytes, 65_536);
         assert_eq!(c.max_reassembly_bytes, 33_554_432);
+        assert_eq!(c.max_http_backlog_bytes, 8_388_608);
         assert_eq!(c.max_outbound_bytes, 33_554_432);
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.request_timeout, Duration::from_secs(10));

@@ -57,8 +57,14 @@ const KEEP_INBUF: usize = 8 * 1024;
 /// waiting costs little.
 const LINGER: Duration = Duration::from_secs(10);
 /// Answers queued on an HTTP connection beyond which its pipelined requests
-/// wait unread (in the kernel, then in the peer) until the peer reads.
+/// wait unread (in the kernel, then in the peer) until the peer reads. It
+/// counts what the queue costs in memory ([`OutQueue::cost`]), and answers
+/// are queued in buffers of their exact size, so it is memory really used.
 const HTTP_BACKLOG: usize = 256 * 1024;
+/// Most bytes read at once from an HTTP connection whose answers are still
+/// queued (the largest request head): bounds what a pipelining peer that
+/// stops reading leaves in our buffer.
+const HTTP_READ_OWING: usize = crate::config::MAX_HEADER_BYTES;
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Free heap beyond which housekeeping hands pages back to the OS.
@@ -166,6 +172,9 @@ struct Conn {
     /// Bytes of unfinished WebSocket messages this connection holds, as
     /// last counted into [`Server::reassembly`].
     reassembly: usize,
+    /// What its queue of HTTP answers costs, as last counted into
+    /// [`Server::http_backlog`].
+    http_out: usize,
 }
 
 /// How to end a connection.
@@ -200,6 +209,9 @@ pub struct Server {
     /// Bytes of unfinished WebSocket messages across all connections
     /// (bounded by `MAX_REASSEMBLY_BYTES`).
     reassembly: usize,
+    /// What queued HTTP answers cost across all connections; past
+    /// `MAX_HTTP_BACKLOG_BYTES` pipelining peers with unread answers wait.
+    http_backlog: usize,
     cfg: Config,
     next_gen: u32,
     next_job: u32,
@@ -280,6 +292,7 @@ impl Server {
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
             misses: RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 100_000),
             reassembly: 0,
+            http_backlog: 0,
             next_gen: 0,
             next_job: 0,
             scratch: vec![0; SCRATCH],
@@ -495,6 +508,7 @@ impl Server {
             peer_eof: false,
             unsent_seen: 0,
             reassembly: 0,
+            http_out: 0,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -523,7 +537,17 @@ impl Server {
             }
             // While a large frame is arriving, read straight into the
             // connection's buffer; otherwise into the shared scratch.
-            let n = match c.sock.read(&mut self.scratch) {
+            // A peer with answers still queued (or any peer, while queued
+            // answers are over their total) reads in small steps: should it
+            // stop reading them, what it pipelined stays in the kernel, not
+            // in our buffer.
+            let owing = !c.out.is_empty() || self.http_backlog >= self.cfg.max_http_backlog_bytes;
+            let want = if matches!(c.phase, Phase::Http { .. }) && owing {
+                HTTP_READ_OWING
+            } else {
+                SCRATCH
+            };
+            let n = match c.sock.read(&mut self.scratch[..want]) {
                 Ok(0) => {
                     self.eof(cref);
                     return;
@@ -592,7 +616,7 @@ impl Server {
                     self.process_ws(cref);
                 }
             }
-            if n < SCRATCH && !to_end {
+            if n < want && !to_end {
                 // A short read drained the socket; more data (or a FIN) will
                 // raise a new edge. Skipping the read that would only say
                 // WouldBlock saves a system call per message. A FIN that
@@ -628,6 +652,7 @@ impl Server {
     fn process_http(&mut self, cref: ConnRef) {
         loop {
             let max_body = self.cfg.max_body_bytes;
+            let total_over = self.http_backlog >= self.cfg.max_http_backlog_bytes;
             let Some(c) = self.conn(cref) else { return };
             if c.doomed || c.close_when_flushed {
                 // Nothing after a `Connection: close` request is answered.
@@ -636,9 +661,12 @@ impl Server {
             if !matches!(c.phase, Phase::Http { .. }) {
                 return;
             }
-            if c.out.len() >= HTTP_BACKLOG {
+            if c.out.cost() >= HTTP_BACKLOG || (total_over && !c.out.is_empty()) {
                 // A pipelining peer that does not read its answers: hold
                 // its further requests until it does (resumed by `flush`).
+                // Past the total across connections, every peer with an
+                // answer still unread waits; one reading its answers
+                // resumes once it has read them all.
                 c.held = true;
                 return;
             }
@@ -761,7 +789,9 @@ impl Server {
         head: bool,
     ) {
         let cors = api::cors_origin(&self.cfg, origin);
-        let Some(c) = self.conn(cref) else { return };
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
         let mut buf = Vec::with_capacity(256 + a.body.len());
         http::write_response(
             &mut buf,
@@ -776,7 +806,11 @@ impl Server {
                 head,
             },
         );
+        // An exact-size buffer: the queue's cost is then the memory it holds
+        // (a spare capacity would also cost `Bytes` a header of its own).
+        buf.shrink_to_fit();
         c.out.push(Frame::from(buf));
+        count_http(&mut self.http_backlog, c);
         self.mark_dirty(cref);
     }
 
@@ -1357,6 +1391,7 @@ impl Server {
         };
         let queued = c.out.len();
         let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        count_http(&mut self.http_backlog, c);
         if c.held && c.out.len() < queued {
             // The peer is reading what it asked for: the wait is ours, so
             // its request clock does not run meanwhile.
@@ -1365,7 +1400,8 @@ impl Server {
                 *deadline = at;
             }
         }
-        if c.held && c.out.len() < HTTP_BACKLOG {
+        let total_ok = self.http_backlog < self.cfg.max_http_backlog_bytes || c.out.is_empty();
+        if c.held && c.out.cost() < HTTP_BACKLOG && total_ok {
             // Room again: answer what is buffered, then read on. The wait
             // was ours, not the peer's: its request clock starts afresh.
             c.held = false;
@@ -1475,6 +1511,7 @@ impl Server {
         c.held = false;
         c.inbuf = Vec::new();
         self.reassembly -= std::mem::take(&mut c.reassembly);
+        self.http_backlog -= std::mem::take(&mut c.http_out);
         if c.out.is_empty() {
             c.write_shut = true;
             let _ = c.sock.shutdown(Shutdown::Write);
@@ -1489,6 +1526,7 @@ impl Server {
         }
         let mut c = self.conns.remove(cref.key as usize);
         self.reassembly -= c.reassembly;
+        self.http_backlog -= c.http_out;
         let _ = self.poll.registry().deregister(&mut c.sock);
         debug!("[{}] closed", cref.key);
         if self.accept_paused {
@@ -1721,6 +1759,19 @@ fn unsent_bytes(sock: &TcpStream) -> Option<u32> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket writes one int.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
     (rc == 0 && n >= 0).then_some(n as u32)
+}
+
+/// Recounts what `c`'s queued HTTP answers cost into `total`. Only a
+/// connection reading HTTP requests counts: its pipelining is what the
+/// backlog bounds hold back.
+fn count_http(total: &mut usize, c: &mut Conn) {
+    let now = if matches!(c.phase, Phase::Http { .. }) {
+        c.out.cost()
+    } else {
+        0
+    };
+    *total = *total - c.http_out + now;
+    c.http_out = now;
 }
 
 /// The largest message `session`'s connection may send now: small until it

@@ -375,3 +375,50 @@ fn at_the_memory_limit_growing_actions_get_an_error() {
     assert_eq!(calm.recv_type(), "pong");
     drop(slow);
 }
+
+/// Pipelining peers that never read their answers hold a bounded amount of
+/// memory each (256 KiB of answers as memory really used) and in total
+/// (`MAX_HTTP_BACKLOG_BYTES`); a client that reads is still answered.
+#[test]
+fn pipelining_peers_that_do_not_read_cost_bounded_memory() {
+    let s = TestServer::start(&[("MAX_HTTP_BACKLOG_BYTES", "4194304")]);
+    let pid = s.child.id();
+    // Warm up the allocator and the loop first.
+    assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
+    let before = rss_bytes(pid);
+    const N: usize = 60;
+    let reqs = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    let mut hogs = Vec::new();
+    for _ in 0..N {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&s.addr.into()).unwrap();
+        let t: TcpStream = sock.into();
+        t.set_nonblocking(true).unwrap();
+        hogs.push(t);
+    }
+    // Each writes until the kernel pushes back for good: the server holds
+    // it (20 rounds in a row, 50 ms apart, without a byte taken).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet_rounds = 0;
+    while quiet_rounds < 20 {
+        assert!(std::time::Instant::now() < deadline, "never pushed back");
+        let mut took = false;
+        for t in &mut hogs {
+            match t.write(&reqs) {
+                Ok(_) => took = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("hog write: {e}"),
+            }
+        }
+        quiet_rounds = if took { 0 } else { quiet_rounds + 1 };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grown = rss_bytes(pid).saturating_sub(before);
+    // Before the bound: about 1.1 MB per peer (66 MB here).
+    assert!(grown < 20 << 20, "server RSS grew {} KiB", grown >> 10);
+    // A client that reads is answered as ever.
+    assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
+    drop(hogs);
+}
