@@ -107,6 +107,7 @@ pub fn route(
     cfg: &Config,
     rooms: &mut Rooms,
     limiter: &mut RateLimiter<IpAddr>,
+    misses: &mut RateLimiter<IpAddr>,
     stats: &Stats<'_>,
     peer: IpAddr,
     req: &Request,
@@ -226,6 +227,10 @@ pub fn route(
                 return Routed::Answer(method_not_allowed("GET, OPTIONS"));
             }
             let code = &p["/api/rooms/".len()..];
+            let ip = client_ip(cfg, peer, req);
+            if let Err(wait) = misses.check_lookup(&ip, rooms.find(code).is_some(), now) {
+                return Routed::Answer(lookups_limited(wait));
+            }
             Routed::Answer(match rooms.find(code) {
                 Some((_, room)) => {
                     // `peers` goes out as the stored JSON text. Parsing it
@@ -247,7 +252,8 @@ pub fn route(
                     let info = Info {
                         success: true,
                         room_code: room.code(),
-                        host_id: room.host_id(),
+                        // The secret host id stays with the creator.
+                        host_id: room.host_public_id(),
                         peers: &peers,
                         peer_count: room.peer_count(),
                         created_at: room.created_at(),
@@ -286,6 +292,21 @@ pub fn route_methods(path: &str) -> &'static str {
         p if p.starts_with("/api/auth/users/") => "PUT, DELETE, OPTIONS",
         _ => "GET, POST, PUT, DELETE, OPTIONS",
     }
+}
+
+/// A refusal by the room-lookup budget (REST and `join`), with the wait.
+pub fn lookups_limited_text(wait: std::time::Duration) -> String {
+    format!(
+        "Rate limited: too many lookups of rooms that do not exist; try again in {} s",
+        retry_after_secs(wait)
+    )
+}
+
+/// 429 for a client over its budget of lookups of unknown room codes.
+fn lookups_limited(wait: std::time::Duration) -> Answer {
+    let mut a = Answer::error(429, &lookups_limited_text(wait));
+    a.retry_after = Some(retry_after_secs(wait));
+    a
 }
 
 fn method_not_allowed(allow: &'static str) -> Answer {
@@ -338,7 +359,8 @@ pub fn create_room(
     let restoring = body
         .desired_room_code
         .as_deref()
-        .is_some_and(|c| rooms.find(c).is_some());
+        .and_then(|c| rooms.find(c))
+        .is_some_and(|(_, r)| body.desired_host_id.as_deref() == Some(r.host_id()));
     if !admit_new && !restoring {
         return Answer::error(503, NEAR_MEMORY_LIMIT);
     }
@@ -361,6 +383,12 @@ pub fn create_room(
             return Answer::error(
                 400,
                 "desired_host_id must be 1-128 characters without control characters",
+            );
+        }
+        Err(CreateError::Taken) => {
+            return Answer::error(
+                409,
+                "A room with this code exists; only its host may restore it",
             );
         }
     };

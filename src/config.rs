@@ -24,12 +24,24 @@ pub struct Config {
     pub room_idle_timeout: Option<Duration>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    /// Largest message from a WebSocket that has not joined a room, and
+    /// from every WebSocket while the memory guard is engaged.
+    pub max_prejoin_message_bytes: usize,
+    /// Bytes of unfinished WebSocket messages held across all connections.
+    pub max_reassembly_bytes: usize,
+    /// What queued HTTP answers may cost across all connections before
+    /// pipelining peers with unread answers are held back.
+    pub max_http_backlog_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub ping_interval: Duration,
     pub room_create_rate: f64,
     pub room_create_burst: f64,
+    /// Per-client budget for looking up room codes that do not exist
+    /// (REST 404s and `Room not found` joins): refill per second and burst.
+    pub room_miss_rate: f64,
+    pub room_miss_burst: f64,
     pub trust_proxy: Option<IpAddr>,
     /// `None` means any origin (`*`).
     pub cors_allowed_origins: Option<Vec<String>>,
@@ -148,12 +160,18 @@ impl Config {
             room_idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
             max_connections: num("MAX_CONNECTIONS", 10_000, 1)? as usize,
             max_message_bytes: num("MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 64)? as usize,
+            max_prejoin_message_bytes: num("MAX_PREJOIN_MESSAGE_BYTES", 64 * 1024, 1024)? as usize,
+            max_reassembly_bytes: num("MAX_REASSEMBLY_BYTES", 32 * 1024 * 1024, 64 * 1024)?
+                as usize,
+            max_http_backlog_bytes: num("MAX_HTTP_BACKLOG_BYTES", 8 * 1024 * 1024, 0)? as usize,
             max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
             max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
             request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
             ping_interval: Duration::from_secs(secs("PING_INTERVAL_SECONDS", 30, 1)?),
             room_create_rate: float("ROOM_CREATE_RATE", 2.0)?,
             room_create_burst: float("ROOM_CREATE_BURST", 5.0)?,
+            room_miss_rate: float("ROOM_MISS_RATE", 1.0)?,
+            room_miss_burst: float("ROOM_MISS_BURST", 20.0)?,
             trust_proxy,
             cors_allowed_origins: cors,
             history: crate::history::Limits {
@@ -227,12 +245,16 @@ mod tests {
         assert_eq!(c.room_idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_message_bytes, 16_777_216);
+        assert_eq!(c.max_prejoin_message_bytes, 65_536);
+        assert_eq!(c.max_reassembly_bytes, 33_554_432);
+        assert_eq!(c.max_http_backlog_bytes, 8_388_608);
         assert_eq!(c.max_outbound_bytes, 33_554_432);
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.room_create_rate, 2.0);
         assert_eq!(c.room_create_burst, 5.0);
+        assert_eq!((c.room_miss_rate, c.room_miss_burst), (1.0, 20.0));
         assert!(c.trust_proxy.is_none());
         assert!(c.cors_allowed_origins.is_none());
         assert!(c.accounts.is_none());
@@ -246,6 +268,7 @@ mod tests {
             ("MAX_CONNECTIONS", "-1"),
             ("MAX_CONNECTIONS", "0"),
             ("ROOM_CREATE_RATE", "fast"),
+            ("ROOM_MISS_BURST", "0"),
             ("TRUST_PROXY", "proxy.local"),
             ("RUST_LOG", "loud"),
             ("PING_INTERVAL_SECONDS", "0"),

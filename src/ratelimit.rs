@@ -61,6 +61,34 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Whether `key` has a token, without taking it. A key without a bucket
+    /// has a full one.
+    pub fn peek(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let Some(b) = self.buckets.get(key) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            let wait = Duration::try_from_secs_f64((1.0 - tokens) / self.rate);
+            Err(wait.unwrap_or(Duration::MAX))
+        }
+    }
+
+    /// The budget for looking up room codes (protocol rule 12): a lookup
+    /// of a code that does not exist takes a token; one that finds its
+    /// room takes none, but is refused too while the budget is spent, or a
+    /// guesser over its budget would still tell its hits from its misses.
+    pub fn check_lookup(&mut self, key: &K, found: bool, now: Instant) -> Result<(), Duration> {
+        if found {
+            self.peek(key, now)
+        } else {
+            self.check(key, now)
+        }
+    }
+
     fn prune(&mut self, now: Instant) {
         let (rate, burst) = (self.rate, self.burst);
         self.buckets.retain(|_, b| {
@@ -106,6 +134,27 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         assert!(rl.check(&1, t1).is_ok());
         assert!(rl.check(&1, t1).is_err());
+    }
+
+    #[test]
+    fn lookups_of_existing_rooms_cost_nothing() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(1.0, 3.0, 100);
+        for _ in 0..1000 {
+            assert!(rl.check_lookup(&1, true, t0).is_ok());
+        }
+        assert!(rl.is_empty(), "a hit leaves no bucket behind");
+        for _ in 0..3 {
+            assert!(rl.check_lookup(&1, false, t0).is_ok());
+        }
+        // Spent: misses and hits alike wait, others are unaffected.
+        assert!(rl.check_lookup(&1, false, t0).is_err());
+        let wait = rl.check_lookup(&1, true, t0).unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        assert!(rl.check_lookup(&2, false, t0).is_ok());
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(rl.check_lookup(&1, true, t1).is_ok());
+        assert!(rl.check_lookup(&1, true, t1).is_ok(), "a hit took no token");
     }
 
     #[test]

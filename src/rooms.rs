@@ -18,6 +18,12 @@
 //!   order. Snapshots (`room_info`, a joiner's or `request_sync`'s
 //!   `document_sync`) carry no `seq` of their own. Recent `data` events are
 //!   held for replay ([`crate::history`]).
+//! * The host id a room's creator received is a secret capability: only a
+//!   join with it may be the host. Every message other peers see names the
+//!   host by the room's `host_public_id` instead (peers lists, `room_info`,
+//!   `peer_joined`, `peer_left`, `data.from`); only the host's own
+//!   `connected` carries the secret back to it. No peer may join under the
+//!   public id.
 //! * An empty room carries `empty_since`; the shell holds at most one timer
 //!   per room (re-armed later when the room emptied again meanwhile) for
 //!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
@@ -88,7 +94,11 @@ pub enum Effect {
 
 struct Member {
     conn: ConnRef,
+    /// The id the peer joined with (for the host: the secret host id),
+    /// shared with its session and the history of what it sent.
     peer_id: Arc<str>,
+    /// The id others see: `peer_id`, or the room's public host id.
+    shown_id: Box<str>,
     /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
     peer_json: Box<str>,
 }
@@ -98,6 +108,8 @@ pub struct Room {
     code: Box<str>,
     room_id: Box<str>,
     host_id: Box<str>,
+    /// The host's name towards everyone else (protocol §2 rule 11).
+    host_public_id: Box<str>,
     created_at: Box<str>,
     gen: u32,
     members: Vec<Member>,
@@ -133,8 +145,22 @@ impl Room {
     pub fn room_id(&self) -> &str {
         &self.room_id
     }
+    /// The secret host id: only its creator may know it.
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+    /// The id everyone else sees for the host.
+    pub fn host_public_id(&self) -> &str {
+        &self.host_public_id
+    }
+    /// What others are shown for a peer joining as `peer_id`: the secret
+    /// host id never leaves the room except to the host itself.
+    fn shown<'a>(&'a self, peer_id: &'a str) -> &'a str {
+        if peer_id == &*self.host_id {
+            &self.host_public_id
+        } else {
+            peer_id
+        }
     }
     pub fn created_at(&self) -> &str {
         &self.created_at
@@ -152,6 +178,11 @@ impl Room {
     /// Held `data` events.
     pub fn history_len(&self) -> usize {
         self.log.len()
+    }
+    /// Bytes the stored document's frame holds (0 without one); compare
+    /// with [`document_frame_len`] to tell whether a new one is larger.
+    pub fn document_frame_len(&self) -> usize {
+        self.document.as_ref().map_or(0, |f| f.len())
     }
     pub fn peer_count(&self) -> usize {
         self.members.len()
@@ -173,9 +204,10 @@ impl Room {
     pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
         self.members.iter().map(|m| m.conn)
     }
-    /// The members' peer ids in join order.
+    /// The members' peer ids in join order, as others see them (the host
+    /// under its public id).
     pub fn member_peer_ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.members.iter().map(|m| &*m.peer_id)
+        self.members.iter().map(|m| &*m.shown_id)
     }
 }
 
@@ -184,6 +216,8 @@ impl Room {
 pub enum CreateError {
     BadRoomCode,
     BadHostId,
+    /// The desired code names a room whose host id the caller did not give.
+    Taken,
 }
 
 /// The answer to a create: the room and whether it already existed.
@@ -293,7 +327,12 @@ impl Rooms {
                 return Err(CreateError::BadHostId);
             }
         }
-        if let Some((r, _)) = desired_code.and_then(|c| self.find(c)) {
+        if let Some((r, room)) = desired_code.and_then(|c| self.find(c)) {
+            // Only the creator, who holds the secret host id, gets the room
+            // back; anyone else learning it could take the host role.
+            if desired_host != Some(room.host_id()) {
+                return Err(CreateError::Taken);
+            }
             return Ok(Created {
                 room: r,
                 restored: true,
@@ -312,11 +351,18 @@ impl Rooms {
             Some(h) => h.to_owned(),
             None => format!("host_{}", random_string(HOST_ALPHABET, 8, rand)),
         };
+        let host_public_id = loop {
+            let id = format!("host_{}", random_string(HOST_ALPHABET, 8, rand));
+            if id != host_id {
+                break id;
+            }
+        };
         self.next_gen = self.next_gen.wrapping_add(1);
         let room = Room {
             code: code.clone().into(),
             room_id: uuid_v4(rand).into(),
             host_id: host_id.into(),
+            host_public_id: host_public_id.into(),
             created_at: rfc3339(wall).into(),
             gen: self.next_gen,
             members: Vec::new(),
@@ -368,6 +414,13 @@ impl Rooms {
             ));
             return;
         }
+        if peer_id == &*room.host_public_id {
+            fx.push(Effect::Send(
+                conn,
+                error_frame("This peer_id is reserved for the room's host"),
+            ));
+            return;
+        }
         if metadata.is_some_and(|m| m.get().len() > MAX_METADATA_BYTES) {
             fx.push(Effect::Send(
                 conn,
@@ -396,14 +449,16 @@ impl Rooms {
             fx.push(Effect::Fanout {
                 room: target,
                 except: Some(conn),
-                frame: peer_left_frame(&old.peer_id, seq),
+                frame: peer_left_frame(&old.shown_id, seq),
             });
         }
 
         let id_json = json_str(peer_id);
+        let shown_id = room.shown(peer_id).to_owned();
+        let shown_json = json_str(&shown_id);
         let peer_json = format!(
             r#"{{"id":{},"joined_at":"{}","is_host":{},"metadata":{}}}"#,
-            id_json,
+            shown_json,
             rfc3339(wall),
             is_host,
             metadata.map_or("null", |m| m.get())
@@ -423,6 +478,7 @@ impl Rooms {
         room.members.push(Member {
             conn,
             peer_id: peer.clone(),
+            shown_id: shown_id.into(),
             peer_json: peer_json.into(),
         });
         room.empty_since = None;
@@ -439,7 +495,7 @@ impl Rooms {
             b.extend_from_slice(br#"{"type":"room_info","room_code":"#);
             b.extend_from_slice(json_str(&room.code).as_bytes());
             b.extend_from_slice(br#","host_id":"#);
-            b.extend_from_slice(json_str(&room.host_id).as_bytes());
+            b.extend_from_slice(json_str(&room.host_public_id).as_bytes());
             b.extend_from_slice(br#","peers":"#);
             b.extend_from_slice(room.peers_json().as_bytes());
             b.extend_from_slice(br#","epoch":"#);
@@ -477,9 +533,9 @@ impl Rooms {
             }
         }
 
-        let mut prefix = Vec::with_capacity(id_json.len() + 32);
+        let mut prefix = Vec::with_capacity(shown_json.len() + 32);
         prefix.extend_from_slice(br#"{"type":"data","from":"#);
-        prefix.extend_from_slice(id_json.as_bytes());
+        prefix.extend_from_slice(shown_json.as_bytes());
         prefix.extend_from_slice(br#","data":"#);
         *session = Session {
             room: Some(target),
@@ -606,7 +662,7 @@ impl Rooms {
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: peer_left_frame(&gone.peer_id, seq),
+            frame: peer_left_frame(&gone.shown_id, seq),
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
@@ -690,12 +746,26 @@ fn end_seq(b: &mut Vec<u8>, seq: u64) {
     let _ = write!(b, r#","seq":{seq}}}"#);
 }
 
+/// The length of the stored `document_sync` snapshot frame for a document
+/// whose raw JSON string is `raw_len` bytes.
+pub fn document_frame_len(raw_len: usize) -> usize {
+    let payload = DOCUMENT_PREFIX.len() + raw_len + 1;
+    let header = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    header + payload
+}
+
+const DOCUMENT_PREFIX: &[u8] = br#"{"type":"document_sync","document":"#;
+
 /// `document_sync`: numbered when it is the stream event, plain when it is
 /// a snapshot.
 fn document_frame(raw: &str, seq: Option<u64>) -> Frame {
     let mut b = Vec::with_capacity(HEADROOM + raw.len() + 64);
     b.resize(HEADROOM, 0);
-    b.extend_from_slice(br#"{"type":"document_sync","document":"#);
+    b.extend_from_slice(DOCUMENT_PREFIX);
     b.extend_from_slice(raw.as_bytes());
     match seq {
         Some(seq) => end_seq(&mut b, seq),
@@ -864,7 +934,10 @@ mod tests {
         );
         let out = w.join(c(2), "R1", "p2", false);
         assert_eq!(kinds(&out), ["1:peer_joined", "2:room_info", "2:connected"]);
-        assert!(out[1].contains(r#""peers":[{"id":"h""#) && out[1].contains(r#"{"id":"p2""#));
+        // The host is listed under its public id (rule 11).
+        let public = w.rooms.find("R1").unwrap().1.host_public_id().to_string();
+        assert!(out[1].contains(&format!(r#""peers":[{{"id":"{public}""#)));
+        assert!(out[1].contains(r#"{"id":"p2""#));
         assert!(out[2].contains(r#""peer_id":"p2","room_code":"R1""#));
     }
 
@@ -878,6 +951,53 @@ mod tests {
         );
         assert_eq!(kinds(&w.join(c(1), "R1", "p", true)), ["1:error"]);
         assert!(!w.sessions[&c(1)].in_room());
+    }
+
+    #[test]
+    fn the_host_is_shown_by_its_public_id_only() {
+        let mut w = World::new();
+        w.create("R1", "secret-h");
+        let public = w.rooms.find("R1").unwrap().1.host_public_id().to_string();
+        w.join(c(2), "R1", "p2", false);
+        let out = w.join(c(1), "R1", "secret-h", true);
+        // Its own `connected` names the secret; nothing anyone else gets does.
+        assert_eq!(kinds(&out), ["2:peer_joined", "1:room_info", "1:connected"]);
+        assert!(
+            out[0].contains(&format!(r#""id":"{public}""#)),
+            "{}",
+            out[0]
+        );
+        assert!(out[1].contains(&format!(r#""host_id":"{public}""#)));
+        assert!(out[2].contains(r#""peer_id":"secret-h""#));
+        let out = w.say(c(1), "x");
+        assert_eq!(
+            out,
+            [format!(
+                r#"2:{{"type":"data","from":"{public}","data":"x","seq":3}}"#
+            )]
+        );
+        let out = w.join(c(3), "R1", "p3", false);
+        assert!(out.iter().all(|l| !l.contains("secret-h")), "{out:?}");
+        assert_eq!(
+            w.rooms
+                .find("R1")
+                .unwrap()
+                .1
+                .peers_json()
+                .matches(&*public)
+                .count(),
+            1
+        );
+        // Joining under the public id would impersonate the host.
+        let out = w.join(c(4), "R1", &public, false);
+        assert_eq!(kinds(&out), ["4:error"]);
+        assert!(out[0].contains("reserved"));
+        let out = w.leave(c(1));
+        assert_eq!(
+            out[0],
+            format!(r#"2:{{"type":"peer_left","peer_id":"{public}","seq":5}}"#)
+        );
+        assert!(out.iter().all(|l| !l.contains("secret-h")), "{out:?}");
     }
 
     #[test]
@@ -930,6 +1050,15 @@ mod tests {
             w.render(fx),
             [r#"2:{"type":"document_sync","document":"DOC","seq":3}"#]
         );
+        let (_, room) = w.rooms.find("R1").unwrap();
+        assert_eq!(room.document_frame_len(), document_frame_len(5));
+        for n in [0, 88, 89, 90, 200, 65_498, 65_499, 70_000] {
+            let raw = format!("\"{}\"", "x".repeat(n));
+            assert_eq!(
+                document_frame(&raw, None).len(),
+                document_frame_len(raw.len())
+            );
+        }
         let out = w.join(c(3), "R1", "q", false);
         assert_eq!(
             kinds(&out),
@@ -1029,11 +1158,30 @@ mod tests {
         assert_eq!(room.code().len(), 6);
         assert!(room.code().bytes().all(|b| CODE_ALPHABET.contains(&b)));
         assert!(room.host_id().starts_with("host_") && room.host_id().len() == 13);
+        assert!(room.host_public_id().starts_with("host_"));
+        assert_ne!(room.host_public_id(), room.host_id());
         let code = room.code().to_string();
+        let host = room.host_id().to_string();
+        let public = room.host_public_id().to_string();
+        // Only the secret host id restores the room.
+        for other in [Some("other"), None, Some(public.as_str())] {
+            assert_eq!(
+                r.create(
+                    Some(&code),
+                    other,
+                    now,
+                    SystemTime::now(),
+                    &mut rand,
+                    &mut fx,
+                )
+                .err(),
+                Some(CreateError::Taken)
+            );
+        }
         let b = r
             .create(
                 Some(&code),
-                Some("other"),
+                Some(&host),
                 now,
                 SystemTime::now(),
                 &mut rand,

@@ -57,8 +57,14 @@ const KEEP_INBUF: usize = 8 * 1024;
 /// waiting costs little.
 const LINGER: Duration = Duration::from_secs(10);
 /// Answers queued on an HTTP connection beyond which its pipelined requests
-/// wait unread (in the kernel, then in the peer) until the peer reads.
+/// wait unread (in the kernel, then in the peer) until the peer reads. It
+/// counts what the queue costs in memory ([`OutQueue::cost`]), and answers
+/// are queued in buffers of their exact size, so it is memory really used.
 const HTTP_BACKLOG: usize = 256 * 1024;
+/// Most bytes read at once from an HTTP connection whose answers are still
+/// queued (the largest request head): bounds what a pipelining peer that
+/// stops reading leaves in our buffer.
+const HTTP_READ_OWING: usize = crate::config::MAX_HEADER_BYTES;
 /// How long shutdown waits for queues to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Free heap beyond which housekeeping hands pages back to the OS.
@@ -125,6 +131,8 @@ struct WsState {
     last_seen: Instant,
     /// A token given on the upgrade (header or `?token=`).
     upgrade_token: Option<Box<str>>,
+    /// The address rate limits charge (the upgrade's, via `TRUST_PROXY`).
+    client_ip: IpAddr,
 }
 
 struct Conn {
@@ -161,6 +169,12 @@ struct Conn {
     /// While `held`: the bytes the kernel still had to send at the last
     /// request timer (0: not looked yet).
     unsent_seen: u32,
+    /// Bytes of unfinished WebSocket messages this connection holds, as
+    /// last counted into [`Server::reassembly`].
+    reassembly: usize,
+    /// What its queue of HTTP answers costs, as last counted into
+    /// [`Server::http_backlog`].
+    http_out: usize,
 }
 
 /// How to end a connection.
@@ -174,6 +188,10 @@ enum Close {
     Abort,
 }
 
+/// The `error` for an action refused while the memory guard is engaged.
+const AT_MEMORY_LIMIT: &str =
+    "Server is at its memory limit; nothing was changed or sent, try again later";
+
 const MSG_ACCOUNTS_BUSY: &str = "Accounts service is busy; try again shortly";
 const MSG_ACCOUNTS_SLOW: &str = "The accounts database did not answer in time; try again shortly";
 
@@ -186,6 +204,14 @@ pub struct Server {
     rooms: Rooms,
     timers: Timers<Timer>,
     limiter: RateLimiter<IpAddr>,
+    /// Per-client budget for lookups of unknown room codes (rule 12).
+    misses: RateLimiter<IpAddr>,
+    /// Bytes of unfinished WebSocket messages across all connections
+    /// (bounded by `MAX_REASSEMBLY_BYTES`).
+    reassembly: usize,
+    /// What queued HTTP answers cost across all connections; past
+    /// `MAX_HTTP_BACKLOG_BYTES` pipelining peers with unread answers wait.
+    http_backlog: usize,
     cfg: Config,
     next_gen: u32,
     next_job: u32,
@@ -268,6 +294,9 @@ impl Server {
             },
             timers: Timers::default(),
             limiter: RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 100_000),
+            misses: RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 100_000),
+            reassembly: 0,
+            http_backlog: 0,
             next_gen: 0,
             next_job: 0,
             scratch: vec![0; SCRATCH],
@@ -482,6 +511,8 @@ impl Server {
             held: false,
             peer_eof: false,
             unsent_seen: 0,
+            reassembly: 0,
+            http_out: 0,
         });
         let cref = ConnRef {
             key: key as u32,
@@ -500,7 +531,6 @@ impl Server {
     fn read(&mut self, cref: ConnRef, to_end: bool) {
         let mut total = 0;
         loop {
-            let max_message = self.cfg.max_message_bytes;
             let Some(c) = live(&mut self.conns, cref) else {
                 return;
             };
@@ -511,7 +541,17 @@ impl Server {
             }
             // While a large frame is arriving, read straight into the
             // connection's buffer; otherwise into the shared scratch.
-            let n = match c.sock.read(&mut self.scratch) {
+            // A peer with answers still queued (or any peer, while queued
+            // answers are over their total) reads in small steps: should it
+            // stop reading them, what it pipelined stays in the kernel, not
+            // in our buffer.
+            let owing = !c.out.is_empty() || self.http_backlog >= self.cfg.max_http_backlog_bytes;
+            let want = if matches!(c.phase, Phase::Http { .. }) && owing {
+                HTTP_READ_OWING
+            } else {
+                SCRATCH
+            };
+            let n = match c.sock.read(&mut self.scratch[..want]) {
                 Ok(0) => {
                     self.eof(cref);
                     return;
@@ -563,9 +603,15 @@ impl Server {
                 }
                 Phase::Ws(ws) => {
                     ws.last_seen = Instant::now();
+                    let max_message = message_limit(&self.cfg, &ws.session);
                     if c.inbuf.is_empty() {
                         if let Some(need) = ws::frame_len(&self.scratch[..n]) {
-                            if need > n && need <= max_message + 14 {
+                            // Reserve for the whole frame only when the
+                            // total bound has room for it.
+                            if need > n
+                                && need <= max_message + 14
+                                && self.reassembly + need <= self.cfg.max_reassembly_bytes
+                            {
                                 c.inbuf.reserve_exact(need);
                             }
                         }
@@ -574,7 +620,7 @@ impl Server {
                     self.process_ws(cref);
                 }
             }
-            if n < SCRATCH && !to_end {
+            if n < want && !to_end {
                 // A short read drained the socket; more data (or a FIN) will
                 // raise a new edge. Skipping the read that would only say
                 // WouldBlock saves a system call per message. A FIN that
@@ -610,6 +656,7 @@ impl Server {
     fn process_http(&mut self, cref: ConnRef) {
         loop {
             let max_body = self.cfg.max_body_bytes;
+            let total_over = self.http_backlog >= self.cfg.max_http_backlog_bytes;
             let Some(c) = self.conn(cref) else { return };
             if c.doomed || c.close_when_flushed {
                 // Nothing after a `Connection: close` request is answered.
@@ -618,9 +665,12 @@ impl Server {
             if !matches!(c.phase, Phase::Http { .. }) {
                 return;
             }
-            if c.out.len() >= HTTP_BACKLOG {
+            if c.out.cost() >= HTTP_BACKLOG || (total_over && !c.out.is_empty()) {
                 // A pipelining peer that does not read its answers: hold
                 // its further requests until it does (resumed by `flush`).
+                // Past the total across connections, every peer with an
+                // answer still unread waits; one reading its answers
+                // resumes once it has read them all.
                 c.held = true;
                 return;
             }
@@ -684,6 +734,7 @@ impl Server {
             &self.cfg,
             &mut self.rooms,
             &mut self.limiter,
+            &mut self.misses,
             &stats,
             peer,
             &req,
@@ -742,7 +793,9 @@ impl Server {
         head: bool,
     ) {
         let cors = api::cors_origin(&self.cfg, origin);
-        let Some(c) = self.conn(cref) else { return };
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
         let mut buf = Vec::with_capacity(256 + a.body.len());
         http::write_response(
             &mut buf,
@@ -757,7 +810,11 @@ impl Server {
                 head,
             },
         );
+        // An exact-size buffer: the queue's cost is then the memory it holds
+        // (a spare capacity would also cost `Bytes` a header of its own).
+        buf.shrink_to_fit();
         c.out.push(Frame::from(buf));
+        count_http(&mut self.http_backlog, c);
         self.mark_dirty(cref);
     }
 
@@ -990,13 +1047,17 @@ impl Server {
             .map(String::into_boxed_str);
         let now = Instant::now();
         let interval = self.cfg.ping_interval;
-        let Some(c) = self.conn(cref) else { return };
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let client_ip = api::client_ip(&self.cfg, c.peer, req);
         c.out.push(Frame::from(resp));
         c.phase = Phase::Ws(Box::new(WsState {
             decoder: Decoder::default(),
             session: Session::default(),
             last_seen: now,
             upgrade_token,
+            client_ip,
         }));
         self.timers.arm(now + interval, Timer::Ping(cref));
         self.mark_dirty(cref);
@@ -1006,7 +1067,6 @@ impl Server {
     }
 
     fn process_ws(&mut self, cref: ConnRef) {
-        let max_message = self.cfg.max_message_bytes;
         let Some(c) = self.conn(cref) else { return };
         let Phase::Ws(ws) = &mut c.phase else { return };
         let mut decoder = std::mem::take(&mut ws.decoder);
@@ -1015,10 +1075,19 @@ impl Server {
         let mut failure: Option<WsError> = None;
         loop {
             // Stop when the connection is closing or parked on a worker.
-            match self.conn(cref) {
-                Some(c) if !c.doomed && matches!(c.phase, Phase::Ws(_)) => {}
+            // The size limit depends on whether it has joined (rule 12), which
+            // the message before may have changed.
+            let c = self
+                .conns
+                .get(cref.key as usize)
+                .filter(|c| c.gen == cref.gen);
+            let max_message = match c {
+                Some(c) if !c.doomed => match &c.phase {
+                    Phase::Ws(ws) => message_limit(&self.cfg, &ws.session),
+                    _ => break,
+                },
                 _ => break,
-            }
+            };
             match decoder.next(&mut buf[pos..], max_message) {
                 Ok(None) => break,
                 Ok(Some((event, used))) => {
@@ -1073,6 +1142,67 @@ impl Server {
             }
             self.request_close(cref, Close::Ws(e.close_code(), e.reason()));
         }
+        self.check_reassembly(cref);
+    }
+
+    /// Recounts what `cref` holds of unfinished messages into the total and
+    /// enforces the bounds on it (rule 12): past `MAX_REASSEMBLY_BYTES` in
+    /// all, or past the small pre-join size while the memory guard is
+    /// engaged, the connection whose message grew is closed with 1013 (try
+    /// again later): the refusal is about the server's state, not the
+    /// message, which `MAX_MESSAGE_BYTES` (1009) judges.
+    fn check_reassembly(&mut self, cref: ConnRef) {
+        let small = self.cfg.max_prejoin_message_bytes;
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let now_held = unfinished_bytes(c);
+        self.reassembly = self.reassembly - c.reassembly + now_held;
+        c.reassembly = now_held;
+        if now_held <= small {
+            return;
+        }
+        let reason = if self.reassembly > self.cfg.max_reassembly_bytes {
+            "Server busy: too much unfinished message data; try again later"
+        } else if !self.memguard.allow_new_websocket(Instant::now()) {
+            "Server is at its memory limit; try again later"
+        } else {
+            return;
+        };
+        debug!("[{}] unfinished message refused: {reason}", cref.key);
+        self.request_close(cref, Close::Ws(ws::close::TRY_AGAIN_LATER, reason));
+    }
+
+    /// Whether the memory guard refuses an action that would grow memory:
+    /// a `sync_document` larger than the stored one, or a broadcast larger
+    /// than the small-message size (rule 12, issue 15 item 3).
+    fn memory_refuses(&mut self, cref: ConnRef, action: &Action<'_>) -> bool {
+        let Some(Phase::Ws(ws)) = self
+            .conns
+            .get(cref.key as usize)
+            .filter(|c| c.gen == cref.gen)
+            .map(|c| &c.phase)
+        else {
+            return false;
+        };
+        let session = &ws.session;
+        let grows = match action {
+            Action::SyncDocument { document } => {
+                session.is_host
+                    && session
+                        .room
+                        .and_then(|r| self.rooms.get(r))
+                        .is_some_and(|room| {
+                            rooms::document_frame_len(document.get().len())
+                                > room.document_frame_len()
+                        })
+            }
+            Action::Broadcast { data } => {
+                session.in_room() && data.get().len() > self.cfg.max_prejoin_message_bytes
+            }
+            _ => false,
+        };
+        grows && !self.memguard.allow_new_websocket(Instant::now())
     }
 
     /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
@@ -1088,6 +1218,11 @@ impl Server {
                 return;
             }
         };
+        if self.memory_refuses(cref, &action) {
+            // The room keeps its document; the sender may retry later.
+            self.send(cref, rooms::error_frame(AT_MEMORY_LIMIT));
+            return;
+        }
         let now = Instant::now();
         let Some(c) = live(&mut self.conns, cref) else {
             return;
@@ -1119,6 +1254,13 @@ impl Server {
                         message: text.to_owned(),
                     };
                     self.submit(cref, Job::Authorize { token }, pending);
+                    return;
+                }
+                let found = self.rooms.find(&room_code).is_some();
+                if let Err(wait) = self.misses.check_lookup(&ws.client_ip, found, now) {
+                    debug!("[{}] join refused: lookup budget spent", cref.key);
+                    let text = api::lookups_limited_text(wait);
+                    self.send(cref, rooms::error_frame(&text));
                     return;
                 }
                 self.rooms.join(
@@ -1258,6 +1400,7 @@ impl Server {
         };
         let queued = c.out.len();
         let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        count_http(&mut self.http_backlog, c);
         if c.held && c.out.len() < queued {
             // The peer is reading what it asked for: the wait is ours, so
             // its request clock does not run meanwhile.
@@ -1266,7 +1409,8 @@ impl Server {
                 *deadline = at;
             }
         }
-        if c.held && c.out.len() < HTTP_BACKLOG {
+        let total_ok = self.http_backlog < self.cfg.max_http_backlog_bytes || c.out.is_empty();
+        if c.held && c.out.cost() < HTTP_BACKLOG && total_ok {
             // Room again: answer what is buffered, then read on. The wait
             // was ours, not the peer's: its request clock starts afresh.
             c.held = false;
@@ -1375,6 +1519,8 @@ impl Server {
         c.phase = Phase::Closing;
         c.held = false;
         c.inbuf = Vec::new();
+        self.reassembly -= std::mem::take(&mut c.reassembly);
+        self.http_backlog -= std::mem::take(&mut c.http_out);
         if c.out.is_empty() {
             c.write_shut = true;
             let _ = c.sock.shutdown(Shutdown::Write);
@@ -1388,6 +1534,8 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(cref.key as usize);
+        self.reassembly -= c.reassembly;
+        self.http_backlog -= c.http_out;
         let _ = self.poll.registry().deregister(&mut c.sock);
         debug!("[{}] closed", cref.key);
         if self.accept_paused {
@@ -1620,6 +1768,45 @@ fn unsent_bytes(sock: &TcpStream) -> Option<u32> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket writes one int.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
     (rc == 0 && n >= 0).then_some(n as u32)
+}
+
+/// Recounts what `c`'s queued HTTP answers cost into `total`. Only a
+/// connection reading HTTP requests counts: its pipelining is what the
+/// backlog bounds hold back.
+fn count_http(total: &mut usize, c: &mut Conn) {
+    let now = if matches!(c.phase, Phase::Http { .. }) {
+        c.out.cost()
+    } else {
+        0
+    };
+    *total = *total - c.http_out + now;
+    c.http_out = now;
+}
+
+/// The largest message `session`'s connection may send now: small until it
+/// has joined a room (a join is a few KiB), `MAX_MESSAGE_BYTES` after.
+fn message_limit(cfg: &Config, session: &Session) -> usize {
+    if session.in_room() {
+        cfg.max_message_bytes
+    } else {
+        cfg.max_prejoin_message_bytes.min(cfg.max_message_bytes)
+    }
+}
+
+/// Bytes a WebSocket connection holds for messages not complete yet: what
+/// its input buffer holds after decoding (part of a frame; capacity kept
+/// for reuse or reserved ahead is not touched memory, so not counted) and
+/// the decoder's fragments.
+fn unfinished_bytes(c: &Conn) -> usize {
+    let decoder = match &c.phase {
+        Phase::Ws(ws) => &ws.decoder,
+        Phase::Waiting(p) => match &**p {
+            Pending::Join { ws, .. } => &ws.decoder,
+            _ => return 0,
+        },
+        _ => return 0,
+    };
+    c.inbuf.len() + decoder.buffered()
 }
 
 /// Whether the connection speaks WebSocket: open, or parked on a `join`

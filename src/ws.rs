@@ -35,6 +35,9 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The server cannot take the message now (a memory bound); the client
+    /// may try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// A protocol violation, and the close code that answers it.

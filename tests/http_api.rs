@@ -63,7 +63,26 @@ fn create_room_fresh_and_restored() {
     assert_eq!(a["room_code"], "my-room_1");
     assert_eq!(a["host_id"], "host-A");
     assert!(a.get("restored").is_none());
-    let b = s.room("my-room_1", "someone-else");
+    // Only the host id restores it (rule 11); anyone else gets 409.
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/rooms",
+        &[],
+        br#"{"desired_room_code":"my-room_1","desired_host_id":"someone-else"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["success"], false);
+    assert!(!r.text().contains("host-A"));
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/rooms",
+        &[],
+        br#"{"desired_room_code":"my-room_1"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    let b = s.room("my-room_1", "host-A");
     assert_eq!(b["restored"], true);
     assert_eq!(b["has_document"], false);
     assert_eq!(b["host_id"], "host-A");
@@ -103,7 +122,9 @@ fn get_room_and_not_found() {
     let j = r.json();
     assert_eq!(j["success"], true);
     assert_eq!(j["room_code"], "R1");
-    assert_eq!(j["host_id"], "h1");
+    // The host's public id, never the secret one the creator holds.
+    let public = j["host_id"].as_str().unwrap();
+    assert!(public.starts_with("host_") && public != "h1", "{public}");
     assert_eq!(j["peers"], serde_json::json!([]));
     assert_eq!(j["peer_count"], 0);
     assert_eq!(j["has_document"], false);

@@ -119,6 +119,7 @@ pub fn run(data: &[u8]) -> String {
         fx.clear();
     }
     let mut limiter = RateLimiter::new(cfg.room_create_rate, cfg.room_create_burst, 1024);
+    let mut misses = RateLimiter::new(cfg.room_miss_rate, cfg.room_miss_burst, 1024);
     let stats = Stats {
         connections: 3,
         started: now,
@@ -129,7 +130,17 @@ pub fn run(data: &[u8]) -> String {
     let mut outcomes = Vec::new();
     let mut route = |req: &Request, rooms: &mut Rooms| {
         let before = rooms.len();
-        let routed = api::route(&cfg, rooms, &mut limiter, &stats, peer, req, now, &mut fx);
+        let routed = api::route(
+            &cfg,
+            rooms,
+            &mut limiter,
+            &mut misses,
+            &stats,
+            peer,
+            req,
+            now,
+            &mut fx,
+        );
         check(
             &cfg,
             rooms,
@@ -200,7 +211,10 @@ fn check(
     };
     check_wire(cfg, req, a);
     assert!(
-        matches!(a.status, 200 | 204 | 400 | 403 | 404 | 405 | 429 | 503),
+        matches!(
+            a.status,
+            200 | 204 | 400 | 403 | 404 | 405 | 409 | 429 | 503
+        ),
         "status {}",
         a.status
     );
@@ -219,6 +233,10 @@ fn check(
     match a.status {
         405 => assert!(a.allow.is_some()),
         429 => assert!(a.retry_after.is_some_and(|s| s >= 1)),
+        409 => {
+            assert_eq!(path, "/api/rooms", "409 only for a taken room code");
+            assert_eq!(rooms.len(), before);
+        }
         503 if path == "/api/rooms" => {
             assert!(!admit_new_rooms, "503 without memory pressure");
             assert_eq!(body["error"], api::NEAR_MEMORY_LIMIT);
@@ -243,7 +261,8 @@ fn check(
             200 => {
                 let (_, room) = rooms.find(code).expect("answered room exists");
                 assert_eq!(body["room_code"], code);
-                assert_eq!(body["host_id"], room.host_id());
+                // The secret host id never leaves in a lookup (rule 11).
+                assert_eq!(body["host_id"], room.host_public_id());
                 let peers = body["peers"].as_array().expect("peers");
                 assert_eq!(peers.len() as u64, body["peer_count"].as_u64().unwrap());
                 assert_eq!(
@@ -297,9 +316,14 @@ fn check_created(
         assert_eq!(code, want);
     }
     if let Some(want) = sent["desired_host_id"].as_str() {
-        if body["restored"] != true {
-            assert_eq!(room.host_id(), want);
-        }
+        // A restore only for the room's own (secret) host id.
+        assert_eq!(room.host_id(), want);
+    }
+    if body["restored"] == true {
+        assert!(
+            sent["desired_host_id"].is_string(),
+            "restored without the host id"
+        );
     }
     if body["restored"] == true {
         assert_eq!(rooms.len(), before);

@@ -156,7 +156,9 @@ impl World {
         self.begin_step();
         let rng = &mut self.rng;
         let before = self.rooms.len();
-        let existed = code.and_then(|c| self.rooms.find(c)).map(|(r, _)| r);
+        let existed = code
+            .and_then(|c| self.rooms.find(c))
+            .map(|(r, room)| (r, room.host_id().to_owned()));
         let result = self.rooms.create(
             code,
             host,
@@ -171,8 +173,11 @@ impl World {
                 assert!(rooms::valid_room_code(room.code()));
                 let host_chars = room.host_id().chars().count();
                 assert!((1..=128).contains(&host_chars));
+                assert_ne!(room.host_public_id(), room.host_id());
                 assert_eq!(created.restored, existed.is_some());
-                if let Some(r) = existed {
+                if let Some((r, h)) = existed {
+                    // Rule 11: only the secret host id restores a room.
+                    assert_eq!(host, Some(h.as_str()));
                     assert_eq!(r, created.room);
                     assert_eq!(self.rooms.len(), before);
                 } else {
@@ -185,7 +190,15 @@ impl World {
                     }
                 }
             }
-            Err(_) => assert_eq!(self.rooms.len(), before),
+            Err(e) => {
+                assert_eq!(self.rooms.len(), before);
+                if existed.is_some() {
+                    assert!(matches!(
+                        e,
+                        rooms::CreateError::Taken | rooms::CreateError::BadHostId
+                    ));
+                }
+            }
         }
         self.finish_step();
     }
@@ -674,14 +687,20 @@ impl World {
             self.expect_only_error(i, "", before);
             return;
         }
-        // Joined.
+        // Joined. Others know the host by its public id only (rule 11).
+        let room = self.rooms.get(target).expect("joined room exists");
+        assert_ne!(peer_id, room.host_public_id(), "joined as the public id");
+        let shown = if peer_id == room.host_id() {
+            room.host_public_id()
+        } else {
+            peer_id
+        };
         let now = self.membership();
         assert_eq!(
             now[i],
-            Some((target, peer_id.to_owned())),
+            Some((target, shown.to_owned())),
             "joiner not in the room"
         );
-        let room = self.rooms.get(target).expect("joined room exists");
         let mut want = vec!["room_info", "connected"];
         if room.has_document() {
             want.push("document_sync");
@@ -708,12 +727,12 @@ impl World {
             assert!(gone, "joiner heard {m} for a member that did not leave");
         }
         assert_eq!(log[0]["room_code"], *code);
-        assert_eq!(log[0]["host_id"], room.host_id());
+        assert_eq!(log[0]["host_id"], room.host_public_id());
         let listed = log[0]["peers"]
             .as_array()
             .expect("peers is an array")
             .iter()
-            .filter(|p| p["id"] == *peer_id)
+            .filter(|p| p["id"] == *shown)
             .count();
         assert_eq!(listed, 1, "room_info lists the joiner once");
         assert_eq!(log[1]["peer_id"], *peer_id);
@@ -732,7 +751,7 @@ impl World {
             let log = &c.step_log;
             let joined = log
                 .iter()
-                .filter(|m| msg_type(m) == "peer_joined" && m["peer"]["id"] == *peer_id)
+                .filter(|m| msg_type(m) == "peer_joined" && m["peer"]["id"] == *shown)
                 .count();
             assert_eq!(joined, usize::from(in_target), "slot {j} heard {log:?}");
             assert!(
