@@ -5,7 +5,7 @@
 # run as the image's unprivileged `nonroot` user.
 #
 #   docker build -t khun-phaen-sync-server .
-#   docker run --rm -p 3001:3001 khun-phaen-sync-server
+#   docker run --rm -p 3001:3001 -v sync-data:/data khun-phaen-sync-server
 #
 # Build stage and runtime share Debian 12 (bookworm), so the binary's glibc
 # matches the one it runs against.
@@ -35,6 +35,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked -p sync-server --bin sync-server \
     && install -D -m 0755 target/release/sync-server /out/sync-server \
+    && install -d -m 0700 /out/data \
     && /out/sync-server --version
 
 FROM gcr.io/distroless/cc-debian12:nonroot
@@ -47,10 +48,16 @@ LABEL org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="MIT"
 
 COPY --from=build /out/sync-server /usr/local/bin/sync-server
+# The room store (ROOM_STORE=file). distroless has no shell to mkdir with:
+# copy an empty directory owned by the runtime user. A named volume mounted
+# here starts with that owner.
+COPY --from=build --chown=65532:65532 /out/data /data
 
 ENV HOST=0.0.0.0 \
     PORT=3001 \
-    RUST_LOG=info
+    RUST_LOG=info \
+    DATA_DIR=/data
+VOLUME ["/data"]
 # 65532 is distroless's `nonroot`; numeric so that runtimes that check
 # "runAsNonRoot" can verify it without reading /etc/passwd.
 USER 65532:65532

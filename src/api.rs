@@ -73,6 +73,8 @@ pub struct Stats<'a> {
     /// `POST /api/rooms` may still restore a room that exists (that costs
     /// nothing), but a new one is 503.
     pub admit_new_rooms: bool,
+    /// The `room_store` object of `/health`.
+    pub room_store: crate::store::Health,
 }
 
 const ROUTES: &[&str] = &[
@@ -164,6 +166,7 @@ pub fn route(
                     "connections": stats.connections,
                     "uptime_seconds": now.saturating_duration_since(stats.started).as_secs(),
                     "store": stats.store,
+                    "room_store": stats.room_store,
                     "timestamp": rfc3339(SystemTime::now()),
                 }),
             ))
@@ -307,6 +310,28 @@ fn lookups_limited(wait: std::time::Duration) -> Answer {
     let mut a = Answer::error(429, &lookups_limited_text(wait));
     a.retry_after = Some(retry_after_secs(wait));
     a
+}
+
+/// The room a request names when that room must be in memory to answer it:
+/// `GET /api/rooms/:code`, or `POST /api/rooms` with a `desired_room_code`.
+/// (A room not in memory is then looked up in the room store first.)
+pub fn room_code_of(req: &Request) -> Option<String> {
+    let m = req.method();
+    if let Some(code) = req.path.strip_prefix("/api/rooms/") {
+        return (m == Method::Get || m == Method::Head).then(|| code.to_owned());
+    }
+    if req.path != "/api/rooms" || m != Method::Post {
+        return None;
+    }
+    // A lenient read of the body: anything malformed is for `create_room`
+    // to refuse, with its own words.
+    #[derive(Deserialize)]
+    struct Peek {
+        desired_room_code: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(&req.body)
+        .ok()?
+        .desired_room_code
 }
 
 fn method_not_allowed(allow: &'static str) -> Answer {

@@ -51,6 +51,8 @@ pub struct Config {
     /// Accounts are enabled when `MONGODB_URI` is set; `REQUIRE_AUTH` lives
     /// in there too.
     pub accounts: Option<crate::accounts::AccountsConfig>,
+    /// Where rooms are kept (`ROOM_STORE`, `DATA_DIR`, `ROOM_SAVE_*`).
+    pub room_store: crate::store::StoreConfig,
 }
 
 impl Config {
@@ -152,6 +154,7 @@ impl Config {
             }
         }
         let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
+        let room_store = room_store(&get, &num)?;
 
         Ok(Config {
             host,
@@ -180,6 +183,7 @@ impl Config {
                 total_bytes: num("HISTORY_MEMORY_BYTES", 8 * 1024 * 1024, 0)? as usize,
             },
             accounts,
+            room_store,
         })
     }
 
@@ -187,6 +191,53 @@ impl Config {
     pub fn require_auth(&self) -> bool {
         self.accounts.as_ref().is_some_and(|a| a.require_auth())
     }
+}
+
+/// `ROOM_STORE`, `DATA_DIR`, `ROOM_SAVE_DELAY_MS`, `ROOM_SAVE_MAX_DELAY_MS`.
+fn room_store(
+    get: &dyn Fn(&str) -> Option<String>,
+    num: &dyn Fn(&str, u64, u64) -> Result<u64, String>,
+) -> Result<crate::store::StoreConfig, String> {
+    use crate::store::{StoreConfig, StoreKind};
+    const HOUR_MS: u64 = 3_600_000;
+    let kind = match get("ROOM_STORE").as_deref() {
+        // The MongoDB room store is not built yet: with MONGODB_URI the
+        // default stays `file` rather than a store that would refuse to
+        // start.
+        None | Some("file") => {
+            StoreKind::File(get("DATA_DIR").unwrap_or_else(|| "data".into()).into())
+        }
+        Some("memory") => StoreKind::Memory,
+        Some("mongodb") => {
+            if get("MONGODB_URI").is_none() {
+                return Err("ROOM_STORE=mongodb needs MONGODB_URI".into());
+            }
+            StoreKind::Mongo
+        }
+        Some(v) => {
+            return Err(format!(
+                "ROOM_STORE must be file, memory or mongodb, got {v:?}"
+            ))
+        }
+    };
+    let delay = num("ROOM_SAVE_DELAY_MS", 1000, 0)?;
+    let max_delay = num("ROOM_SAVE_MAX_DELAY_MS", 5000, 0)?;
+    if delay > HOUR_MS || max_delay > HOUR_MS {
+        return Err(
+            "ROOM_SAVE_DELAY_MS and ROOM_SAVE_MAX_DELAY_MS must be at most 3600000 (one hour)"
+                .into(),
+        );
+    }
+    if max_delay < delay {
+        return Err(format!(
+            "ROOM_SAVE_MAX_DELAY_MS ({max_delay}) must be at least ROOM_SAVE_DELAY_MS ({delay})"
+        ));
+    }
+    Ok(StoreConfig {
+        kind,
+        save_delay: std::time::Duration::from_millis(delay),
+        save_max_delay: std::time::Duration::from_millis(max_delay),
+    })
 }
 
 fn parse_level(v: &str) -> Option<log::LevelFilter> {
@@ -276,10 +327,31 @@ mod tests {
             ("REQUEST_TIMEOUT_SECONDS", "31536001"),
             ("ROOM_IDLE_TIMEOUT_SECONDS", "99999999999"),
             ("MEMORY_LIMIT_BYTES", "100M"),
+            ("ROOM_STORE", "disk"),
+            ("ROOM_STORE", "mongodb"),
+            ("ROOM_SAVE_DELAY_MS", "soon"),
+            ("ROOM_SAVE_MAX_DELAY_MS", "999"),
+            ("ROOM_SAVE_MAX_DELAY_MS", "3600001"),
         ] {
             let err = cfg(&[(k, v)]).unwrap_err();
             assert!(err.contains(k), "{err} should name {k}");
         }
+    }
+
+    #[test]
+    fn room_store_defaults_and_choices() {
+        use crate::store::StoreKind;
+        let c = cfg(&[]).unwrap().room_store;
+        assert_eq!(c.kind, StoreKind::File("data".into()));
+        assert_eq!(c.save_delay, Duration::from_millis(1000));
+        assert_eq!(c.save_max_delay, Duration::from_millis(5000));
+        let c = cfg(&[("DATA_DIR", "/var/lib/x"), ("ROOM_SAVE_DELAY_MS", "0")])
+            .unwrap()
+            .room_store;
+        assert_eq!(c.kind, StoreKind::File("/var/lib/x".into()));
+        assert_eq!(c.save_delay, Duration::ZERO);
+        let c = cfg(&[("ROOM_STORE", "memory")]).unwrap().room_store;
+        assert_eq!(c.kind, StoreKind::Memory);
     }
 
     #[test]

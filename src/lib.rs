@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server;
+pub mod store;
 pub mod timers;
 pub mod util;
 pub mod ws;

@@ -26,7 +26,11 @@
 //!   public id.
 //! * An empty room carries `empty_since`; the shell holds at most one timer
 //!   per room (re-armed later when the room emptied again meanwhile) for
-//!   `empty_since + idle_timeout` and calls [`Rooms::expire`] when it fires.
+//!   `empty_since + idle_timeout` (less `idle_before`, the idle time a room
+//!   read back from the store brought along) and calls [`Rooms::expire`]
+//!   when it fires.
+//! * Every change to what the room store keeps (creation, document, the
+//!   room emptying or filling) emits [`Effect::Persist`].
 
 use crate::history::{self, Ledger, Log, Logs};
 use crate::protocol::{Since, MAX_METADATA_BYTES};
@@ -90,6 +94,9 @@ pub enum Effect {
     Close(ConnRef, u16, &'static str),
     /// The room became empty: call [`Rooms::expire`] at this instant.
     ExpireAt(RoomRef, Instant),
+    /// Something kept of the room changed (created, document, emptied or
+    /// occupied): the room store saves it later.
+    Persist(RoomRef),
 }
 
 struct Member {
@@ -126,6 +133,10 @@ pub struct Room {
     /// Recent `data` events, for replay.
     log: Log,
     empty_since: Option<Instant>,
+    /// How long it had been empty before `empty_since` (a room read back
+    /// from the store after a restart; the monotonic clock may not reach
+    /// back that far). Zero once anybody joins.
+    idle_before: Duration,
     /// The shell holds a pending expiry timer for this room. At most one is
     /// ever pending: a room that empties again while one is (a lone member
     /// re-joining in a loop) waits for it, and [`Rooms::expire`] re-arms it
@@ -208,6 +219,22 @@ impl Room {
     /// under its public id).
     pub fn member_peer_ids(&self) -> impl Iterator<Item = &str> + '_ {
         self.members.iter().map(|m| &*m.shown_id)
+    }
+    /// How long the room has had nobody in it, if it is empty.
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        self.empty_since
+            .map(|t| now.saturating_duration_since(t) + self.idle_before)
+    }
+    /// The document's raw JSON text: a slice of the shared frame, no copy.
+    pub fn document_raw(&self) -> Option<bytes::Bytes> {
+        let f = self.document.as_ref()?;
+        let head = match f.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        let start = head + DOCUMENT_PREFIX.len();
+        (f.len() > start).then(|| f.slice(start..f.len() - 1))
     }
 }
 
@@ -351,12 +378,7 @@ impl Rooms {
             Some(h) => h.to_owned(),
             None => format!("host_{}", random_string(HOST_ALPHABET, 8, rand)),
         };
-        let host_public_id = loop {
-            let id = format!("host_{}", random_string(HOST_ALPHABET, 8, rand));
-            if id != host_id {
-                break id;
-            }
-        };
+        let host_public_id = draw_public_id(&host_id, rand);
         self.next_gen = self.next_gen.wrapping_add(1);
         let room = Room {
             code: code.clone().into(),
@@ -372,6 +394,7 @@ impl Rooms {
             doc_seq: 0,
             log: Log::default(),
             empty_since: Some(now),
+            idle_before: Duration::ZERO,
             expiry_armed: false,
         };
         let key = self.rooms.insert(room);
@@ -381,6 +404,7 @@ impl Rooms {
             gen: self.next_gen,
         };
         self.arm_expiry(r, now, fx);
+        fx.push(Effect::Persist(r));
         Ok(Created {
             room: r,
             restored: false,
@@ -481,7 +505,11 @@ impl Rooms {
             shown_id: shown_id.into(),
             peer_json: peer_json.into(),
         });
-        room.empty_since = None;
+        room.idle_before = Duration::ZERO;
+        if room.empty_since.take().is_some() {
+            // Occupied again: its idle clock stops in the store too.
+            fx.push(Effect::Persist(target));
+        }
 
         // Recovery: the same epoch, a position not ahead of the stream,
         // and every `data` event after it still held. Never a partial
@@ -614,6 +642,7 @@ impl Rooms {
         // after `room_info`, which already names the stream's position);
         // the fan-out is the numbered event.
         room.document = Some(document_frame(document.get(), None));
+        fx.push(Effect::Persist(r));
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
@@ -666,8 +695,62 @@ impl Rooms {
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
+            fx.push(Effect::Persist(r));
             self.arm_expiry(r, now, fx);
         }
+    }
+
+    /// Puts back a room read from the store, empty for `idle_for` already
+    /// (its expiry timer counts from then). Returns the room in memory if
+    /// one with that code is there already.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        code: &str,
+        room_id: &str,
+        host_id: &str,
+        host_public_id: Option<&str>,
+        created_at: &str,
+        document: Option<Frame>,
+        idle_for: Duration,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> RoomRef {
+        if let Some((r, _)) = self.find(code) {
+            return r;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        // A record saved before rooms had a public host id gets one now.
+        let host_public_id = match host_public_id {
+            Some(p) if p != host_id => p.to_owned(),
+            _ => draw_public_id(host_id, &mut crate::util::fill_random),
+        };
+        let key = self.rooms.insert(Room {
+            code: code.into(),
+            room_id: room_id.into(),
+            host_id: host_id.into(),
+            host_public_id: host_public_id.into(),
+            created_at: created_at.into(),
+            gen: self.next_gen,
+            members: Vec::new(),
+            document,
+            // A new incarnation of the stream: positions from before the
+            // restart are not replayable (its history was not kept).
+            epoch: random_string(EPOCH_ALPHABET, 12, &mut crate::util::fill_random).into(),
+            seq: 0,
+            doc_seq: 0,
+            log: Log::default(),
+            empty_since: Some(now),
+            idle_before: idle_for,
+            expiry_armed: false,
+        });
+        self.by_code.insert(code.into(), key);
+        let r = RoomRef {
+            key: key as u32,
+            gen: self.next_gen,
+        };
+        self.arm_expiry(r, now, fx);
+        r
     }
 
     /// Asks the shell for an expiry timer at `since + idle_timeout` unless
@@ -675,10 +758,13 @@ impl Rooms {
     fn arm_expiry(&mut self, r: RoomRef, since: Instant, fx: &mut Vec<Effect>) {
         // A timeout too long for an `Instant` (a huge
         // ROOM_IDLE_TIMEOUT_SECONDS) means never: `now + t` would panic.
-        let Some(at) = self.idle_timeout.and_then(|t| since.checked_add(t)) else {
+        let Some(room) = self.rooms.get_mut(r.key as usize) else {
             return;
         };
-        let Some(room) = self.rooms.get_mut(r.key as usize) else {
+        let Some(at) = self
+            .idle_timeout
+            .and_then(|t| since.checked_add(t.saturating_sub(room.idle_before)))
+        else {
             return;
         };
         if !room.expiry_armed {
@@ -709,7 +795,7 @@ impl Rooms {
             // Occupied: the next leave that empties it arms a timer.
             return false;
         };
-        match since.checked_add(timeout) {
+        match since.checked_add(timeout.saturating_sub(room.idle_before)) {
             Some(at) if now >= at => {
                 let mut room = self.rooms.remove(r.key as usize);
                 room.log.clear(&mut self.ledger);
@@ -731,6 +817,16 @@ pub fn valid_room_code(code: &str) -> bool {
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A public host id: `host_` and 8 random characters, never the secret.
+fn draw_public_id(host_id: &str, rand: &mut dyn FnMut(&mut [u8])) -> String {
+    loop {
+        let id = format!("host_{}", random_string(HOST_ALPHABET, 8, rand));
+        if id != host_id {
+            break id;
+        }
+    }
 }
 
 /// Builds a text frame whose payload `f` writes after the header room.
@@ -771,6 +867,17 @@ fn document_frame(raw: &str, seq: Option<u64>) -> Frame {
         Some(seq) => end_seq(&mut b, seq),
         None => b.push(b'}'),
     }
+    ws::finish_text(b)
+}
+
+/// A snapshot `document_sync` frame (no `seq`) around a document's raw JSON
+/// text, as the room holds it.
+pub fn document_frame_bytes(raw: &[u8]) -> Frame {
+    let mut b = Vec::with_capacity(HEADROOM + raw.len() + DOCUMENT_PREFIX.len() + 1);
+    b.resize(HEADROOM, 0);
+    b.extend_from_slice(DOCUMENT_PREFIX);
+    b.extend_from_slice(raw);
+    b.push(b'}');
     ws::finish_text(b)
 }
 
@@ -871,6 +978,7 @@ mod tests {
                         out.push(format!("{}:close {code}", to.key))
                     }
                     Effect::ExpireAt(..) => out.push("-:expire".into()),
+                    Effect::Persist(..) => {}
                 }
             }
             out
@@ -1147,6 +1255,60 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_document_shares_the_rooms_frame() {
+        let mut w = World::new();
+        w.create("R1", "h");
+        w.join(c(1), "R1", "h", true);
+        let big = format!("\"{}\"", "x".repeat(70_000)); // a 64-bit length header
+        for doc in ["\"DOC\"", big.as_str()] {
+            let raw = RawValue::from_string(doc.into()).unwrap();
+            let mut fx = Vec::new();
+            w.rooms
+                .sync_document(c(1), &w.sessions[&c(1)], &raw, &mut fx);
+            assert!(fx.iter().any(|e| matches!(e, Effect::Persist(_))));
+            let room = w.rooms.find("R1").unwrap().1;
+            let got = room.document_raw().unwrap();
+            assert_eq!(&got[..], doc.as_bytes());
+            let frame = room.document.as_ref().unwrap();
+            let inside = frame.as_ptr_range();
+            assert!(inside.contains(&got.as_ptr()), "a slice, not a copy");
+        }
+    }
+
+    #[test]
+    fn a_restored_room_keeps_its_idle_time() {
+        let mut r = Rooms::new(Some(Duration::from_secs(60)));
+        let now = Instant::now();
+        let mut fx = Vec::new();
+        let doc = document_frame("\"D\"", None);
+        let rr = r.restore(
+            "R1",
+            "id",
+            "host",
+            Some("host_public1"),
+            "2026-01-01T00:00:00.000Z",
+            Some(doc),
+            Duration::from_secs(50),
+            now,
+            &mut fx,
+        );
+        // Empty for 50 of its 60 s: gone 10 s later, however young the
+        // monotonic clock is.
+        assert!(matches!(fx.as_slice(), [Effect::ExpireAt(x, at)]
+            if *x == rr && *at == now + Duration::from_secs(10)));
+        let room = r.get(rr).unwrap();
+        assert_eq!(room.idle_for(now), Some(Duration::from_secs(50)));
+        assert_eq!(room.host_id(), "host");
+        assert_eq!(room.host_public_id(), "host_public1");
+        assert_eq!(&room.document_raw().unwrap()[..], b"\"D\"");
+        fx.clear();
+        assert!(!r.expire(rr, now + Duration::from_secs(9), &mut fx));
+        fx.clear();
+        assert!(r.expire(rr, now + Duration::from_secs(10), &mut fx));
+        assert!(r.find("R1").is_none());
+    }
+
+    #[test]
     fn create_restores_existing_and_validates() {
         let mut r = Rooms::new(None);
         let mut fx = Vec::new();
@@ -1207,7 +1369,10 @@ mod tests {
                 .err(),
             Some(CreateError::BadHostId)
         );
-        assert!(fx.is_empty(), "no idle timeout, no expiry");
+        assert!(
+            fx.iter().all(|e| matches!(e, Effect::Persist(_))),
+            "no idle timeout, no expiry"
+        );
     }
 
     impl World {

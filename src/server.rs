@@ -26,6 +26,7 @@ use crate::outq::{self, Flush, OutQueue};
 use crate::protocol::{self, Action};
 use crate::ratelimit::RateLimiter;
 use crate::rooms::{self, ConnRef, Effect, RoomRef, Rooms, Session};
+use crate::store::{self, Found, RoomStore};
 use crate::timers::Timers;
 use crate::ws::{self, Decoder, Event, Frame, WsError};
 use log::{debug, info, warn};
@@ -81,6 +82,8 @@ enum Timer {
     Linger(ConnRef),
     /// An accounts job's answer is due (the job's number).
     Job(ConnRef, u32),
+    /// A room store lookup's answer is due (the wait's number).
+    Lookup(ConnRef, u32),
     Room(RoomRef),
     AcceptRetry,
     Shutdown,
@@ -121,8 +124,17 @@ enum Pending {
         req: Box<Request>,
         origin: Option<String>,
     },
-    /// A WebSocket `join` under `REQUIRE_AUTH`, with the message to replay.
-    Join { ws: Box<WsState>, message: String },
+    /// A WebSocket `join` waiting for its token check (under
+    /// `REQUIRE_AUTH`) or for the room store's lookup of its room, with the
+    /// message to replay and whether its token was approved already.
+    Join {
+        ws: Box<WsState>,
+        message: String,
+        authorized: bool,
+    },
+    /// A REST request for a room that is not in memory, waiting for the
+    /// room store's lookup; it is routed again once the answer is in.
+    Rest { req: Box<Request>, keep_alive: bool },
 }
 
 struct WsState {
@@ -227,6 +239,7 @@ pub struct Server {
     signals: signal_hook_mio::v1_0::Signals,
     waker: Arc<Waker>,
     accounts: Option<Accounts>,
+    store: RoomStore,
     shutting_down: Option<Instant>,
     memguard: crate::memguard::MemGuard,
 }
@@ -282,6 +295,8 @@ impl Server {
             ),
             None => None,
         };
+        let store = RoomStore::open(&cfg.room_store, cfg.room_idle_timeout, waker.clone())
+            .map_err(io::Error::other)?;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -310,6 +325,7 @@ impl Server {
             signals,
             waker,
             accounts,
+            store,
             shutting_down: None,
             memguard: crate::memguard::MemGuard::from_system(),
             cfg,
@@ -343,6 +359,9 @@ impl Server {
             }
             if watchdog.is_some() {
                 timeout = timeout.min(next_watchdog.saturating_duration_since(now));
+            }
+            if let Some(at) = self.store.next_deadline() {
+                timeout = timeout.min(at.saturating_duration_since(now));
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -396,13 +415,19 @@ impl Server {
                 }
             }
             self.fire_timers(Instant::now());
+            self.store.tick(&self.rooms, Instant::now());
             self.flush_dirty();
             if let Some(deadline) = self.shutting_down {
-                if self.conns.is_empty() || Instant::now() >= deadline {
+                // Every unsaved room is written before exit (the writes
+                // were made due at once when the signal came).
+                let done = self.conns.is_empty() && self.store.is_idle();
+                if done || Instant::now() >= deadline {
                     info!("shutdown complete ({} connections left)", self.conns.len());
                     if let Some(a) = self.accounts.take() {
                         a.shutdown();
                     }
+                    let store = std::mem::replace(&mut self.store, RoomStore::memory());
+                    store.shutdown();
                     return Ok(());
                 }
             }
@@ -707,11 +732,25 @@ impl Server {
             };
             c.inbuf.drain(..used);
             let keep_alive = req.keep_alive() && self.shutting_down.is_none();
-            self.handle_request(cref, req, keep_alive);
+            self.handle_request(cref, req, keep_alive, false);
         }
     }
 
-    fn handle_request(&mut self, cref: ConnRef, req: Request, keep_alive: bool) {
+    /// Routes one request. `looked_up`: the room store was asked about the
+    /// room it names already (so a room not in memory does not exist).
+    fn handle_request(&mut self, cref: ConnRef, req: Request, keep_alive: bool, looked_up: bool) {
+        if !looked_up {
+            if let Some(code) = api::room_code_of(&req) {
+                if self.rooms.find(&code).is_none() && self.store.must_look_up(&code) {
+                    let pending = Pending::Rest {
+                        req: Box::new(req),
+                        keep_alive,
+                    };
+                    self.wait_for_lookup(cref, &code, pending);
+                    return;
+                }
+            }
+        }
         let Some(c) = self.conn(cref) else { return };
         let peer = c.peer;
         let now = Instant::now();
@@ -729,6 +768,7 @@ impl Server {
             started: self.started,
             store,
             admit_new_rooms,
+            room_store: self.store.health(now),
         };
         let routed = api::route(
             &self.cfg,
@@ -906,12 +946,63 @@ impl Server {
             Pending::CreateRoom { req, origin } => {
                 self.answer(cref, &busy, origin.as_deref(), req.keep_alive(), false);
             }
+            Pending::Rest { req, keep_alive } => {
+                self.answer(cref, &busy, req.origin.as_deref(), keep_alive, false);
+            }
             Pending::Join { ws, .. } => {
                 if let Some(c) = self.conn(cref) {
                     c.phase = Phase::Ws(ws);
                 }
                 self.send(cref, rooms::error_frame(why));
             }
+        }
+    }
+
+    /// Parks a request for a room that is not in memory until the room
+    /// store's lookup of `code` answers (shared with every other request
+    /// for it), or [`store::LOOKUP_TIMEOUT`] passes.
+    fn wait_for_lookup(&mut self, cref: ConnRef, code: &str, pending: Pending) {
+        let now = Instant::now();
+        self.next_job = self.next_job.wrapping_add(1);
+        let seq = self.next_job;
+        if !self.store.lookup(code, cref, seq, now) {
+            self.give_up(cref, pending, store::UNAVAILABLE);
+            return;
+        }
+        if let Some(c) = self.conn(cref) {
+            c.phase = Phase::Waiting(Box::new(pending));
+            c.job = seq;
+        }
+        self.timers
+            .arm(now + store::LOOKUP_TIMEOUT, Timer::Lookup(cref, seq));
+    }
+
+    /// The requests that waited on one lookup carry on.
+    fn lookup_done(&mut self, waiters: Vec<(ConnRef, u32)>, found: &Found) {
+        for (cref, seq) in waiters {
+            let Some(pending) = self.take_pending(cref, seq) else {
+                continue; // answered by its timer, or gone
+            };
+            match found {
+                Found::Unavailable => self.give_up(cref, pending, store::UNAVAILABLE),
+                Found::Room | Found::Absent => match pending {
+                    Pending::Rest { req, keep_alive } => {
+                        self.handle_request(cref, *req, keep_alive, true);
+                    }
+                    Pending::Join {
+                        ws,
+                        message,
+                        authorized,
+                    } => {
+                        if let Some(c) = self.conn(cref) {
+                            c.phase = Phase::Ws(ws);
+                        }
+                        self.ws_text(cref, &message, authorized, true);
+                    }
+                    other => self.give_up(cref, other, store::UNAVAILABLE),
+                },
+            }
+            self.resume(cref);
         }
     }
 
@@ -950,6 +1041,16 @@ impl Server {
     }
 
     fn worker_replies(&mut self) {
+        let mut finished = Vec::new();
+        self.store
+            .drain(&mut self.rooms, Instant::now(), &mut self.fx, |w, f| {
+                finished.push((w, *f))
+            });
+        // Restored rooms' expiry timers.
+        self.apply_effects();
+        for (waiters, found) in finished {
+            self.lookup_done(waiters, &found);
+        }
         let mut replies = Vec::new();
         if let Some(a) = &self.accounts {
             a.drain(|tag, reply| replies.push((tag, reply)));
@@ -996,12 +1097,12 @@ impl Server {
                     };
                     self.answer(cref, &a, origin.as_deref(), req.keep_alive(), false);
                 }
-                (Pending::Join { ws, message }, Reply::Authorized(ok)) => {
+                (Pending::Join { ws, message, .. }, Reply::Authorized(ok)) => {
                     if let Some(c) = self.conn(cref) {
                         c.phase = Phase::Ws(ws);
                     }
                     if ok {
-                        self.ws_text(cref, &message, true);
+                        self.ws_text(cref, &message, true, false);
                     } else {
                         self.send(cref, rooms::error_frame("Authentication required"));
                     }
@@ -1094,7 +1195,7 @@ impl Server {
                     pos += used;
                     match event {
                         None => {}
-                        Some(Event::Text(text)) => self.ws_text(cref, text, false),
+                        Some(Event::Text(text)) => self.ws_text(cref, text, false, false),
                         Some(Event::Binary) => self.send(
                             cref,
                             rooms::error_frame(
@@ -1207,7 +1308,8 @@ impl Server {
 
     /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
     /// for a join the workers already approved.
-    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: bool) {
+    /// `looked_up`: the room store was asked about the room already.
+    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: bool, looked_up: bool) {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
@@ -1252,8 +1354,32 @@ impl Server {
                     let pending = Pending::Join {
                         ws,
                         message: text.to_owned(),
+                        authorized: false,
                     };
                     self.submit(cref, Job::Authorize { token }, pending);
+                    return;
+                }
+                // A client whose lookup budget is spent is refused before it
+                // can make the store look anything up.
+                if let Err(wait) = self.misses.peek(&ws.client_ip, now) {
+                    debug!("[{}] join refused: lookup budget spent", cref.key);
+                    let text = api::lookups_limited_text(wait);
+                    self.send(cref, rooms::error_frame(&text));
+                    return;
+                }
+                if !looked_up
+                    && self.rooms.find(&room_code).is_none()
+                    && self.store.must_look_up(&room_code)
+                {
+                    let Phase::Ws(ws) = std::mem::replace(&mut c.phase, Phase::Closing) else {
+                        unreachable!()
+                    };
+                    let pending = Pending::Join {
+                        ws,
+                        message: text.to_owned(),
+                        authorized,
+                    };
+                    self.wait_for_lookup(cref, &room_code, pending);
                     return;
                 }
                 let found = self.rooms.find(&room_code).is_some();
@@ -1363,6 +1489,11 @@ impl Server {
                     self.doom(to, Close::Ws(code, reason));
                 }
                 Effect::ExpireAt(room, at) => self.timers.arm(at, Timer::Room(room)),
+                Effect::Persist(room) => {
+                    if let Some(r) = self.rooms.get(room) {
+                        self.store.changed(r.code(), Instant::now());
+                    }
+                }
             }
         }
         debug_assert!(self.fx.is_empty());
@@ -1624,9 +1755,20 @@ impl Server {
                         self.resume(cref);
                     }
                 }
+                Timer::Lookup(cref, seq) => {
+                    if let Some(pending) = self.take_pending(cref, seq) {
+                        warn!("[{}] the room store did not answer in time", cref.key);
+                        self.give_up(cref, pending, store::UNAVAILABLE);
+                        self.resume(cref);
+                    }
+                }
                 Timer::Room(r) => {
+                    let code: Option<Box<str>> = self.rooms.get(r).map(|x| x.code().into());
                     if self.rooms.expire(r, now, &mut self.fx) {
                         debug!("room removed after idle timeout");
+                        if let Some(code) = code {
+                            self.store.deleted(&code, now);
+                        }
                     }
                     // A room emptied again since: its timer, re-armed later.
                     self.apply_effects();
@@ -1685,6 +1827,7 @@ impl Server {
             return;
         }
         crate::notify::stopping();
+        self.store.flush_all();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.shutting_down = Some(deadline);
         self.timers.arm(deadline, Timer::Shutdown);

@@ -70,8 +70,15 @@ impl Server {
     fn spawn(bin: &Path, port: u16, configure: impl FnOnce(&mut Command)) -> Server {
         let dir = TempDir::new("srv");
         let log = dir.path().join("stderr.log");
+        // The room store's directory, writable by whichever user a case
+        // runs the server as.
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut cmd = Command::new(bin);
         base_env(&mut cmd, port);
+        cmd.env("DATA_DIR", &data);
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

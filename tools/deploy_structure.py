@@ -32,6 +32,7 @@ SECTION4 = [
 EXTRA_VARS = [
     "MEMORY_LIMIT_BYTES", "REQUIRE_AUTH", "ACCOUNT_WORKERS", "ACCOUNT_QUEUE",
     "LOGIN_RATE_PER_IP", "LOGIN_RATE_PER_EMAIL",
+    "ROOM_STORE", "DATA_DIR", "ROOM_SAVE_DELAY_MS", "ROOM_SAVE_MAX_DELAY_MS",
 ]
 
 problems = []
@@ -216,6 +217,14 @@ def check_compose():
     hc = server.get("healthcheck") or {}
     if "healthcheck" not in " ".join(map(str, hc.get("test") or [])):
         problem("docker-compose.yml: sync-server healthcheck should run `sync-server healthcheck`")
+    # Durable rooms: the store lives on a named volume (the root file
+    # system is read-only).
+    if str(env.get("DATA_DIR", "")) != "/data":
+        problem("docker-compose.yml: sync-server DATA_DIR should be /data")
+    svols = server.get("volumes") or []
+    if not any(str(v).split(":")[0] in (doc.get("volumes") or {}) and str(v).split(":")[1:2] == ["/data"]
+               for v in svols):
+        problem("docker-compose.yml: sync-server /data is not on a named volume")
     dep = server.get("depends_on") or {}
     if isinstance(dep, dict) and dep.get("mongo", {}).get("condition") != "service_healthy":
         problem("docker-compose.yml: sync-server should wait for mongo to be healthy")
@@ -362,6 +371,11 @@ def check_unit():
         problem(f"{rel}: RestrictAddressFamilies should be AF_INET AF_INET6 AF_UNIX, is {sorted(families)}")
     if "@system-service" not in " ".join(keys.get(("Service", "SystemCallFilter"), [])):
         problem(f"{rel}: SystemCallFilter=@system-service missing")
+    if not val("StateDirectory"):
+        problem(f"{rel}: StateDirectory= missing (the room store's DATA_DIR)")
+    elif not any(f"DATA_DIR=/var/lib/{val('StateDirectory')}" in e
+                 for e in keys.get(("Service", "Environment"), [])):
+        problem(f"{rel}: Environment=DATA_DIR=/var/lib/<StateDirectory> missing")
     if val("WantedBy", "Install") != "multi-user.target":
         problem(f"{rel}: [Install] WantedBy=multi-user.target missing")
 

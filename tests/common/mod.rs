@@ -18,11 +18,44 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    /// The room store's directory when the test did not choose one.
+    own_data: Option<TempDir>,
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let mut n = [0u8; 8];
+        getrandom::fill(&mut n).unwrap();
+        let p = std::env::temp_dir().join(format!(
+            "sync-test-{tag}-{}-{}",
+            std::process::id(),
+            u64::from_le_bytes(n)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl TestServer {
     /// Starts the binary with `HOST=127.0.0.1 PORT=0` plus `env`, and waits
-    /// for its `listening on` line.
+    /// for its `listening on` line. Unless `env` names `DATA_DIR` or
+    /// `ROOM_STORE`, the default (file) room store gets a fresh directory of
+    /// its own, removed on drop.
     pub fn start(env: &[(&str, &str)]) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-server"));
         cmd.env_clear()
@@ -32,6 +65,13 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let own_data = (!env
+            .iter()
+            .any(|(k, _)| *k == "DATA_DIR" || *k == "ROOM_STORE"))
+        .then(|| TempDir::new("data"));
+        if let Some(d) = &own_data {
+            cmd.env("DATA_DIR", d.path());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -66,7 +106,12 @@ impl TestServer {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        TestServer { addr, child, log }
+        TestServer {
+            addr,
+            child,
+            log,
+            own_data,
+        }
     }
 
     pub fn log(&self) -> String {

@@ -125,6 +125,7 @@ pub fn run(data: &[u8]) -> String {
         started: now,
         store: "disabled",
         admit_new_rooms: mode & 16 == 0,
+        room_store: sync_server::store::RoomStore::memory().health(now),
     };
 
     let mut outcomes = Vec::new();

@@ -479,6 +479,8 @@ impl World {
                     assert!(at >= self.now);
                     self.timers.arm(at, room);
                 }
+                // The room store is not part of this model.
+                Effect::Persist(_) => {}
             }
         }
     }

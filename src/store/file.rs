@@ -1,0 +1,163 @@
+//! The `file` room store: one redb database, `DATA_DIR/rooms.redb`.
+//!
+//! redb is an embedded key-value store with ACID transactions and a
+//! copy-on-write B-tree: a commit is durable when it returns, and a crash at
+//! any moment leaves the file at the last committed transaction, so a
+//! document is never torn.
+//!
+//! Layout: table `rooms` maps a room code to its [`Meta`] as JSON; table
+//! `documents` maps a code to the document's raw JSON text. Both are written
+//! in the same transaction. A save replaces a record only when its version
+//! is higher; a delete removes it only when the stored version is not higher
+//! than the delete's.
+
+use super::{Backend, Meta, RoomRecord, WriteOp};
+use bytes::Bytes;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+
+const ROOMS: TableDefinition<&str, &str> = TableDefinition::new("rooms");
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+
+pub struct FileStore {
+    db: Database,
+}
+
+impl FileStore {
+    /// Opens (or creates) the store in `dir`. Errors name the path.
+    pub fn open(dir: &Path) -> Result<FileStore, String> {
+        let shown = dir.display();
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(format!("DATA_DIR={shown} is not a directory")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("DATA_DIR={shown} cannot be created: {e}"))?;
+            }
+            Err(e) => return Err(format!("DATA_DIR={shown} cannot be used: {e}")),
+        }
+        let path: PathBuf = dir.join("rooms.redb");
+        let db = Database::create(&path).map_err(|e| {
+            format!(
+                "DATA_DIR={shown}: the room store {} cannot be opened: {e}",
+                path.display()
+            )
+        })?;
+        // Create the tables now: a read before the first write then finds
+        // them, and an unwritable directory fails here, at start-up.
+        let init = || -> Result<(), DbErr> {
+            let tx = db.begin_write()?;
+            tx.open_table(ROOMS)?;
+            tx.open_table(DOCUMENTS)?;
+            tx.commit()?;
+            Ok(())
+        };
+        init().map_err(|e| {
+            format!(
+                "DATA_DIR={shown}: the room store {} cannot be written: {}",
+                path.display(),
+                e.0
+            )
+        })?;
+        Ok(FileStore { db })
+    }
+}
+
+/// A redb error as text: every caller only logs it and retries.
+struct DbErr(String);
+
+impl<E: Into<redb::Error>> From<E> for DbErr {
+    fn from(e: E) -> DbErr {
+        DbErr(e.into().to_string())
+    }
+}
+
+fn meta_of(json: &str) -> Option<Meta> {
+    serde_json::from_str(json).ok()
+}
+
+impl Backend for FileStore {
+    fn write(&self, ops: &[WriteOp]) -> Result<(), String> {
+        let run = || -> Result<(), DbErr> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut rooms = tx.open_table(ROOMS)?;
+                let mut docs = tx.open_table(DOCUMENTS)?;
+                for op in ops {
+                    match op {
+                        WriteOp::Save(r) => {
+                            let stored = rooms
+                                .get(&*r.code)?
+                                .and_then(|v| meta_of(v.value()))
+                                .map(|m| m.version);
+                            if stored.is_some_and(|v| v >= r.version) {
+                                continue; // an older write never replaces a newer
+                            }
+                            let meta = serde_json::to_string(&r.meta())
+                                .map_err(|e| DbErr(e.to_string()))?;
+                            rooms.insert(&*r.code, meta.as_str())?;
+                            match &r.document {
+                                Some(d) => {
+                                    docs.insert(&*r.code, &d[..])?;
+                                }
+                                None => {
+                                    docs.remove(&*r.code)?;
+                                }
+                            }
+                        }
+                        WriteOp::Delete(code, version) => {
+                            let stored = rooms
+                                .get(&**code)?
+                                .and_then(|v| meta_of(v.value()))
+                                .map(|m| m.version);
+                            if stored.is_some_and(|v| v > *version) {
+                                continue;
+                            }
+                            rooms.remove(&**code)?;
+                            docs.remove(&**code)?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| e.0)
+    }
+
+    fn load(&self, code: &str) -> Result<Option<RoomRecord>, String> {
+        let run = || -> Result<Option<RoomRecord>, DbErr> {
+            let tx = self.db.begin_read()?;
+            let rooms = tx.open_table(ROOMS)?;
+            let Some(meta) = rooms.get(code)?.and_then(|v| meta_of(v.value())) else {
+                return Ok(None);
+            };
+            let document = if meta.has_document {
+                let docs = tx.open_table(DOCUMENTS)?;
+                docs.get(code)?.map(|v| Bytes::copy_from_slice(v.value()))
+            } else {
+                None
+            };
+            Ok(Some(RoomRecord::from_meta(code, meta, document)))
+        };
+        run().map_err(|e| e.0)
+    }
+
+    fn expired(&self, now_ms: u64, idle_ms: u64) -> Result<Vec<(Box<str>, u64)>, String> {
+        let run = || -> Result<Vec<(Box<str>, u64)>, DbErr> {
+            let tx = self.db.begin_read()?;
+            let rooms = tx.open_table(ROOMS)?;
+            let mut out = Vec::new();
+            for item in rooms.iter()? {
+                let (k, v) = item?;
+                if let Some(m) = meta_of(v.value()) {
+                    if m.idle_since_ms.saturating_add(idle_ms) <= now_ms {
+                        out.push((k.value().into(), m.version));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| e.0)
+    }
+}
