@@ -42,7 +42,7 @@ mod store;
 mod token;
 
 #[cfg(feature = "accounts")]
-pub use config::{AccountsConfig, InitialAdmin, LoginLimits};
+pub use config::{AccountsConfig, InitialAdmin, LoginLimits, SetupLimits};
 #[cfg(not(feature = "accounts"))]
 pub use disabled::{Accounts, AccountsConfig};
 
