@@ -116,6 +116,14 @@ pub fn route(
 ) -> Routed {
     let m = req.method();
     let path = req.path.as_str();
+    // RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or any
+    // request with two, is answered 400 (two may mean two hops disagree).
+    if req.host_count > 1 || (req.http11 && req.host_count == 0) {
+        return Routed::Answer(Answer::error(
+            400,
+            "A request must carry exactly one Host header",
+        ));
+    }
     if m == Method::Options {
         return Routed::Answer(Answer {
             status: 204,

@@ -269,9 +269,13 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // SIGHUP (a closed terminal, an operator's reflex to "reload")
+        // would otherwise kill the process without a goodbye: it is a
+        // graceful shutdown like SIGTERM. There is nothing to reload.
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
