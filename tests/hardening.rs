@@ -66,7 +66,10 @@ fn the_host_id_is_a_secret_only_the_creator_holds() {
     assert_eq!(host.recv()["type"], "peer_joined");
     host.send(json!({"action":"broadcast","data":"hello"}));
     let data = guest.recv();
-    assert_eq!(data, json!({"type":"data","from":public,"data":"hello","seq":3}));
+    assert_eq!(
+        data,
+        json!({"type":"data","from":public,"data":"hello","seq":3})
+    );
     let r = http(s.addr, "GET", &format!("/api/rooms/{code}"), &[], b"");
     assert!(!r.text().contains(&secret), "{}", r.text());
     host.send(json!({"action":"leave"}));
