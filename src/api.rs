@@ -227,6 +227,7 @@ pub fn route(
                 req,
                 now,
                 stats.admit_new_rooms,
+                None,
                 fx,
             ))
         }
@@ -333,6 +334,8 @@ struct CreateBody {
 }
 
 /// `POST /api/rooms` once any rate limit and authorization have passed.
+/// `owner` (under `REQUIRE_AUTH`: the authorized account) is bound to the
+/// host role of a room this call creates.
 #[allow(clippy::too_many_arguments)]
 pub fn create_room(
     cfg: &Config,
@@ -341,6 +344,7 @@ pub fn create_room(
     req: &Request,
     now: Instant,
     admit_new: bool,
+    owner: Option<&str>,
     fx: &mut Vec<crate::rooms::Effect>,
 ) -> Answer {
     let body = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -400,6 +404,9 @@ pub fn create_room(
             );
         }
     };
+    if let Some(owner) = owner.filter(|_| !created.restored) {
+        rooms.set_owner(created.room, owner);
+    }
     let room = rooms.get(created.room).expect("just created or found");
     let scheme = if cfg.trust_proxy == Some(peer)
         && req

@@ -18,7 +18,7 @@
 //!   Closes requested while effects are being applied are deferred to
 //!   [`Server::reap`] so a room is never changed under a fan-out.
 
-use crate::accounts::{Accounts, AuthRequest, Job, Reply};
+use crate::accounts::{Accounts, AuthRequest, Job, Principal, Reply};
 use crate::api::{self, Answer, Routed, Stats};
 use crate::config::Config;
 use crate::http::{self, Extra, Request};
@@ -979,8 +979,8 @@ impl Server {
                     };
                     self.answer(cref, &a, origin.as_deref(), keep_alive, false);
                 }
-                (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
-                    let a = if ok {
+                (Pending::CreateRoom { req, origin }, Reply::Authorized(who)) => {
+                    let a = if let Some(who) = who {
                         let peer = self.conn(cref).map(|c| c.peer).expect("live");
                         let now = Instant::now();
                         let admit = self.memguard.allow_new_websocket(now);
@@ -991,6 +991,7 @@ impl Server {
                             &req,
                             now,
                             admit,
+                            Some(&who.user),
                             &mut self.fx,
                         );
                         self.apply_effects();
@@ -1000,12 +1001,12 @@ impl Server {
                     };
                     self.answer(cref, &a, origin.as_deref(), req.keep_alive(), false);
                 }
-                (Pending::Join { ws, message }, Reply::Authorized(ok)) => {
+                (Pending::Join { ws, message }, Reply::Authorized(who)) => {
                     if let Some(c) = self.conn(cref) {
                         c.phase = Phase::Ws(ws);
                     }
-                    if ok {
-                        self.ws_text(cref, &message, true);
+                    if let Some(who) = who {
+                        self.ws_text(cref, &message, Some(&who));
                     } else {
                         self.send(cref, rooms::error_frame("Authentication required"));
                     }
@@ -1098,7 +1099,7 @@ impl Server {
                     pos += used;
                     match event {
                         None => {}
-                        Some(Event::Text(text)) => self.ws_text(cref, text, false),
+                        Some(Event::Text(text)) => self.ws_text(cref, text, None),
                         Some(Event::Binary) => self.send(
                             cref,
                             rooms::error_frame(
@@ -1209,9 +1210,9 @@ impl Server {
         grows && !self.memguard.allow_new_websocket(Instant::now())
     }
 
-    /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
-    /// for a join the workers already approved.
-    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: bool) {
+    /// One client text message. `authorized` is the account of a join the
+    /// workers already approved (it skips the `REQUIRE_AUTH` check).
+    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: Option<&Principal>) {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
@@ -1242,7 +1243,7 @@ impl Server {
                 token,
                 since,
             } => {
-                if self.cfg.require_auth() && !authorized {
+                if self.cfg.require_auth() && authorized.is_none() {
                     let token = token
                         .map(|t| t.into_owned())
                         .or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
@@ -1266,6 +1267,20 @@ impl Server {
                     let text = api::lookups_limited_text(wait);
                     self.send(cref, rooms::error_frame(&text));
                     return;
+                }
+                // REQUIRE_AUTH binds the host role to the creator's account
+                // (or an admin's), on top of the secret host id.
+                let owner = self.rooms.find(&room_code).and_then(|(_, r)| r.owner());
+                if let (true, Some(owner), Some(who)) = (is_host, owner, authorized) {
+                    if !who.admin && who.user != owner {
+                        self.send(
+                            cref,
+                            rooms::error_frame(
+                                "Only the account that created the room (or an admin) may join as its host",
+                            ),
+                        );
+                        return;
+                    }
                 }
                 self.rooms.join(
                     cref,

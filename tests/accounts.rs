@@ -1641,6 +1641,59 @@ mod e2e {
         assert!(after >= 1);
     }
 
+    /// With REQUIRE_AUTH the host role is bound to the account that created
+    /// the room (issue 15 item 4): another user holding the secret host id
+    /// is refused, the creator and an admin are not.
+    #[test]
+    fn e2e_require_auth_binds_the_host_role_to_the_creator() {
+        let db = unique_db("e2e_host_owner");
+        let s = server(&db, &mongo_uri(), &[("REQUIRE_AUTH", "true")]);
+        let admin = login(&s, ADMIN_EMAIL, ADMIN_PW);
+        for (email, pw) in [
+            ("alice@example.org", "alice password"),
+            ("bob@example.org", "bob password"),
+        ] {
+            let r = post_json(
+                &s,
+                "/api/auth/invite",
+                Some(&admin),
+                &json!({"email": email, "password": pw}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let alice = login(&s, "alice@example.org", "alice password");
+        let bob = login(&s, "bob@example.org", "bob password");
+        let r = post_json(&s, "/api/rooms", Some(&alice), &json!({}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let code = r.json()["room_code"].as_str().unwrap().to_string();
+        let host_id = r.json()["host_id"].as_str().unwrap().to_string();
+
+        // Bob has the secret (say Alice shared a link), not the account.
+        let mut b = Client::connect(s.addr);
+        b.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": bob}));
+        let m = b.recv();
+        assert_eq!(m["type"], "error", "{m}");
+        assert!(
+            m["message"].as_str().unwrap().contains("created the room"),
+            "{m}"
+        );
+        // As a guest Bob is welcome.
+        b.send(json!({"action": "join", "room_code": code, "peer_id": "bob", "token": bob}));
+        assert_eq!(b.recv_type(), "room_info");
+        assert_eq!(b.recv_type(), "connected");
+
+        let mut a = Client::connect(s.addr);
+        a.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": alice}));
+        assert_eq!(a.recv_type(), "room_info");
+        assert_eq!(a.recv_type(), "connected");
+        assert_eq!(b.recv_type(), "peer_joined");
+        // An admin may take the host role (replacing Alice's connection).
+        let mut adm = Client::connect(s.addr);
+        adm.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": admin}));
+        assert_eq!(adm.recv_type(), "room_info");
+        assert_eq!(adm.recv_type(), "connected");
+    }
+
     #[test]
     fn e2e_require_auth_protects_rooms_and_joins() {
         let db = unique_db("e2e_require_auth");

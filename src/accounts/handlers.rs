@@ -37,7 +37,7 @@ use super::ratelimit::{ip_key, Limiter};
 use super::revoked::{self, Revocations};
 use super::store::{Health, Store, StoreError};
 use super::token::{bearer, Keys, TOKEN_LIFETIME_SECS};
-use super::{AuthRequest, HttpReply, Job, Reply};
+use super::{AuthRequest, HttpReply, Job, Principal, Reply};
 
 /// Buckets kept per limiter before pruning.
 const MAX_LIMITER_KEYS: usize = 100_000;
@@ -305,17 +305,20 @@ impl Service {
     /// database is unreachable the signature alone decides: rooms must keep
     /// working during an outage, and a revoked-but-unexpired token getting
     /// into a room for that time is the lesser harm.
-    fn authorize(&self, token: &str) -> bool {
-        let Some(claims) = self.keys.verify(token) else {
-            return false;
-        };
-        let Ok(id) = ObjectId::parse_str(&claims.sub) else {
-            return false;
-        };
+    fn authorize(&self, token: &str) -> Option<Principal> {
+        let claims = self.keys.verify(token)?;
+        let id = ObjectId::parse_str(&claims.sub).ok()?;
         // With the database unreachable a signed, unexpired token admits
         // (rooms keep working through an outage), unless this server has
-        // seen it revoked.
-        let remembered = || self.revocations().allows(&id, claims.ver);
+        // seen it revoked; its role is then the token's own.
+        let remembered = || {
+            self.revocations()
+                .allows(&id, claims.ver)
+                .then(|| Principal {
+                    user: id.to_hex(),
+                    admin: claims.role == model::ROLE_ADMIN,
+                })
+        };
         let store = match self.store.get() {
             Some(s) if self.ready.load(Ordering::Acquire) && self.health.is_ok() => s,
             _ => return remembered(),
@@ -323,11 +326,14 @@ impl Service {
         match store.find_by_id(&self.health, id) {
             Ok(Some(u)) => {
                 self.seen(&u);
-                u.is_active && u.token_version == claims.ver
+                (u.is_active && u.token_version == claims.ver).then(|| Principal {
+                    user: u.id_hex(),
+                    admin: u.is_admin(),
+                })
             }
-            Ok(None) => false,
+            Ok(None) => None,
             Err(StoreError::Unavailable(_)) => remembered(),
-            Err(_) => false,
+            Err(_) => None,
         }
     }
 

@@ -99,11 +99,20 @@ pub enum Job {
     Authorize { token: String },
 }
 
+/// Who a valid bearer token speaks for (`REQUIRE_AUTH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user's id (hex ObjectId, the token's `sub`).
+    pub user: String,
+    pub admin: bool,
+}
+
 /// The answer to a [`Job`], returned with the job's tag by [`Accounts::drain`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Http(HttpReply),
-    Authorized(bool),
+    /// The token's user, or `None` when the token does not admit.
+    Authorized(Option<Principal>),
 }
 
 #[cfg(feature = "accounts")]
