@@ -1167,9 +1167,11 @@ impl Server {
         if now_held <= small {
             return;
         }
+        // A frame whose buffer was reserved whole will grow to that size.
+        let to_come = c.inbuf.capacity().saturating_sub(c.inbuf.len());
         let reason = if self.reassembly > self.cfg.max_reassembly_bytes {
             "Server busy: too much unfinished message data; try again later"
-        } else if !self.memguard.allow_new_websocket(Instant::now()) {
+        } else if !self.memguard.allow_growth(Instant::now(), to_come) {
             "Server is at its memory limit; try again later"
         } else {
             return;
@@ -1191,23 +1193,24 @@ impl Server {
             return false;
         };
         let session = &ws.session;
-        let grows = match action {
+        // What the action would allocate (a new frame), if it grows memory.
+        let growth = match action {
             Action::SyncDocument { document } => {
-                session.is_host
+                let new = rooms::document_frame_len(document.get().len());
+                let bigger = session.is_host
                     && session
                         .room
                         .and_then(|r| self.rooms.get(r))
-                        .is_some_and(|room| {
-                            rooms::document_frame_len(document.get().len())
-                                > room.document_frame_len()
-                        })
+                        .is_some_and(|room| new > room.document_frame_len());
+                bigger.then_some(new)
             }
             Action::Broadcast { data } => {
-                session.in_room() && data.get().len() > self.cfg.max_prejoin_message_bytes
+                let n = data.get().len();
+                (session.in_room() && n > self.cfg.max_prejoin_message_bytes).then_some(n)
             }
-            _ => false,
+            _ => None,
         };
-        grows && !self.memguard.allow_new_websocket(Instant::now())
+        growth.is_some_and(|n| !self.memguard.allow_growth(Instant::now(), n))
     }
 
     /// One client text message. `authorized` is the account of a join the
