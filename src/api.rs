@@ -118,6 +118,14 @@ pub fn route(
 ) -> Routed {
     let m = req.method();
     let path = req.path.as_str();
+    // RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or any
+    // request with two, is answered 400 (two may mean two hops disagree).
+    if req.host_count > 1 || (req.http11 && req.host_count == 0) {
+        return Routed::Answer(Answer::error(
+            400,
+            "A request must carry exactly one Host header",
+        ));
+    }
     if m == Method::Options {
         return Routed::Answer(Answer {
             status: 204,
@@ -222,6 +230,7 @@ pub fn route(
                 req,
                 now,
                 stats.admit_new_rooms,
+                None,
                 fx,
             ))
         }
@@ -350,6 +359,8 @@ struct CreateBody {
 }
 
 /// `POST /api/rooms` once any rate limit and authorization have passed.
+/// `owner` (under `REQUIRE_AUTH`: the authorized account) is bound to the
+/// host role of a room this call creates.
 #[allow(clippy::too_many_arguments)]
 pub fn create_room(
     cfg: &Config,
@@ -358,6 +369,7 @@ pub fn create_room(
     req: &Request,
     now: Instant,
     admit_new: bool,
+    owner: Option<&str>,
     fx: &mut Vec<crate::rooms::Effect>,
 ) -> Answer {
     let body = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -417,6 +429,9 @@ pub fn create_room(
             );
         }
     };
+    if let Some(owner) = owner.filter(|_| !created.restored) {
+        rooms.set_owner(created.room, owner);
+    }
     let room = rooms.get(created.room).expect("just created or found");
     let scheme = if cfg.trust_proxy == Some(peer)
         && req

@@ -279,12 +279,12 @@ mod tests {
         let c = cfg(&[
             ("MONGODB_URI", " mongodb://127.0.0.1:27017 "),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef\r"),
-            ("INITIAL_SETUP_TOKEN", " setup-token\r\n"),
+            ("INITIAL_SETUP_TOKEN", " setup-token-0123456789\r\n"),
         ])
         .unwrap();
         let a = c.accounts.expect("accounts on");
         assert_eq!(a.jwt_secret, b"0123456789abcdef0123456789abcdef");
-        assert_eq!(a.setup_token.as_deref(), Some("setup-token"));
+        assert_eq!(a.setup_token.as_deref(), Some("setup-token-0123456789"));
         assert_eq!(a.mongodb_uri, "mongodb://127.0.0.1:27017");
     }
 

@@ -88,6 +88,9 @@ pub struct Request {
     /// `true` for HTTP/1.1, `false` for HTTP/1.0.
     pub http11: bool,
     pub host: Option<String>,
+    /// How many `Host` headers came (RFC 9112 §3.2 wants exactly one on
+    /// HTTP/1.1; the router answers 400 otherwise).
+    pub host_count: u8,
     pub origin: Option<String>,
     /// The `Connection` header asked for `close`.
     pub conn_close: bool,
@@ -134,8 +137,10 @@ impl Request {
 pub enum HttpError {
     /// 400: not HTTP, or a header we need is malformed.
     BadRequest(&'static str),
-    /// 431: the head is over [`MAX_HEADER_BYTES`] or has too many headers.
+    /// 431: the head is over [`MAX_HEADER_BYTES`].
     HeadersTooLarge,
+    /// 431: more than [`MAX_HEADERS`] headers.
+    TooManyHeaders,
     /// 413: the declared body is over the configured limit.
     BodyTooLarge,
     /// 501: a transfer coding other than `chunked`.
@@ -146,7 +151,7 @@ impl HttpError {
     pub fn status(self) -> u16 {
         match self {
             HttpError::BadRequest(_) => 400,
-            HttpError::HeadersTooLarge => 431,
+            HttpError::HeadersTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::BodyTooLarge => 413,
             HttpError::UnsupportedCoding => 501,
         }
@@ -156,6 +161,7 @@ impl HttpError {
         match self {
             HttpError::BadRequest(m) => m,
             HttpError::HeadersTooLarge => "Request headers are too large (limit 16 KiB)",
+            HttpError::TooManyHeaders => "Too many request headers (limit 64)",
             HttpError::BodyTooLarge => "Request body is too large",
             HttpError::UnsupportedCoding => {
                 "Transfer-Encoding is not supported; only chunked is understood"
@@ -192,7 +198,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
             }
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(httparse::Error::Version) => {
             return Err(HttpError::BadRequest("Unsupported HTTP version"));
         }
@@ -204,7 +210,9 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
 
     let method = req.method.map(Method::parse);
     let target = req.path.unwrap_or("/");
-    if !target.starts_with('/') {
+    // `OPTIONS *` asks about the server as a whole (RFC 9112 §3.2.4).
+    let asterisk = target == "*" && method == Some(Method::Options);
+    if !target.starts_with('/') && !asterisk {
         return Err(HttpError::BadRequest(
             "Request target must be an absolute path",
         ));
@@ -269,6 +277,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usi
             }
         } else if name.eq_ignore_ascii_case("host") {
             out.host = Some(value()?);
+            out.host_count = out.host_count.saturating_add(1);
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value()?);
         } else if name.eq_ignore_ascii_case("connection") {
@@ -426,7 +435,7 @@ fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)
             }
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(_) => return Err(malformed),
     };
     let mut body = Vec::with_capacity(total);

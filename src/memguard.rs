@@ -199,6 +199,20 @@ impl MemGuard {
         self.allow_with(now, own_rss_bytes, release_free_memory)
     }
 
+    /// Whether memory may grow by `bytes` now (a message being received, a
+    /// document about to be stored): the guard is not engaged, and the
+    /// latest RSS sample plus `bytes` stays under high water. The
+    /// projection matters because samples are up to [`SAMPLE_INTERVAL`]
+    /// old, and a 16 MiB message arrives over loopback faster than that.
+    pub fn allow_growth(&mut self, now: Instant, bytes: usize) -> bool {
+        if !self.allow_new_websocket(now) {
+            return false;
+        }
+        self.admission.as_ref().map_or(true, |a| {
+            a.last_rss().saturating_add(bytes as u64) < a.high_water()
+        })
+    }
+
     /// [`Self::allow_new_websocket`] with the RSS source supplied by the
     /// caller (and no allocator trimming); logs each transition once.
     pub fn allow_new_websocket_with(
@@ -451,6 +465,21 @@ mod tests {
     use super::*;
 
     const MB: u64 = 1_000_000;
+
+    #[test]
+    fn growth_is_judged_by_the_projection() {
+        // This process is far below a 1 TiB limit, but not 2 TiB below it.
+        let mut g = MemGuard::with_limit(Some(1 << 40));
+        let now = Instant::now();
+        assert!(g.allow_growth(now, 0));
+        assert!(g.allow_growth(now, 16 << 20));
+        assert!(!g.allow_growth(now, 1 << 41));
+        assert!(
+            !g.engaged(),
+            "a refused projection does not engage the guard"
+        );
+        assert!(MemGuard::with_limit(None).allow_growth(now, usize::MAX));
+    }
 
     #[test]
     fn hysteresis_engages_high_and_lifts_low() {

@@ -13,6 +13,10 @@ use std::borrow::Cow;
 pub const MAX_METADATA_BYTES: usize = 4096;
 /// Longest `peer_id`, in characters.
 pub const MAX_PEER_ID_CHARS: usize = 128;
+/// Deepest nesting of arrays and objects inside `metadata` (the value
+/// itself is level 1). Every joiner's client parses it; some parsers stop,
+/// or crash, far below what 4 KiB of brackets can reach.
+pub const MAX_METADATA_DEPTH: usize = 16;
 
 /// A `join`'s `since`: the last position of the room's stream the client
 /// saw, to be caught up from (§6).
@@ -114,6 +118,11 @@ pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
                     "`metadata` must be at most {MAX_METADATA_BYTES} bytes"
                 ));
             }
+            if metadata.is_some_and(|m| json_depth(m.get()) > MAX_METADATA_DEPTH) {
+                return Err(format!(
+                    "`metadata` must not nest deeper than {MAX_METADATA_DEPTH} levels"
+                ));
+            }
             let since = match w.since.filter(|s| s.get() != "null") {
                 None => None,
                 Some(raw) => Some(serde_json::from_str::<Since<'a>>(raw.get()).map_err(|e| {
@@ -149,6 +158,36 @@ pub fn decode<'a>(text: &'a str) -> Result<Action<'a>, String> {
             return Err(format!("unknown action `{shown}`"));
         }
     })
+}
+
+/// How deeply arrays and objects nest in `json` (valid JSON text): 0 for
+/// a scalar, 1 for `[]` or `{}`, and so on. Brackets inside strings do not
+/// count.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 #[cfg(test)]
@@ -228,6 +267,21 @@ mod tests {
         assert!(decode(r#"{"room_code":"R"}"#)
             .unwrap_err()
             .contains("action"));
+    }
+
+    #[test]
+    fn metadata_nesting_is_bounded() {
+        assert_eq!(json_depth("5"), 0);
+        assert_eq!(json_depth(r#""[[{""#), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"]]\"["}]}"#), 3);
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let join = |m: &str| {
+            format!(r#"{{"action":"join","room_code":"R","peer_id":"p","metadata":{m}}}"#)
+        };
+        assert!(decode(&join(&nested(MAX_METADATA_DEPTH))).is_ok());
+        let err = decode(&join(&nested(MAX_METADATA_DEPTH + 1))).unwrap_err();
+        assert!(err.contains("nest"), "{err}");
+        assert!(decode(&join(&nested(2000))).is_err());
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct Room {
     host_id: Box<str>,
     /// The host's name towards everyone else (protocol §2 rule 11).
     host_public_id: Box<str>,
+    /// With `REQUIRE_AUTH`: the account that created the room; only it (or
+    /// an admin) may join as the host.
+    owner: Option<Box<str>>,
     created_at: Box<str>,
     gen: u32,
     members: Vec<Member>,
@@ -163,6 +166,10 @@ impl Room {
     /// The id everyone else sees for the host.
     pub fn host_public_id(&self) -> &str {
         &self.host_public_id
+    }
+    /// The account bound to the host role (`REQUIRE_AUTH`), if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
     /// What others are shown for a peer joining as `peer_id`: the secret
     /// host id never leaves the room except to the host itself.
@@ -303,6 +310,17 @@ impl Rooms {
         self.rooms.is_empty()
     }
 
+    /// Binds the room's host role to an account (`REQUIRE_AUTH`).
+    pub fn set_owner(&mut self, r: RoomRef, owner: &str) {
+        if let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+        {
+            room.owner = Some(owner.into());
+        }
+    }
+
     pub fn get(&self, r: RoomRef) -> Option<&Room> {
         self.rooms
             .get(r.key as usize)
@@ -385,6 +403,7 @@ impl Rooms {
             room_id: uuid_v4(rand).into(),
             host_id: host_id.into(),
             host_public_id: host_public_id.into(),
+            owner: None,
             created_at: rfc3339(wall).into(),
             gen: self.next_gen,
             members: Vec::new(),
@@ -710,6 +729,7 @@ impl Rooms {
         room_id: &str,
         host_id: &str,
         host_public_id: Option<&str>,
+        owner: Option<&str>,
         created_at: &str,
         document: Option<Frame>,
         idle_for: Duration,
@@ -730,6 +750,7 @@ impl Rooms {
             room_id: room_id.into(),
             host_id: host_id.into(),
             host_public_id: host_public_id.into(),
+            owner: owner.map(Into::into),
             created_at: created_at.into(),
             gen: self.next_gen,
             members: Vec::new(),
@@ -1286,6 +1307,7 @@ mod tests {
             "id",
             "host",
             Some("host_public1"),
+            Some("user1"),
             "2026-01-01T00:00:00.000Z",
             Some(doc),
             Duration::from_secs(50),
@@ -1300,6 +1322,7 @@ mod tests {
         assert_eq!(room.idle_for(now), Some(Duration::from_secs(50)));
         assert_eq!(room.host_id(), "host");
         assert_eq!(room.host_public_id(), "host_public1");
+        assert_eq!(room.owner(), Some("user1"));
         assert_eq!(&room.document_raw().unwrap()[..], b"\"D\"");
         fx.clear();
         assert!(!r.expire(rr, now + Duration::from_secs(9), &mut fx));

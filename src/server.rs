@@ -18,7 +18,7 @@
 //!   Closes requested while effects are being applied are deferred to
 //!   [`Server::reap`] so a room is never changed under a fan-out.
 
-use crate::accounts::{Accounts, AuthRequest, Job, Reply};
+use crate::accounts::{Accounts, AuthRequest, Job, Principal, Reply};
 use crate::api::{self, Answer, Routed, Stats};
 use crate::config::Config;
 use crate::http::{self, Extra, Request};
@@ -126,11 +126,12 @@ enum Pending {
     },
     /// A WebSocket `join` waiting for its token check (under
     /// `REQUIRE_AUTH`) or for the room store's lookup of its room, with the
-    /// message to replay and whether its token was approved already.
+    /// message to replay and the account its token was approved for, if
+    /// it was already.
     Join {
         ws: Box<WsState>,
         message: String,
-        authorized: bool,
+        authorized: Option<Principal>,
     },
     /// A REST request for a room that is not in memory, waiting for the
     /// room store's lookup; it is routed again once the answer is in.
@@ -282,9 +283,13 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // SIGHUP (a closed terminal, an operator's reflex to "reload")
+        // would otherwise kill the process without a goodbye: it is a
+        // graceful shutdown like SIGTERM. There is nothing to reload.
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -997,7 +1002,7 @@ impl Server {
                         if let Some(c) = self.conn(cref) {
                             c.phase = Phase::Ws(ws);
                         }
-                        self.ws_text(cref, &message, authorized, true);
+                        self.ws_text(cref, &message, authorized.as_ref(), true);
                     }
                     other => self.give_up(cref, other, store::UNAVAILABLE),
                 },
@@ -1076,8 +1081,8 @@ impl Server {
                     };
                     self.answer(cref, &a, origin.as_deref(), keep_alive, false);
                 }
-                (Pending::CreateRoom { req, origin }, Reply::Authorized(ok)) => {
-                    let a = if ok {
+                (Pending::CreateRoom { req, origin }, Reply::Authorized(who)) => {
+                    let a = if let Some(who) = who {
                         let peer = self.conn(cref).map(|c| c.peer).expect("live");
                         let now = Instant::now();
                         let admit = self.memguard.allow_new_websocket(now);
@@ -1088,6 +1093,7 @@ impl Server {
                             &req,
                             now,
                             admit,
+                            Some(&who.user),
                             &mut self.fx,
                         );
                         self.apply_effects();
@@ -1097,12 +1103,12 @@ impl Server {
                     };
                     self.answer(cref, &a, origin.as_deref(), req.keep_alive(), false);
                 }
-                (Pending::Join { ws, message, .. }, Reply::Authorized(ok)) => {
+                (Pending::Join { ws, message, .. }, Reply::Authorized(who)) => {
                     if let Some(c) = self.conn(cref) {
                         c.phase = Phase::Ws(ws);
                     }
-                    if ok {
-                        self.ws_text(cref, &message, true, false);
+                    if let Some(who) = who {
+                        self.ws_text(cref, &message, Some(&who), false);
                     } else {
                         self.send(cref, rooms::error_frame("Authentication required"));
                     }
@@ -1195,7 +1201,7 @@ impl Server {
                     pos += used;
                     match event {
                         None => {}
-                        Some(Event::Text(text)) => self.ws_text(cref, text, false, false),
+                        Some(Event::Text(text)) => self.ws_text(cref, text, None, false),
                         Some(Event::Binary) => self.send(
                             cref,
                             rooms::error_frame(
@@ -1263,9 +1269,11 @@ impl Server {
         if now_held <= small {
             return;
         }
+        // A frame whose buffer was reserved whole will grow to that size.
+        let to_come = c.inbuf.capacity().saturating_sub(c.inbuf.len());
         let reason = if self.reassembly > self.cfg.max_reassembly_bytes {
             "Server busy: too much unfinished message data; try again later"
-        } else if !self.memguard.allow_new_websocket(Instant::now()) {
+        } else if !self.memguard.allow_growth(Instant::now(), to_come) {
             "Server is at its memory limit; try again later"
         } else {
             return;
@@ -1287,29 +1295,36 @@ impl Server {
             return false;
         };
         let session = &ws.session;
-        let grows = match action {
+        // What the action would allocate (a new frame), if it grows memory.
+        let growth = match action {
             Action::SyncDocument { document } => {
-                session.is_host
+                let new = rooms::document_frame_len(document.get().len());
+                let bigger = session.is_host
                     && session
                         .room
                         .and_then(|r| self.rooms.get(r))
-                        .is_some_and(|room| {
-                            rooms::document_frame_len(document.get().len())
-                                > room.document_frame_len()
-                        })
+                        .is_some_and(|room| new > room.document_frame_len());
+                bigger.then_some(new)
             }
             Action::Broadcast { data } => {
-                session.in_room() && data.get().len() > self.cfg.max_prejoin_message_bytes
+                let n = data.get().len();
+                (session.in_room() && n > self.cfg.max_prejoin_message_bytes).then_some(n)
             }
-            _ => false,
+            _ => None,
         };
-        grows && !self.memguard.allow_new_websocket(Instant::now())
+        growth.is_some_and(|n| !self.memguard.allow_growth(Instant::now(), n))
     }
 
-    /// One client text message. `authorized` skips the `REQUIRE_AUTH` check
-    /// for a join the workers already approved.
+    /// One client text message. `authorized` is the account of a join the
+    /// workers already approved (it skips the `REQUIRE_AUTH` check).
     /// `looked_up`: the room store was asked about the room already.
-    fn ws_text(&mut self, cref: ConnRef, text: &str, authorized: bool, looked_up: bool) {
+    fn ws_text(
+        &mut self,
+        cref: ConnRef,
+        text: &str,
+        authorized: Option<&Principal>,
+        looked_up: bool,
+    ) {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
@@ -1340,7 +1355,7 @@ impl Server {
                 token,
                 since,
             } => {
-                if self.cfg.require_auth() && !authorized {
+                if self.cfg.require_auth() && authorized.is_none() {
                     let token = token
                         .map(|t| t.into_owned())
                         .or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
@@ -1354,7 +1369,7 @@ impl Server {
                     let pending = Pending::Join {
                         ws,
                         message: text.to_owned(),
-                        authorized: false,
+                        authorized: None,
                     };
                     self.submit(cref, Job::Authorize { token }, pending);
                     return;
@@ -1377,7 +1392,7 @@ impl Server {
                     let pending = Pending::Join {
                         ws,
                         message: text.to_owned(),
-                        authorized,
+                        authorized: authorized.cloned(),
                     };
                     self.wait_for_lookup(cref, &room_code, pending);
                     return;
@@ -1388,6 +1403,20 @@ impl Server {
                     let text = api::lookups_limited_text(wait);
                     self.send(cref, rooms::error_frame(&text));
                     return;
+                }
+                // REQUIRE_AUTH binds the host role to the creator's account
+                // (or an admin's), on top of the secret host id.
+                let owner = self.rooms.find(&room_code).and_then(|(_, r)| r.owner());
+                if let (true, Some(owner), Some(who)) = (is_host, owner, authorized) {
+                    if !who.admin && who.user != owner {
+                        self.send(
+                            cref,
+                            rooms::error_frame(
+                                "Only the account that created the room (or an admin) may join as its host",
+                            ),
+                        );
+                        return;
+                    }
                 }
                 self.rooms.join(
                     cref,

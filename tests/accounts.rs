@@ -80,13 +80,15 @@ fn first_user_needs_the_setup_token() {
     let me = h.get("/api/auth/me").bearer(&token).send();
     assert_eq!(me.json["role"], "admin");
 
-    // Once a user exists the setup token opens nothing.
+    // Once a user exists the setup token opens nothing: 409, the first
+    // user is taken (issue 15: the README promises 409 to a first-user
+    // request that lost).
     let r = h
         .post("/api/auth/invite")
         .setup_token(SETUP_TOKEN)
         .json(json!({"email": "second@example.org", "password": "second password"}))
         .send();
-    assert_eq!(r.status, 401, "{}", r.raw);
+    assert_eq!(r.status, 409, "{}", r.raw);
     assert_eq!(h.raw_users().len(), 1);
 }
 
@@ -328,13 +330,14 @@ fn a_pending_first_user_can_be_invited_again_with_the_setup_token() {
     assert_eq!(r.status, 404, "the old link is void: {}", r.raw);
     let admin = h.login("admin2@example.org", "first password");
 
-    // Once someone is active the setup token opens nothing.
+    // Once someone is active the setup token opens nothing: 409, the first
+    // user is taken (issue 15, as for the losers of the first-user race).
     let r = h
         .post("/api/auth/invite")
         .setup_token(SETUP_TOKEN)
         .json(json!({"email": "third@example.org"}))
         .send();
-    assert_eq!(r.status, 401, "{}", r.raw);
+    assert_eq!(r.status, 409, "{}", r.raw);
     let r = h
         .post("/api/auth/invite")
         .bearer(&admin)
@@ -467,10 +470,9 @@ fn concurrent_first_user_invites_create_one_admin() {
         1,
         "exactly one first user: {statuses:?}"
     );
-    // The others lost the claim (409) or came after it (401: an admin is
-    // needed from then on).
+    // The others lost, whether to the claim or to the finished insert: 409.
     assert!(
-        statuses.iter().all(|s| matches!(s, 200 | 401 | 409)),
+        statuses.iter().all(|s| matches!(s, 200 | 409)),
         "{statuses:?}"
     );
     let users = h.raw_users();
@@ -581,25 +583,33 @@ fn login_is_rate_limited_per_address_and_per_email() {
         assert_eq!(r.status, 200, "{}", r.raw);
     }
 
-    // Per email: 4 failed attempts (from different addresses), then 429,
-    // even for the right password.
-    for i in 0..4 {
+    // Per client and email (issue 15: no longer per email alone, which let
+    // a guesser anywhere lock the owner out): 4 failed attempts from one
+    // address, then 429 there, even for the right password ...
+    for _ in 0..4 {
         let r = h
             .post("/api/auth/login")
-            .ip(&format!("10.0.0.{i}"))
+            .ip("10.0.0.1")
             .json(json!({"email": ADMIN_EMAIL, "password": "wrong password"}))
             .send();
         assert_eq!(r.status, 401, "{}", r.raw);
     }
     let r = h
         .post("/api/auth/login")
-        .ip("10.0.0.9")
+        .ip("10.0.0.1")
         .json(json!({"email": ADMIN_EMAIL.to_uppercase(), "password": ADMIN_PW}))
         .send();
     assert_eq!(r.status, 429, "{}", r.raw);
     let after = r.retry_after.expect("Retry-After on 429");
     assert!((3000..=3600).contains(&after), "{after}");
     assert!(r.error().contains("Too many"), "{}", r.raw);
+    // ... while the owner elsewhere gets in at once.
+    let r = h
+        .post("/api/auth/login")
+        .ip("10.0.0.9")
+        .json(json!({"email": ADMIN_EMAIL, "password": ADMIN_PW}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.raw);
 
     // Per address: 6 attempts against different emails, then 429 for any.
     for i in 0..6 {
@@ -639,6 +649,71 @@ fn login_is_rate_limited_per_address_and_per_email() {
         .json(json!({"email": "other@example.org", "password": "wrong password"}))
         .send();
     assert_eq!(r.status, 401, "{}", r.raw);
+}
+
+#[test]
+fn wrong_setup_tokens_are_rate_limited_per_client_and_in_total() {
+    let mut h = Harness::start_with(
+        &mongo_uri(),
+        &unique_db("setup_limit"),
+        &with_setup_token(),
+        |cfg| {
+            cfg.setup_limits.per_ip_burst = 3;
+            cfg.setup_limits.per_ip_refill = Duration::from_secs(3600);
+            cfg.setup_limits.total_burst = 5;
+            cfg.setup_limits.total_refill = Duration::from_secs(3600);
+        },
+    );
+    h.wait_ready(Duration::from_secs(30));
+    let body = json!({"email": ADMIN_EMAIL, "password": ADMIN_PW});
+    let wrong: String = SETUP_TOKEN.chars().rev().collect();
+    let invite = |h: &mut Harness, ip: &str, token: &str| {
+        h.post("/api/auth/invite")
+            .ip(ip)
+            .setup_token(token)
+            .json(body.clone())
+            .send()
+    };
+    // Per client: 3 wrong tokens, then 429, the right token too.
+    for _ in 0..3 {
+        assert_eq!(invite(&mut h, "192.0.2.1", &wrong).status, 403);
+    }
+    let r = invite(&mut h, "192.0.2.1", &wrong);
+    assert_eq!(r.status, 429, "{}", r.raw);
+    assert!(r.retry_after.unwrap() >= 1);
+    assert_eq!(invite(&mut h, "192.0.2.1", SETUP_TOKEN).status, 429);
+    // In total: 2 more wrong ones from elsewhere use up the server's 5.
+    assert_eq!(invite(&mut h, "192.0.2.2", &wrong).status, 403);
+    assert_eq!(invite(&mut h, "192.0.2.3", &wrong).status, 403);
+    let r = invite(&mut h, "192.0.2.4", &wrong);
+    assert_eq!(r.status, 429, "{}", r.raw);
+    assert!(h.raw_users().is_empty());
+}
+
+#[test]
+fn a_right_setup_token_spends_nothing() {
+    let mut h = Harness::start_with(
+        &mongo_uri(),
+        &unique_db("setup_ok"),
+        &with_setup_token(),
+        |cfg| {
+            cfg.setup_limits.per_ip_burst = 1;
+            cfg.setup_limits.per_ip_refill = Duration::from_secs(3600);
+        },
+    );
+    h.wait_ready(Duration::from_secs(30));
+    h.secrets.push(ADMIN_PW.into());
+    // The first user invited without a password, then again (its link
+    // lost): both with the right token, both fine.
+    for _ in 0..2 {
+        let r = h
+            .post("/api/auth/invite")
+            .ip("192.0.2.9")
+            .setup_token(SETUP_TOKEN)
+            .json(json!({"email": ADMIN_EMAIL}))
+            .send();
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
 }
 
 // ----- me ------------------------------------------------------------------------------
@@ -1422,6 +1497,64 @@ mod e2e {
             .to_string()
     }
 
+    /// One HTTP request from the loopback source address `src`.
+    fn post_from(s: &TestServer, src: &str, path: &str, body: &Value) -> common::Response {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let from: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+        sock.bind(&from.into()).unwrap();
+        sock.connect(&s.addr.into()).unwrap();
+        let mut t: std::net::TcpStream = sock.into();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let body = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            s.addr,
+            body.len()
+        );
+        t.write_all(req.as_bytes()).unwrap();
+        common::read_response(&mut t).expect("a response")
+    }
+
+    /// A guesser at 127.0.0.2 is slowed; the owner at 127.0.0.3 logs in at
+    /// once (issue 15 item 8).
+    #[test]
+    fn e2e_a_password_guesser_does_not_lock_the_owner_out() {
+        let db = unique_db("e2e_lockout");
+        let s = server(&db, &mongo_uri(), &[("LOGIN_RATE_PER_EMAIL", "3")]);
+        login(&s, ADMIN_EMAIL, ADMIN_PW);
+        let guess = json!({"email": ADMIN_EMAIL, "password": "guess guess guess"});
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(post_from(&s, "127.0.0.2", "/api/auth/login", &guess).status);
+        }
+        assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+        let right = json!({"email": ADMIN_EMAIL, "password": ADMIN_PW});
+        let r = post_from(&s, "127.0.0.3", "/api/auth/login", &right);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["token"].is_string());
+        // The guesser itself stays slowed, whatever it sends.
+        let r = post_from(&s, "127.0.0.2", "/api/auth/login", &right);
+        assert_eq!(r.status, 429, "{}", r.text());
+    }
+
+    /// A setup token shorter than 16 characters stops start-up.
+    #[test]
+    fn e2e_a_short_setup_token_stops_start_up() {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-server"))
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("MONGODB_URI", mongo_uri())
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("INITIAL_SETUP_TOKEN", "ab")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("INITIAL_SETUP_TOKEN"), "{err}");
+    }
+
     #[test]
     fn e2e_routes_over_http() {
         let db = unique_db("e2e_http");
@@ -1506,6 +1639,59 @@ mod e2e {
             .parse()
             .unwrap();
         assert!(after >= 1);
+    }
+
+    /// With REQUIRE_AUTH the host role is bound to the account that created
+    /// the room (issue 15 item 4): another user holding the secret host id
+    /// is refused, the creator and an admin are not.
+    #[test]
+    fn e2e_require_auth_binds_the_host_role_to_the_creator() {
+        let db = unique_db("e2e_host_owner");
+        let s = server(&db, &mongo_uri(), &[("REQUIRE_AUTH", "true")]);
+        let admin = login(&s, ADMIN_EMAIL, ADMIN_PW);
+        for (email, pw) in [
+            ("alice@example.org", "alice password"),
+            ("bob@example.org", "bob password"),
+        ] {
+            let r = post_json(
+                &s,
+                "/api/auth/invite",
+                Some(&admin),
+                &json!({"email": email, "password": pw}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let alice = login(&s, "alice@example.org", "alice password");
+        let bob = login(&s, "bob@example.org", "bob password");
+        let r = post_json(&s, "/api/rooms", Some(&alice), &json!({}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let code = r.json()["room_code"].as_str().unwrap().to_string();
+        let host_id = r.json()["host_id"].as_str().unwrap().to_string();
+
+        // Bob has the secret (say Alice shared a link), not the account.
+        let mut b = Client::connect(s.addr);
+        b.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": bob}));
+        let m = b.recv();
+        assert_eq!(m["type"], "error", "{m}");
+        assert!(
+            m["message"].as_str().unwrap().contains("created the room"),
+            "{m}"
+        );
+        // As a guest Bob is welcome.
+        b.send(json!({"action": "join", "room_code": code, "peer_id": "bob", "token": bob}));
+        assert_eq!(b.recv_type(), "room_info");
+        assert_eq!(b.recv_type(), "connected");
+
+        let mut a = Client::connect(s.addr);
+        a.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": alice}));
+        assert_eq!(a.recv_type(), "room_info");
+        assert_eq!(a.recv_type(), "connected");
+        assert_eq!(b.recv_type(), "peer_joined");
+        // An admin may take the host role (replacing Alice's connection).
+        let mut adm = Client::connect(s.addr);
+        adm.send(json!({"action": "join", "room_code": code, "peer_id": host_id, "is_host": true, "token": admin}));
+        assert_eq!(adm.recv_type(), "room_info");
+        assert_eq!(adm.recv_type(), "connected");
     }
 
     #[test]

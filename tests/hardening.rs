@@ -425,3 +425,87 @@ fn pipelining_peers_that_do_not_read_cost_bounded_memory() {
     assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
     drop(hogs);
 }
+
+/// Sends raw bytes on a fresh connection and reads one answer.
+fn raw(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    read_response(&mut s).expect("an answer")
+}
+
+#[test]
+fn http_edge_cases_of_the_attack_run() {
+    let s = TestServer::start(&[]);
+    // `OPTIONS *`: 204 with Allow.
+    let r = raw(s.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 204);
+    assert!(r.header("allow").unwrap().contains("GET"));
+    // Any other method with `*` is still 400.
+    assert_eq!(
+        raw(s.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        400
+    );
+    // HTTP/1.1 needs exactly one Host; HTTP/1.0 may omit it.
+    let r = raw(s.addr, b"GET /health HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("Host"));
+    let r = raw(
+        s.addr,
+        b"GET /health HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(raw(s.addr, b"GET /health HTTP/1.0\r\n\r\n").status, 200);
+    // 65 small headers: 431 naming the header count, not the byte size.
+    let mut req = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..64 {
+        req.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let r = raw(s.addr, &req);
+    assert_eq!(r.status, 431);
+    let e = r.json()["error"].as_str().unwrap().to_string();
+    assert!(e.contains("Too many") && e.contains("64"), "{e}");
+}
+
+/// `metadata` nesting is bounded so that it cannot crash joiners' parsers.
+#[test]
+fn deeply_nested_metadata_is_refused() {
+    let s = TestServer::start(&[]);
+    s.room("DEEP", "h");
+    let mut c = s.ws();
+    let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    c.send_text(&format!(
+        r#"{{"action":"join","room_code":"DEEP","peer_id":"p","metadata":{deep}}}"#
+    ));
+    let m = c.recv();
+    assert_eq!(m["type"], "error");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid message format: "),
+        "{m}"
+    );
+    let ok = format!("{}{}", "[".repeat(16), "]".repeat(16));
+    c.send_text(&format!(
+        r#"{{"action":"join","room_code":"DEEP","peer_id":"p","metadata":{ok}}}"#
+    ));
+    assert_eq!(c.recv_type(), "room_info");
+}
+
+/// SIGHUP is a graceful shutdown like SIGTERM: 1001 to every WebSocket,
+/// exit 0.
+#[test]
+fn sighup_shuts_down_gracefully() {
+    let mut s = TestServer::start(&[]);
+    s.room("HUP", "h");
+    let mut a = s.ws();
+    a.join("HUP", "a", false);
+    s.signal(libc::SIGHUP);
+    assert_eq!(close_of(&mut a).0, 1001);
+    drop(a);
+    let status = s.wait_exit(Duration::from_secs(7)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(s.log().contains("shutting down"));
+}

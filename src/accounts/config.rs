@@ -34,7 +34,9 @@ impl fmt::Debug for InitialAdmin {
 }
 
 /// Login attempt budgets (token buckets). A bucket holds `burst` attempts and
-/// refills one attempt every `refill`.
+/// refills one attempt every `refill`. The "email" budget is kept per client
+/// address and email together: a guesser elsewhere must not lock the
+/// account's owner out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginLimits {
     pub per_ip_burst: u32,
@@ -71,7 +73,35 @@ pub struct AccountsConfig {
     pub queue: usize,
     pub require_auth: bool,
     pub login_limits: LoginLimits,
+    pub setup_limits: SetupLimits,
 }
+
+/// Budgets for wrong `X-Setup-Token` values: per client address and for the
+/// whole server. Only failures spend; a client (or everyone) out of budget
+/// gets 429 before its token is even compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetupLimits {
+    pub per_ip_burst: u32,
+    pub per_ip_refill: Duration,
+    pub total_burst: u32,
+    pub total_refill: Duration,
+}
+
+impl Default for SetupLimits {
+    fn default() -> Self {
+        // 5 wrong tokens per client, then one a minute; 20 in all, then one
+        // every 10 s. A 16-character token is out of reach either way.
+        SetupLimits {
+            per_ip_burst: 5,
+            per_ip_refill: Duration::from_secs(60),
+            total_burst: 20,
+            total_refill: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shortest `INITIAL_SETUP_TOKEN` accepted at start-up.
+pub const MIN_SETUP_TOKEN_CHARS: usize = 16;
 
 impl fmt::Debug for AccountsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,6 +181,15 @@ impl AccountsConfig {
         }
 
         let setup_token = get("INITIAL_SETUP_TOKEN").filter(|s| !s.is_empty());
+        if let Some(t) = &setup_token {
+            let n = t.chars().count();
+            if n < MIN_SETUP_TOKEN_CHARS {
+                return Err(format!(
+                    "INITIAL_SETUP_TOKEN must be at least {MIN_SETUP_TOKEN_CHARS} characters (got {n}); \
+                     a short one can be guessed (try: openssl rand -hex 16)"
+                ));
+            }
+        }
 
         let initial_admin = match (
             var("INITIAL_ADMIN_EMAIL"),
@@ -210,6 +249,7 @@ impl AccountsConfig {
             queue,
             require_auth,
             login_limits,
+            setup_limits: SetupLimits::default(),
         }))
     }
 
@@ -324,6 +364,31 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("JWT_SECRET") && e.contains("32"), "{e}");
         assert!(!e.contains("short"), "the secret must not be echoed: {e}");
+    }
+
+    #[test]
+    fn a_short_setup_token_stops_start_up() {
+        let base = [("MONGODB_URI", "mongodb://h"), ("JWT_SECRET", SECRET)];
+        let e =
+            AccountsConfig::from_lookup(lookup(&[base[0], base[1], ("INITIAL_SETUP_TOKEN", "ab")]))
+                .unwrap_err();
+        assert!(e.contains("INITIAL_SETUP_TOKEN") && e.contains("16"), "{e}");
+        assert!(!e.contains("\"ab\""), "the token must not be echoed: {e}");
+        let fifteen = "x".repeat(15);
+        assert!(AccountsConfig::from_lookup(lookup(&[
+            base[0],
+            base[1],
+            ("INITIAL_SETUP_TOKEN", &fifteen)
+        ]))
+        .is_err());
+        let c = AccountsConfig::from_lookup(lookup(&[
+            base[0],
+            base[1],
+            ("INITIAL_SETUP_TOKEN", "0123456789abcdef"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.setup_token.as_deref(), Some("0123456789abcdef"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use super::ratelimit::{ip_key, Limiter};
 use super::revoked::{self, Revocations};
 use super::store::{Health, Store, StoreError};
 use super::token::{bearer, Keys, TOKEN_LIFETIME_SECS};
-use super::{AuthRequest, HttpReply, Job, Reply};
+use super::{AuthRequest, HttpReply, Job, Principal, Reply};
 
 /// Buckets kept per limiter before pruning.
 const MAX_LIMITER_KEYS: usize = 100_000;
@@ -117,7 +117,11 @@ pub struct Service {
     /// Indexes exist and the bootstrap admin has been handled.
     ready: AtomicBool,
     ip_limiter: Mutex<Limiter<IpAddr>>,
-    email_limiter: Mutex<Limiter<String>>,
+    /// Failed logins per client address and email together: a guesser is
+    /// slowed on the account it tries, its owner elsewhere is not.
+    email_limiter: Mutex<Limiter<(IpAddr, String)>>,
+    /// Wrong setup tokens per client address, and for the whole server.
+    setup_limiters: Mutex<(Limiter<IpAddr>, Limiter<()>)>,
     /// Serialises "is this the last admin?" checks with the write that
     /// follows them.
     admin_lock: Mutex<()>,
@@ -153,6 +157,18 @@ impl Service {
                 l.per_email_burst,
                 l.per_email_refill,
                 MAX_LIMITER_KEYS,
+            )),
+            setup_limiters: Mutex::new((
+                Limiter::new(
+                    cfg.setup_limits.per_ip_burst,
+                    cfg.setup_limits.per_ip_refill,
+                    MAX_LIMITER_KEYS,
+                ),
+                Limiter::new(
+                    cfg.setup_limits.total_burst,
+                    cfg.setup_limits.total_refill,
+                    16,
+                ),
             )),
             admin_lock: Mutex::new(()),
             revoked: Mutex::new(Revocations::new(
@@ -289,17 +305,20 @@ impl Service {
     /// database is unreachable the signature alone decides: rooms must keep
     /// working during an outage, and a revoked-but-unexpired token getting
     /// into a room for that time is the lesser harm.
-    fn authorize(&self, token: &str) -> bool {
-        let Some(claims) = self.keys.verify(token) else {
-            return false;
-        };
-        let Ok(id) = ObjectId::parse_str(&claims.sub) else {
-            return false;
-        };
+    fn authorize(&self, token: &str) -> Option<Principal> {
+        let claims = self.keys.verify(token)?;
+        let id = ObjectId::parse_str(&claims.sub).ok()?;
         // With the database unreachable a signed, unexpired token admits
         // (rooms keep working through an outage), unless this server has
-        // seen it revoked.
-        let remembered = || self.revocations().allows(&id, claims.ver);
+        // seen it revoked; its role is then the token's own.
+        let remembered = || {
+            self.revocations()
+                .allows(&id, claims.ver)
+                .then(|| Principal {
+                    user: id.to_hex(),
+                    admin: claims.role == model::ROLE_ADMIN,
+                })
+        };
         let store = match self.store.get() {
             Some(s) if self.ready.load(Ordering::Acquire) && self.health.is_ok() => s,
             _ => return remembered(),
@@ -307,11 +326,14 @@ impl Service {
         match store.find_by_id(&self.health, id) {
             Ok(Some(u)) => {
                 self.seen(&u);
-                u.is_active && u.token_version == claims.ver
+                (u.is_active && u.token_version == claims.ver).then(|| Principal {
+                    user: u.id_hex(),
+                    admin: u.is_admin(),
+                })
             }
-            Ok(None) => false,
+            Ok(None) => None,
             Err(StoreError::Unavailable(_)) => remembered(),
-            Err(_) => false,
+            Err(_) => None,
         }
     }
 
@@ -426,6 +448,12 @@ impl Service {
             self.check_setup_token(req)?;
             let pending = store.find_pending(&self.health)?;
             replaces = Some(pending.ok_or_else(|| fail(409, MSG_FIRST_USER_TAKEN))?);
+        } else if req.setup_token.is_some() && req.authorization.is_none() {
+            // A first-user request that lost (a rival's invite, concurrent
+            // or earlier, created the first user): 409, as the README
+            // promises, once its token is right.
+            self.check_setup_token(req)?;
+            return Err(fail(409, MSG_FIRST_USER_TAKEN));
         } else {
             self.require_admin(store, req)?;
         }
@@ -529,7 +557,33 @@ impl Service {
                 "Creating the first user requires the X-Setup-Token header",
             ));
         };
+        // The budget is checked before the token is compared, so a guesser
+        // over it learns nothing; only wrong tokens spend from it.
+        let now = Instant::now();
+        let ip = ip_key(req.client_ip);
+        let mut limits = self
+            .setup_limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *limits;
+        let wait = match (per_ip.check(&ip, now), total.check(&(), now)) {
+            (Ok(()), Ok(())) => None,
+            (Err(a), Err(b)) => Some(a.max(b)),
+            (Err(a), _) | (_, Err(a)) => Some(a),
+        };
+        if let Some(secs) = wait {
+            return Err(Fail {
+                retry_after: Some(secs),
+                ..fail(
+                    429,
+                    format!("Too many wrong setup tokens; try again in {secs} seconds"),
+                )
+            });
+        }
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            per_ip.spend(&ip, now);
+            total.spend(&(), now);
+            log::warn!("accounts: wrong setup token from {ip}");
             return Err(fail(403, "Invalid setup token"));
         }
         Ok(())
@@ -636,7 +690,7 @@ impl Service {
         let mut ips = self.ip_limiter.lock().unwrap_or_else(|e| e.into_inner());
         let mut emails = self.email_limiter.lock().unwrap_or_else(|e| e.into_inner());
         let ip = ip_key(ip);
-        let email = email.to_string();
+        let email = (ip, email.to_string());
         // Check both before spending either, so a refused attempt costs
         // nothing and "retry after" is honest.
         match (ips.check(&ip, now), emails.check(&email, now)) {
@@ -656,7 +710,7 @@ impl Service {
         let mut ips = self.ip_limiter.lock().unwrap_or_else(|e| e.into_inner());
         let mut emails = self.email_limiter.lock().unwrap_or_else(|e| e.into_inner());
         ips.refund(&ip_key(ip), now);
-        emails.refund(&email.to_string(), now);
+        emails.refund(&(ip_key(ip), email.to_string()), now);
     }
 
     fn logout(&self, store: &Store, req: &AuthRequest) -> Answer {

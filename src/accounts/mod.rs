@@ -42,7 +42,7 @@ mod store;
 mod token;
 
 #[cfg(feature = "accounts")]
-pub use config::{AccountsConfig, InitialAdmin, LoginLimits};
+pub use config::{AccountsConfig, InitialAdmin, LoginLimits, SetupLimits};
 #[cfg(not(feature = "accounts"))]
 pub use disabled::{Accounts, AccountsConfig};
 
@@ -99,11 +99,20 @@ pub enum Job {
     Authorize { token: String },
 }
 
+/// Who a valid bearer token speaks for (`REQUIRE_AUTH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user's id (hex ObjectId, the token's `sub`).
+    pub user: String,
+    pub admin: bool,
+}
+
 /// The answer to a [`Job`], returned with the job's tag by [`Accounts::drain`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Http(HttpReply),
-    Authorized(bool),
+    /// The token's user, or `None` when the token does not admit.
+    Authorized(Option<Principal>),
 }
 
 #[cfg(feature = "accounts")]

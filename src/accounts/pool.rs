@@ -168,7 +168,7 @@ fn worker(
             // carry out a request its client was told failed.
             log::debug!("accounts: dropped a job that waited past the reply timeout");
             if authorize {
-                Reply::Authorized(false)
+                Reply::Authorized(None)
             } else {
                 Reply::Http(super::handlers::unavailable_reply())
             }
@@ -181,7 +181,7 @@ fn worker(
                 .unwrap_or_else(|_| {
                     log::error!("accounts: a request handler panicked");
                     if authorize {
-                        Reply::Authorized(false)
+                        Reply::Authorized(None)
                     } else {
                         Reply::Http(super::handlers::internal_error())
                     }

@@ -88,6 +88,8 @@ pub struct RoomRecord {
     pub host_id: Box<str>,
     /// The name everyone but the host sees for the host (rule 11).
     pub host_public_id: Box<str>,
+    /// The creator's account under `REQUIRE_AUTH` (it alone may be the host).
+    pub owner: Option<Box<str>>,
     pub created_at: Box<str>,
     pub version: u64,
     /// Wall clock (ms since the epoch) since when the room counts as empty:
@@ -106,6 +108,8 @@ pub struct Meta {
     /// Absent in records written before rooms had a public host id.
     #[serde(default)]
     pub host_public_id: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
     pub created_at: String,
     pub version: u64,
     pub idle_since_ms: u64,
@@ -118,6 +122,7 @@ impl RoomRecord {
             room_id: self.room_id.to_string(),
             host_id: self.host_id.to_string(),
             host_public_id: Some(self.host_public_id.to_string()),
+            owner: self.owner.as_deref().map(str::to_owned),
             created_at: self.created_at.to_string(),
             version: self.version,
             idle_since_ms: self.idle_since_ms,
@@ -131,6 +136,7 @@ impl RoomRecord {
             room_id: m.room_id.into(),
             host_id: m.host_id.into(),
             host_public_id: m.host_public_id.unwrap_or_default().into(),
+            owner: m.owner.map(Into::into),
             created_at: m.created_at.into(),
             version: m.version,
             idle_since_ms: m.idle_since_ms,
@@ -151,6 +157,7 @@ impl RoomRecord {
             room_id: room.room_id().into(),
             host_id: room.host_id().into(),
             host_public_id: room.host_public_id().into(),
+            owner: room.owner().map(Into::into),
             created_at: room.created_at().into(),
             version,
             idle_since_ms,
@@ -628,6 +635,7 @@ impl RoomStore {
             &record.room_id,
             &record.host_id,
             Some(&*record.host_public_id).filter(|p| !p.is_empty()),
+            record.owner.as_deref(),
             &record.created_at,
             frame,
             idle_for,

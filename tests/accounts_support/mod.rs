@@ -217,7 +217,7 @@ impl Harness {
             token: token.to_string(),
         });
         match self.wait(tag, Duration::from_secs(10)) {
-            Reply::Authorized(b) => b,
+            Reply::Authorized(p) => p.is_some(),
             other => panic!("unexpected reply {other:?}"),
         }
     }

@@ -54,7 +54,7 @@ LOGIN_BODY = '{"email":"a@b.c","password":"hunter22"}'
 LOGIN = crlf(
     "POST /api/auth/login HTTP/1.1\nHost: sync.example\nContent-Length: %d\n\n" % len(LOGIN_BODY)
 ) + LOGIN_BODY
-ME = crlf("GET /api/auth/me HTTP/1.1\nAuthorization: Bearer abc.def.ghi\n\n")
+ME = crlf("GET /api/auth/me HTTP/1.1\nHost: sync.example\nAuthorization: Bearer abc.def.ghi\n\n")
 CLOSE = crlf("GET /health HTTP/1.0\n\n")
 KEEP10 = crlf("GET /health HTTP/1.0\nConnection: keep-alive\n\n")
 PROXIED = crlf(
@@ -98,6 +98,9 @@ http_head = {
     "e400--chunk-overrun": crlf("POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n2\nabc\n0\n\n"),
     "e413--chunk-too-big": crlf("POST / HTTP/1.1\nTransfer-Encoding: chunked\n\nfffff\n"),
     "e400--absolute-form": crlf("GET http://evil.example/ HTTP/1.1\n\n"),
+    "req--options-asterisk": crlf("OPTIONS * HTTP/1.1\nHost: sync.example\n\n"),
+    "e400--get-asterisk": crlf("GET * HTTP/1.1\nHost: sync.example\n\n"),
+    "e431--65-headers": crlf("GET / HTTP/1.1\n" + "".join("X-H%d: v\n" % i for i in range(65)) + "\n"),
     "e400--http2-preface": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "e400--space-in-name": crlf("GET / HTTP/1.1\nBad Header: x\n\n"),
     "e400--non-utf8-host": b"GET / HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n",
@@ -270,16 +273,20 @@ def api_body(flags, body):
     return bytes([flags | 1]) + body.encode()
 
 
-WS_BAD = crlf("GET /ws HTTP/1.1\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 8\n\n")
+WS_BAD = crlf("GET /ws HTTP/1.1\nHost: sync.example\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 8\n\n")
 api_rooms = {
     "200,200--root-and-health": api_raw(0, GET_ROOT + GET_HEALTH),
     "200,200--create-then-get": api_raw(0, POST_ROOMS + GET_ROOM),
     "200--get-r1": api_raw(0, GET_R1),
     "200--head-r1": api_raw(0, HEAD_R1),
-    "404--unknown-room": api_raw(0, crlf("GET /api/rooms/nope HTTP/1.1\n\n")),
-    "404--unknown-route": api_raw(0, crlf("GET /nothing HTTP/1.1\n\n")),
-    "405--put-rooms": api_raw(0, crlf("PUT /api/rooms HTTP/1.1\nContent-Length: 0\n\n")),
-    "405--delete-health": api_raw(0, crlf("DELETE /health HTTP/1.1\n\n")),
+    "404--unknown-room": api_raw(0, crlf("GET /api/rooms/nope HTTP/1.1\nHost: sync.example\n\n")),
+    "404--unknown-route": api_raw(0, crlf("GET /nothing HTTP/1.1\nHost: sync.example\n\n")),
+    "405--put-rooms": api_raw(0, crlf("PUT /api/rooms HTTP/1.1\nHost: sync.example\nContent-Length: 0\n\n")),
+    "400--no-host": api_raw(0, crlf("GET /health HTTP/1.1\n\n")),
+    "200--http10-no-host": api_raw(0, crlf("GET /health HTTP/1.0\n\n")),
+    "400--two-hosts": api_raw(0, crlf("GET /health HTTP/1.1\nHost: a.example\nHost: b.example\n\n")),
+    "204--options-asterisk": api_raw(0, crlf("OPTIONS * HTTP/1.1\nHost: sync.example\n\n")),
+    "405--delete-health": api_raw(0, crlf("DELETE /health HTTP/1.1\nHost: sync.example\n\n")),
     "204--preflight": api_raw(2, OPTIONS),
     "upgrade--valid": api_raw(0, UPGRADE),
     "403--origin-not-allowed": api_raw(2, UPGRADE.replace("https://tracker.example", "https://evil.example")),
@@ -287,8 +294,8 @@ api_rooms = {
     "503,503--accounts-off": api_raw(0, LOGIN + ME),
     "200,200,200,200,200,429--rate-limited": api_raw(0, POST_EMPTY * 6),
     "200--proxied-https": api_raw(4, PROXIED),
-    "200--restore-r1": api_raw(0, crlf("POST /api/rooms HTTP/1.1\nContent-Length: 48\n\n") + '{"desired_room_code":"R1","desired_host_id":"h"} '),
-    "409--restore-r1-without-host": api_raw(0, crlf("POST /api/rooms HTTP/1.1\nContent-Length: 27\n\n") + '{"desired_room_code":"R1"} '),
+    "200--restore-r1": api_raw(0, crlf("POST /api/rooms HTTP/1.1\nHost: sync.example\nContent-Length: 48\n\n") + '{"desired_room_code":"R1","desired_host_id":"h"} '),
+    "409--restore-r1-without-host": api_raw(0, crlf("POST /api/rooms HTTP/1.1\nHost: sync.example\nContent-Length: 27\n\n") + '{"desired_room_code":"R1"} '),
     "200--peer-with-metadata": api_raw(8, '{"name":"Alice","color":"#f00"}\n' + GET_R1),
     "200,200--peer-null-metadata": api_raw(8, "null\n" + GET_R1 + HEAD_R1),
     "200--peer-bad-metadata": api_raw(8, "{oops\n" + GET_R1),

@@ -175,6 +175,7 @@ pub fn run(data: &[u8]) -> String {
             path: "/api/rooms".into(),
             http11: true,
             host: Some("sync.example:3001".into()),
+            host_count: 1,
             body: rest.to_vec(),
             ..Request::default()
         };

@@ -9,7 +9,8 @@
 //!   limit and, for chunked bodies, bounded framing and trailers), so a peer
 //!   cannot make a connection buffer without bound;
 //! * a request used at most the whole buffer and at most those limits, its
-//!   body is within the body limit, its path is absolute with the query
+//!   body is within the body limit, its path is absolute (or `*` for
+//!   `OPTIONS`) with the query
 //!   split off, and parsing exactly its own bytes gives the same request,
 //!   while one byte less is "need more" (a request needs all its bytes);
 //! * an accepted `Content-Length` is `1*DIGIT` (RFC 9110 §8.6), so a
@@ -38,7 +39,13 @@ pub fn check(buf: &[u8], max_body: usize, result: &Result<Option<(Request, usize
             assert!(n > 0 && n <= buf.len(), "consumed {n} of {}", buf.len());
             assert!(n <= bound, "request of {n} bytes is over the limits");
             assert!(req.body.len() <= max_body);
-            assert!(req.path.starts_with('/'), "path {:?}", req.path);
+            // Absolute, or `*` for `OPTIONS *` (RFC 9112 §3.2.4).
+            assert!(
+                req.path.starts_with('/')
+                    || (req.path == "*" && req.method() == sync_server::http::Method::Options),
+                "path {:?}",
+                req.path
+            );
             assert!(!req.path.contains('?'));
             let again = parse_request(&buf[..n], max_body);
             assert_eq!(
