@@ -524,8 +524,10 @@ impl Service {
             ));
         };
         let Some(given) = req.setup_token.as_deref().filter(|t| !t.is_empty()) else {
+            // 403, not 401: no credential the client could add would be a
+            // login; the tracker's own backend answers this way (§3).
             return Err(fail(
-                401,
+                403,
                 "Creating the first user requires the X-Setup-Token header",
             ));
         };
