@@ -39,6 +39,8 @@ pub struct Config {
     /// Accounts are enabled when `MONGODB_URI` is set; `REQUIRE_AUTH` lives
     /// in there too.
     pub accounts: Option<crate::accounts::AccountsConfig>,
+    /// `ADMIN_TOKEN` and `LOG_FORMAT` (§8).
+    pub ops: crate::ops::OpsConfig,
 }
 
 impl Config {
@@ -140,6 +142,7 @@ impl Config {
             }
         }
         let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
+        let ops = crate::ops::OpsConfig::from_lookup(|k| get(k))?;
 
         Ok(Config {
             host,
@@ -162,6 +165,7 @@ impl Config {
                 total_bytes: num("HISTORY_MEMORY_BYTES", 8 * 1024 * 1024, 0)? as usize,
             },
             accounts,
+            ops,
         })
     }
 

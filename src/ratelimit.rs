@@ -61,6 +61,22 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Whether `key` has a token now, without taking it (for limits that
+    /// charge only failures). `Err(wait)` as for [`Self::check`].
+    pub fn peek(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let Some(b) = self.buckets.get(key) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            let wait = Duration::try_from_secs_f64((1.0 - tokens) / self.rate);
+            Err(wait.unwrap_or(Duration::MAX))
+        }
+    }
+
     fn prune(&mut self, now: Instant) {
         let (rate, burst) = (self.rate, self.burst);
         self.buckets.retain(|_, b| {
@@ -106,6 +122,20 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         assert!(rl.check(&1, t1).is_ok());
         assert!(rl.check(&1, t1).is_err());
+    }
+
+    #[test]
+    fn peek_takes_nothing() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(1.0, 2.0, 100);
+        assert!(rl.peek(&1, t0).is_ok());
+        assert!(rl.check(&1, t0).is_ok());
+        for _ in 0..10 {
+            assert!(rl.peek(&1, t0).is_ok());
+        }
+        assert!(rl.check(&1, t0).is_ok());
+        assert!(rl.peek(&1, t0).is_err());
+        assert!(rl.peek(&1, t0 + Duration::from_secs(1)).is_ok());
     }
 
     #[test]

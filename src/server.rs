@@ -22,6 +22,7 @@ use crate::accounts::{Accounts, AuthRequest, Job, Reply};
 use crate::api::{self, Answer, Routed, Stats};
 use crate::config::Config;
 use crate::http::{self, Extra, Request};
+use crate::ops::metrics::{self, Metrics, MsgIn, Reject, Route};
 use crate::outq::{self, Flush, OutQueue};
 use crate::protocol::{self, Action};
 use crate::ratelimit::RateLimiter;
@@ -36,6 +37,10 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// `/livez`, `/readyz`, `/metrics` and the admin inspector: the loop's side.
+#[path = "ops/shell.rs"]
+mod ops_shell;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -117,6 +122,8 @@ enum Pending {
     },
     /// A WebSocket `join` under `REQUIRE_AUTH`, with the message to replay.
     Join { ws: Box<WsState>, message: String },
+    /// An `/api/admin/…` request whose admin token is being checked.
+    Admin(Box<ops_shell::AdminPending>),
 }
 
 struct WsState {
@@ -161,6 +168,8 @@ struct Conn {
     /// While `held`: the bytes the kernel still had to send at the last
     /// request timer (0: not looked yet).
     unsent_seen: u32,
+    /// The route class of the request being answered (for `/metrics`).
+    route: Route,
 }
 
 /// How to end a connection.
@@ -203,6 +212,8 @@ pub struct Server {
     accounts: Option<Accounts>,
     shutting_down: Option<Instant>,
     memguard: crate::memguard::MemGuard,
+    metrics: Metrics,
+    ops: ops_shell::OpsState,
 }
 
 impl Server {
@@ -283,6 +294,8 @@ impl Server {
             accounts,
             shutting_down: None,
             memguard: crate::memguard::MemGuard::from_system(),
+            metrics: Metrics::default(),
+            ops: ops_shell::OpsState::new(&cfg),
             cfg,
         })
     }
@@ -321,6 +334,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.metrics.loop_turns += 1;
             if let Some(w) = watchdog {
                 if Instant::now() >= next_watchdog {
                     crate::notify::watchdog();
@@ -443,7 +457,11 @@ impl Server {
                     ..Extra::default()
                 },
             );
-            let _ = sock.write(&resp);
+            if let Ok(n) = sock.write(&resp) {
+                self.metrics.bytes_sent += n as u64;
+            }
+            self.metrics.rejected(Reject::ConnectionLimit);
+            self.metrics.http_answer(Route::Other, 503);
             debug!("refused {addr}: at MAX_CONNECTIONS");
             return;
         }
@@ -482,7 +500,9 @@ impl Server {
             held: false,
             peer_eof: false,
             unsent_seen: 0,
+            route: Route::Other,
         });
+        self.metrics.connections_accepted += 1;
         let cref = ConnRef {
             key: key as u32,
             gen,
@@ -526,6 +546,7 @@ impl Server {
                 }
             };
             total += n;
+            self.metrics.bytes_received += n as u64;
             match &mut c.phase {
                 Phase::Closing => {}
                 Phase::Http {
@@ -649,6 +670,7 @@ impl Server {
                 Err(e) => {
                     debug!("[{}] bad request: {e:?}", cref.key);
                     c.inbuf = Vec::new();
+                    c.route = Route::Invalid;
                     let answer = Answer::error(e.status(), e.message());
                     self.respond(cref, &answer, None, true);
                     self.close(cref, Close::Linger);
@@ -664,6 +686,11 @@ impl Server {
     fn handle_request(&mut self, cref: ConnRef, req: Request, keep_alive: bool) {
         let Some(c) = self.conn(cref) else { return };
         let peer = c.peer;
+        let route = crate::ops::route_class(req.method(), &req.path);
+        c.route = route;
+        if self.ops_request(cref, route, &req, keep_alive) {
+            return;
+        }
         let now = Instant::now();
         let connections = self.conns.len();
         let store = self
@@ -694,6 +721,12 @@ impl Server {
         debug!("[{}] {} {}", cref.key, req.method().as_str(), req.path);
         match routed {
             Routed::Answer(a) => {
+                match (route, a.status) {
+                    (Route::RoomsCreate, 429) => self.metrics.rejected(Reject::RoomCreateRate),
+                    (Route::RoomsCreate, 503) => self.metrics.rejected(Reject::MemoryGuard),
+                    (Route::Auth, 503) => self.metrics.rejected(Reject::AccountsNotConfigured),
+                    _ => {}
+                }
                 let head = req.method() == http::Method::Head;
                 self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
             }
@@ -742,7 +775,10 @@ impl Server {
         head: bool,
     ) {
         let cors = api::cors_origin(&self.cfg, origin);
-        let Some(c) = self.conn(cref) else { return };
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        self.metrics.http_answer(c.route, a.status);
         let mut buf = Vec::with_capacity(256 + a.body.len());
         http::write_response(
             &mut buf,
@@ -841,6 +877,11 @@ impl Server {
     /// Answers a parked request with a 503 (or, for a join, an `error`)
     /// when the workers cannot or did not answer.
     fn give_up(&mut self, cref: ConnRef, pending: Pending, why: &str) {
+        self.metrics.rejected(if why == MSG_ACCOUNTS_BUSY {
+            Reject::AccountsBusy
+        } else {
+            Reject::AccountsTimeout
+        });
         let busy = Answer::error(503, why);
         match pending {
             Pending::Accounts { keep_alive, origin } => {
@@ -855,6 +896,7 @@ impl Server {
                 }
                 self.send(cref, rooms::error_frame(why));
             }
+            Pending::Admin(p) => self.admin_gave_up(cref, *p, why),
         }
     }
 
@@ -909,6 +951,11 @@ impl Server {
             };
             match (pending, reply) {
                 (Pending::Accounts { keep_alive, origin }, Reply::Http(r)) => {
+                    match r.status {
+                        429 => self.metrics.rejected(Reject::LoginRate),
+                        503 => self.metrics.rejected(Reject::AccountsUnavailable),
+                        _ => {}
+                    }
                     let a = Answer {
                         status: r.status,
                         body: r.body,
@@ -949,6 +996,9 @@ impl Server {
                         self.send(cref, rooms::error_frame("Authentication required"));
                     }
                 }
+                (Pending::Admin(p), Reply::Authorized(ok)) => {
+                    self.admin_authorized(cref, *p, ok);
+                }
                 (_, _) => {
                     warn!(
                         "[{}] worker reply did not match the pending request",
@@ -965,6 +1015,7 @@ impl Server {
 
     fn upgrade(&mut self, cref: ConnRef, req: &Request) {
         if !self.memguard.allow_new_websocket(Instant::now()) {
+            self.metrics.rejected(Reject::MemoryGuard);
             let a = Answer::error(503, api::NEAR_MEMORY_LIMIT);
             self.respond(cref, &a, req.origin.as_deref(), true);
             self.close(cref, Close::Linger);
@@ -1000,6 +1051,8 @@ impl Server {
         }));
         self.timers.arm(now + interval, Timer::Ping(cref));
         self.mark_dirty(cref);
+        self.metrics.websockets_accepted += 1;
+        self.metrics.http_answer(Route::Ws, 101);
         debug!("[{}] websocket open", cref.key);
         // Frames pipelined behind the upgrade request are already buffered.
         self.process_ws(cref);
@@ -1026,12 +1079,15 @@ impl Server {
                     match event {
                         None => {}
                         Some(Event::Text(text)) => self.ws_text(cref, text, false),
-                        Some(Event::Binary) => self.send(
-                            cref,
-                            rooms::error_frame(
-                                "Invalid message format: binary frames are not supported",
-                            ),
-                        ),
+                        Some(Event::Binary) => {
+                            self.metrics.message_in(MsgIn::Binary);
+                            self.send(
+                                cref,
+                                rooms::error_frame(
+                                    "Invalid message format: binary frames are not supported",
+                                ),
+                            )
+                        }
                         Some(Event::Ping(p)) => self.send(cref, ws::pong(p)),
                         Some(Event::Pong) => {}
                         Some(Event::Close(code)) => {
@@ -1081,6 +1137,7 @@ impl Server {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
+                self.metrics.message_in(MsgIn::Invalid);
                 self.send(
                     cref,
                     rooms::error_frame(&format!("Invalid message format: {detail}")),
@@ -1093,6 +1150,17 @@ impl Server {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
+        self.metrics.message_in(match action {
+            Action::Ping => MsgIn::Ping,
+            Action::Join { .. } => MsgIn::Join,
+            Action::Broadcast { .. } => MsgIn::Broadcast,
+            Action::SyncDocument { .. } => MsgIn::SyncDocument,
+            Action::RequestSync => MsgIn::RequestSync,
+            Action::Leave => MsgIn::Leave,
+        });
+        if let Some(room) = ws.session.room {
+            self.ops.touch(room, now);
+        }
         match action {
             Action::Ping => self.send(cref, rooms::pong_frame()),
             Action::Join {
@@ -1164,12 +1232,16 @@ impl Server {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
-        if !push_bounded(c, frame, max) {
+        let kind = metrics::classify(&frame);
+        if !push_bounded(c, frame, max, &mut self.metrics.bytes_sent) {
             self.doom(
                 cref,
                 Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
             );
             return;
+        }
+        if let Some(kind) = kind {
+            self.metrics.delivered(kind, 1);
         }
         self.mark_dirty(cref);
     }
@@ -1190,6 +1262,8 @@ impl Server {
                     let Some(r) = self.rooms.get(room) else {
                         continue;
                     };
+                    let kind = metrics::classify(&frame);
+                    let mut delivered = 0;
                     for to in r.member_conns() {
                         if Some(to) == except {
                             continue;
@@ -1197,7 +1271,8 @@ impl Server {
                         let Some(c) = live(&mut self.conns, to) else {
                             continue;
                         };
-                        if push_bounded(c, frame.clone(), max) {
+                        if push_bounded(c, frame.clone(), max, &mut self.metrics.bytes_sent) {
+                            delivered += 1;
                             if !c.dirty {
                                 c.dirty = true;
                                 self.dirty.push(to);
@@ -1209,6 +1284,9 @@ impl Server {
                                 Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
                             ));
                         }
+                    }
+                    if let Some(kind) = kind {
+                        self.metrics.delivered(kind, delivered);
                     }
                 }
                 Effect::Close(to, code, reason) => {
@@ -1258,6 +1336,7 @@ impl Server {
         };
         let queued = c.out.len();
         let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        self.metrics.bytes_sent += queued.saturating_sub(c.out.len()) as u64;
         if c.held && c.out.len() < queued {
             // The peer is reading what it asked for: the wait is ours, so
             // its request clock does not run meanwhile.
@@ -1355,6 +1434,12 @@ impl Server {
             return;
         };
         let already_closing = matches!(c.phase, Phase::Closing);
+        if !already_closing && is_websocket(&c.phase) {
+            self.metrics.ws_closed(match how {
+                Close::Ws(code, _) => code,
+                _ => metrics::CLOSE_ABNORMAL,
+            });
+        }
         match how {
             Close::Abort => {
                 self.remove(cref);
@@ -1441,6 +1526,7 @@ impl Server {
                         self.close(cref, Close::Abort);
                     } else {
                         c.inbuf = Vec::new();
+                        c.route = Route::Invalid;
                         let a = Answer::error(408, "Request not completed in time");
                         self.respond(cref, &a, None, true);
                         self.close(cref, Close::Linger);
@@ -1586,7 +1672,7 @@ fn live(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
 }
 
 /// Queues `frame` unless that would pass `max` bytes.
-fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
+fn push_bounded(c: &mut Conn, frame: Frame, max: usize, sent: &mut u64) -> bool {
     if c.doomed || matches!(c.phase, Phase::Closing) {
         // Already on the way out; its stream ends here, cleanly.
         return true;
@@ -1597,7 +1683,10 @@ fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
         // fanned out in one turn (one sender's whole read budget, say) may
         // overshoot a small bound although the socket would take it all.
         // So hand the kernel what it takes now, then judge.
-        match c.out.flush_to(&mut c.sock, max) {
+        let queued = c.out.len();
+        let flushed = c.out.flush_to(&mut c.sock, max);
+        *sent += queued.saturating_sub(c.out.len()) as u64;
+        match flushed {
             Ok(_) if c.out.cost() + cost <= max => {}
             // Still full, or the socket failed: either way this stream ends.
             _ => return false,

@@ -178,6 +178,7 @@ impl Service {
         match job {
             Job::Http(req) => Reply::Http(self.http(&req)),
             Job::Authorize { token } => Reply::Authorized(self.authorize(&token)),
+            Job::AuthorizeAdmin { token } => Reply::Authorized(self.authorize_admin(&token)),
         }
     }
 
@@ -312,6 +313,29 @@ impl Service {
             Ok(None) => false,
             Err(StoreError::Unavailable(_)) => remembered(),
             Err(_) => false,
+        }
+    }
+
+    /// The admin inspector: a valid token of an active admin, checked
+    /// against the stored user (role and token version) like every admin
+    /// route. Unlike [`Self::authorize`] an outage refuses: the inspector
+    /// can wait, and a signature alone says nothing about the current role.
+    fn authorize_admin(&self, token: &str) -> bool {
+        let Some(claims) = self.keys.verify(token) else {
+            return false;
+        };
+        let Ok(id) = ObjectId::parse_str(&claims.sub) else {
+            return false;
+        };
+        let Ok(store) = self.store() else {
+            return false;
+        };
+        match store.find_by_id(&self.health, id) {
+            Ok(Some(u)) => {
+                self.seen(&u);
+                u.is_active && u.token_version == claims.ver && u.is_admin()
+            }
+            _ => false,
         }
     }
 
