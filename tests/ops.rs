@@ -360,6 +360,18 @@ fn livez_and_readyz_without_dependencies() {
     let r = http(s.addr, "POST", "/livez", &[], b"");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // The probes carry the CORS headers every API answer carries.
+    let r = http(
+        s.addr,
+        "GET",
+        "/metrics",
+        &[("Origin", "http://dash.example")],
+        b"",
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://dash.example")
+    );
     // /health is unchanged.
     let h = http(s.addr, "GET", "/health", &[], b"").json();
     assert_eq!(h["status"], "healthy");
@@ -504,6 +516,17 @@ fn admin_token_api() {
     let r = admin_get(&s, "/api/admin/rooms", Some(ADMIN_TOKEN));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["rooms"], json!([]));
+    // Same origin only: no page elsewhere may read the inspector's JSON.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/admin/rooms",
+        &[("Authorization", &auth), ("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(r.json()["node"]["memory_guard"], "ok");
 
     s.room("INSPECT", "hostsecret");

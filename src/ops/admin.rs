@@ -123,6 +123,7 @@ pub fn asset(target: &Target, access: Access) -> Option<OpsAnswer> {
         headers: PAGE_HEADERS,
         retry_after: None,
         allow: None,
+        cors: false,
     })
 }
 
@@ -311,7 +312,9 @@ mod tests {
             .unwrap();
         let mut s = Session::default();
         let c = ConnRef { key: 1, gen: 1 };
-        rooms.join(c, &mut s, "AAA", "hostA", true, None, t0, wall, &mut fx);
+        rooms.join(
+            c, &mut s, "AAA", "hostA", true, None, None, t0, wall, &mut fx,
+        );
         let mut act = RoomActivity::default();
         act.touch(a, t0 + Duration::from_secs(5));
         let ans = rooms_answer(&rooms, &act, json!({}), t0 + Duration::from_secs(5), wall);

@@ -106,8 +106,10 @@ pub fn route_class(method: Method, path: &str) -> Route {
     }
 }
 
-/// A complete HTTP answer of an ops route (its own content type and
-/// headers; no CORS: these routes are for operators, not for the tracker).
+/// A complete HTTP answer of an ops route, with its own content type and
+/// headers. The probes carry the CORS headers every API answer carries; the
+/// inspector's page and JSON carry none, so only a page of this server's
+/// own origin can read them.
 pub struct OpsAnswer {
     pub status: u16,
     pub content_type: &'static str,
@@ -116,6 +118,8 @@ pub struct OpsAnswer {
     pub headers: &'static str,
     pub retry_after: Option<u64>,
     pub allow: Option<&'static str>,
+    /// Add the CORS headers (`/livez`, `/readyz`, `/metrics`).
+    pub cors: bool,
 }
 
 /// Headers every ops answer carries: nothing is cached, nothing sniffed.
@@ -130,6 +134,7 @@ impl OpsAnswer {
             headers: "",
             retry_after: None,
             allow: None,
+            cors: false,
         }
     }
 
@@ -146,8 +151,9 @@ impl OpsAnswer {
         a
     }
 
-    /// The bytes on the wire. `head` leaves the body out.
-    pub fn write(&self, out: &mut Vec<u8>, close: bool, head: bool) {
+    /// The bytes on the wire. `head` leaves the body out; `cors_origin` is
+    /// what `api::cors_origin` allows for the request (used when `cors`).
+    pub fn write(&self, out: &mut Vec<u8>, close: bool, head: bool, cors_origin: Option<&str>) {
         use std::io::Write;
         let _ = write!(
             out,
@@ -158,6 +164,9 @@ impl OpsAnswer {
             self.body.len(),
             self.headers
         );
+        if self.cors {
+            crate::http::write_cors(out, cors_origin, None);
+        }
         if let Some(a) = self.allow {
             let _ = write!(out, "Allow: {a}\r\n");
         }

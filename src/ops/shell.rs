@@ -67,12 +67,15 @@ impl Server {
             self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
             return true;
         }
+        let origin = api::cors_origin(&self.cfg, req.origin.as_deref());
         if !matches!(req.method(), http::Method::Get | http::Method::Head) {
-            self.ops_answer(cref, &OpsAnswer::method_not_allowed(), keep_alive, head);
+            let mut a = OpsAnswer::method_not_allowed();
+            a.cors = route != Route::Admin;
+            self.ops_answer(cref, &a, keep_alive, head, origin);
             return true;
         }
         let now = Instant::now();
-        let a = match route {
+        let mut a = match route {
             Route::Livez => ops::livez(
                 self.metrics.loop_turns,
                 now.saturating_duration_since(self.started).as_secs(),
@@ -96,11 +99,13 @@ impl Server {
                     headers: "",
                     retry_after: None,
                     allow: None,
+                    cors: false,
                 }
             }
             _ => return self.admin_request(cref, req, keep_alive, head),
         };
-        self.ops_answer(cref, &a, keep_alive, head);
+        a.cors = true;
+        self.ops_answer(cref, &a, keep_alive, head, origin);
         true
     }
 
@@ -145,14 +150,21 @@ impl Server {
     }
 
     /// Queues an ops answer and sets up what follows, like `answer`.
-    fn ops_answer(&mut self, cref: ConnRef, a: &OpsAnswer, keep_alive: bool, head: bool) {
+    fn ops_answer(
+        &mut self,
+        cref: ConnRef,
+        a: &OpsAnswer,
+        keep_alive: bool,
+        head: bool,
+        cors_origin: Option<&str>,
+    ) {
         let keep = keep_alive && self.shutting_down.is_none();
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
         self.metrics.http_answer(c.route, a.status);
         let mut buf = Vec::with_capacity(256 + a.body.len());
-        a.write(&mut buf, !keep, head);
+        a.write(&mut buf, !keep, head, cors_origin);
         c.out.push(Frame::from(buf));
         self.mark_dirty(cref);
         self.after_response(cref, keep);
@@ -168,7 +180,7 @@ impl Server {
         let target = Target::of(&req.path);
         if !target.needs_auth() {
             match admin::asset(&target, self.ops.access) {
-                Some(a) => self.ops_answer(cref, &a, keep_alive, head),
+                Some(a) => self.ops_answer(cref, &a, keep_alive, head, None),
                 None => {
                     let a = Answer::error(404, "Not found");
                     self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
@@ -185,12 +197,12 @@ impl Server {
             self.metrics.rejected(Reject::AdminAuthRate);
             let mut a = OpsAnswer::error(429, "Too many failed admin sign-ins; try again later");
             a.retry_after = Some(crate::ratelimit::retry_after_secs(wait));
-            self.ops_answer(cref, &a, keep_alive, head);
+            self.ops_answer(cref, &a, keep_alive, head, None);
             return true;
         }
         let Some(token) = api::bearer(req.authorization.as_deref()) else {
             let a = OpsAnswer::error(401, "Authentication required");
-            self.ops_answer(cref, &a, keep_alive, head);
+            self.ops_answer(cref, &a, keep_alive, head, None);
             return true;
         };
         match self.ops.access {
@@ -245,11 +257,12 @@ impl Server {
                 _ => OpsAnswer::error(404, "Not found"),
             }
         };
-        self.ops_answer(cref, &a, p.keep_alive, p.head);
+        self.ops_answer(cref, &a, p.keep_alive, p.head, None);
     }
 
     /// The workers could not answer: 503, like any parked request.
     pub(super) fn admin_gave_up(&mut self, cref: ConnRef, p: AdminPending, why: &str) {
-        self.ops_answer(cref, &OpsAnswer::error(503, why), p.keep_alive, p.head);
+        let a = OpsAnswer::error(503, why);
+        self.ops_answer(cref, &a, p.keep_alive, p.head, None);
     }
 }
