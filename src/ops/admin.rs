@@ -36,7 +36,7 @@ const STYLE: &str = include_str!("assets/admin.css");
 /// The page's headers: scripts, styles and fetches from this origin only,
 /// no inline script, no framing, no referrer.
 const PAGE_HEADERS: &str = "Content-Security-Policy: default-src 'none'; script-src 'self'; \
-style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n";
 
 /// How admins prove who they are.
