@@ -1201,6 +1201,9 @@ impl Server {
                     std::time::SystemTime::now(),
                     &mut self.fx,
                 );
+                if let Some(room) = ws.session.room {
+                    self.ops.touch(room, now);
+                }
                 self.apply_effects();
             }
             Action::Broadcast { data } => {
@@ -1427,6 +1430,9 @@ impl Server {
             _ => None,
         };
         if let Some(session) = session.filter(|s| s.in_room()) {
+            if let Some(room) = session.room {
+                self.ops.touch(room, now);
+            }
             self.rooms.leave(cref, session, now, &mut self.fx);
             self.apply_effects();
         }

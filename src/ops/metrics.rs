@@ -385,7 +385,7 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     o.single(
         "connections_accepted_total",
         "counter",
-        "TCP connections accepted (including those then refused at MAX_CONNECTIONS).",
+        "TCP connections admitted (those refused at MAX_CONNECTIONS count as rejections).",
         m.connections_accepted,
     );
     o.single(
