@@ -80,6 +80,9 @@ pub struct Stats<'a> {
 const ROUTES: &[&str] = &[
     "GET /",
     "GET /health",
+    "GET /livez",
+    "GET /readyz",
+    "GET /metrics",
     "POST /api/rooms",
     "GET /api/rooms/:room_code",
     "GET /ws",

@@ -53,6 +53,8 @@ pub struct Config {
     pub accounts: Option<crate::accounts::AccountsConfig>,
     /// Where rooms are kept (`ROOM_STORE`, `DATA_DIR`, `ROOM_SAVE_*`).
     pub room_store: crate::store::StoreConfig,
+    /// `ADMIN_TOKEN` and `LOG_FORMAT` (§8).
+    pub ops: crate::ops::OpsConfig,
 }
 
 impl Config {
@@ -155,6 +157,7 @@ impl Config {
         }
         let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
         let room_store = room_store(&get, &num)?;
+        let ops = crate::ops::OpsConfig::from_lookup(|k| get(k))?;
 
         Ok(Config {
             host,
@@ -184,6 +187,7 @@ impl Config {
             },
             accounts,
             room_store,
+            ops,
         })
     }
 

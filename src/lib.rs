@@ -14,6 +14,7 @@ pub mod history;
 pub mod http;
 pub mod memguard;
 pub mod notify;
+pub mod ops;
 pub mod outq;
 pub mod protocol;
 pub mod ratelimit;

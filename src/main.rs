@@ -45,7 +45,14 @@ fn main() -> ExitCode {
         .add_filter_ignore_str("hickory")
         .add_filter_ignore_str("rustls")
         .build();
-    let _ = simplelog::WriteLogger::init(cfg.log_level, log_cfg, std::io::stderr());
+    match cfg.ops.log_format {
+        sync_server::ops::LogFormat::Text => {
+            let _ = simplelog::WriteLogger::init(cfg.log_level, log_cfg, std::io::stderr());
+        }
+        sync_server::ops::LogFormat::Json => {
+            let _ = sync_server::ops::logjson::init(cfg.log_level);
+        }
+    }
 
     let server = match sync_server::server::Server::bind(cfg.clone()) {
         Ok(s) => s,

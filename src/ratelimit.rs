@@ -158,6 +158,20 @@ mod tests {
     }
 
     #[test]
+    fn peek_takes_nothing() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(1.0, 2.0, 100);
+        assert!(rl.peek(&1, t0).is_ok());
+        assert!(rl.check(&1, t0).is_ok());
+        for _ in 0..10 {
+            assert!(rl.peek(&1, t0).is_ok());
+        }
+        assert!(rl.check(&1, t0).is_ok());
+        assert!(rl.peek(&1, t0).is_err());
+        assert!(rl.peek(&1, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
     fn map_stays_bounded() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(1.0, 1.0, 10);

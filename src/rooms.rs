@@ -205,6 +205,21 @@ impl Room {
     pub fn peer_count(&self) -> usize {
         self.members.len()
     }
+    /// Bytes the stored document holds (as its ready `document_sync`
+    /// frame); 0 without one.
+    pub fn document_bytes(&self) -> usize {
+        self.document.as_ref().map_or(0, |d| d.len())
+    }
+    /// Whether a member joined as the host. Read from the peer objects:
+    /// `"is_host":` follows the id, whose quotes are escaped, so its first
+    /// occurrence is the member's own flag.
+    pub fn host_present(&self) -> bool {
+        self.members.iter().any(|m| {
+            m.peer_json
+                .find(r#""is_host":"#)
+                .is_some_and(|i| m.peer_json[i + 10..].starts_with("true"))
+        })
+    }
     /// The JSON array of peer objects, in join order.
     pub fn peers_json(&self) -> String {
         let mut s = String::with_capacity(2 + self.members.len() * 96);

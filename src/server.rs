@@ -22,6 +22,7 @@ use crate::accounts::{Accounts, AuthRequest, Job, Principal, Reply};
 use crate::api::{self, Answer, Routed, Stats};
 use crate::config::Config;
 use crate::http::{self, Extra, Request};
+use crate::ops::metrics::{self, Metrics, MsgIn, Reject, Route};
 use crate::outq::{self, Flush, OutQueue};
 use crate::protocol::{self, Action};
 use crate::ratelimit::RateLimiter;
@@ -37,6 +38,10 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// `/livez`, `/readyz`, `/metrics` and the admin inspector: the loop's side.
+#[path = "ops/shell.rs"]
+mod ops_shell;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -136,6 +141,8 @@ enum Pending {
     /// A REST request for a room that is not in memory, waiting for the
     /// room store's lookup; it is routed again once the answer is in.
     Rest { req: Box<Request>, keep_alive: bool },
+    /// An `/api/admin/…` request whose admin token is being checked.
+    Admin(Box<ops_shell::AdminPending>),
 }
 
 struct WsState {
@@ -188,6 +195,8 @@ struct Conn {
     /// What its queue of HTTP answers costs, as last counted into
     /// [`Server::http_backlog`].
     http_out: usize,
+    /// The route class of the request being answered (for `/metrics`).
+    route: Route,
 }
 
 /// How to end a connection.
@@ -243,6 +252,8 @@ pub struct Server {
     store: RoomStore,
     shutting_down: Option<Instant>,
     memguard: crate::memguard::MemGuard,
+    metrics: Metrics,
+    ops: ops_shell::OpsState,
 }
 
 impl Server {
@@ -333,6 +344,8 @@ impl Server {
             store,
             shutting_down: None,
             memguard: crate::memguard::MemGuard::from_system(),
+            metrics: Metrics::default(),
+            ops: ops_shell::OpsState::new(&cfg),
             cfg,
         })
     }
@@ -374,6 +387,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.metrics.loop_turns += 1;
             if let Some(w) = watchdog {
                 if Instant::now() >= next_watchdog {
                     crate::notify::watchdog();
@@ -502,7 +516,11 @@ impl Server {
                     ..Extra::default()
                 },
             );
-            let _ = sock.write(&resp);
+            if let Ok(n) = sock.write(&resp) {
+                self.metrics.bytes_sent += n as u64;
+            }
+            self.metrics.rejected(Reject::ConnectionLimit);
+            self.metrics.http_answer(Route::Other, 503);
             debug!("refused {addr}: at MAX_CONNECTIONS");
             return;
         }
@@ -543,7 +561,9 @@ impl Server {
             unsent_seen: 0,
             reassembly: 0,
             http_out: 0,
+            route: Route::Other,
         });
+        self.metrics.connections_accepted += 1;
         let cref = ConnRef {
             key: key as u32,
             gen,
@@ -596,6 +616,7 @@ impl Server {
                 }
             };
             total += n;
+            self.metrics.bytes_received += n as u64;
             match &mut c.phase {
                 Phase::Closing => {}
                 Phase::Http {
@@ -729,6 +750,7 @@ impl Server {
                 Err(e) => {
                     debug!("[{}] bad request: {e:?}", cref.key);
                     c.inbuf = Vec::new();
+                    c.route = Route::Invalid;
                     let answer = Answer::error(e.status(), e.message());
                     self.respond(cref, &answer, None, true);
                     self.close(cref, Close::Linger);
@@ -758,6 +780,11 @@ impl Server {
         }
         let Some(c) = self.conn(cref) else { return };
         let peer = c.peer;
+        let route = crate::ops::route_class(req.method(), &req.path);
+        c.route = route;
+        if self.ops_request(cref, route, &req, keep_alive) {
+            return;
+        }
         let now = Instant::now();
         let connections = self.conns.len();
         let store = self
@@ -790,6 +817,12 @@ impl Server {
         debug!("[{}] {} {}", cref.key, req.method().as_str(), req.path);
         match routed {
             Routed::Answer(a) => {
+                match (route, a.status) {
+                    (Route::RoomsCreate, 429) => self.metrics.rejected(Reject::RoomCreateRate),
+                    (Route::RoomsCreate, 503) => self.metrics.rejected(Reject::MemoryGuard),
+                    (Route::Auth, 503) => self.metrics.rejected(Reject::AccountsNotConfigured),
+                    _ => {}
+                }
                 let head = req.method() == http::Method::Head;
                 self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
             }
@@ -841,6 +874,7 @@ impl Server {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
+        self.metrics.http_answer(c.route, a.status);
         let mut buf = Vec::with_capacity(256 + a.body.len());
         http::write_response(
             &mut buf,
@@ -943,6 +977,11 @@ impl Server {
     /// Answers a parked request with a 503 (or, for a join, an `error`)
     /// when the workers cannot or did not answer.
     fn give_up(&mut self, cref: ConnRef, pending: Pending, why: &str) {
+        self.metrics.rejected(if why == MSG_ACCOUNTS_BUSY {
+            Reject::AccountsBusy
+        } else {
+            Reject::AccountsTimeout
+        });
         let busy = Answer::error(503, why);
         match pending {
             Pending::Accounts { keep_alive, origin } => {
@@ -960,6 +999,7 @@ impl Server {
                 }
                 self.send(cref, rooms::error_frame(why));
             }
+            Pending::Admin(p) => self.admin_gave_up(cref, *p, why),
         }
     }
 
@@ -1072,6 +1112,11 @@ impl Server {
             };
             match (pending, reply) {
                 (Pending::Accounts { keep_alive, origin }, Reply::Http(r)) => {
+                    match r.status {
+                        429 => self.metrics.rejected(Reject::LoginRate),
+                        503 => self.metrics.rejected(Reject::AccountsUnavailable),
+                        _ => {}
+                    }
                     let a = Answer {
                         status: r.status,
                         body: r.body,
@@ -1113,6 +1158,9 @@ impl Server {
                         self.send(cref, rooms::error_frame("Authentication required"));
                     }
                 }
+                (Pending::Admin(p), Reply::Authorized(who)) => {
+                    self.admin_authorized(cref, *p, who.is_some());
+                }
                 (_, _) => {
                     warn!(
                         "[{}] worker reply did not match the pending request",
@@ -1129,6 +1177,7 @@ impl Server {
 
     fn upgrade(&mut self, cref: ConnRef, req: &Request) {
         if !self.memguard.allow_new_websocket(Instant::now()) {
+            self.metrics.rejected(Reject::MemoryGuard);
             let a = Answer::error(503, api::NEAR_MEMORY_LIMIT);
             self.respond(cref, &a, req.origin.as_deref(), true);
             self.close(cref, Close::Linger);
@@ -1168,6 +1217,8 @@ impl Server {
         }));
         self.timers.arm(now + interval, Timer::Ping(cref));
         self.mark_dirty(cref);
+        self.metrics.websockets_accepted += 1;
+        self.metrics.http_answer(Route::Ws, 101);
         debug!("[{}] websocket open", cref.key);
         // Frames pipelined behind the upgrade request are already buffered.
         self.process_ws(cref);
@@ -1202,12 +1253,15 @@ impl Server {
                     match event {
                         None => {}
                         Some(Event::Text(text)) => self.ws_text(cref, text, None, false),
-                        Some(Event::Binary) => self.send(
-                            cref,
-                            rooms::error_frame(
-                                "Invalid message format: binary frames are not supported",
-                            ),
-                        ),
+                        Some(Event::Binary) => {
+                            self.metrics.message_in(MsgIn::Binary);
+                            self.send(
+                                cref,
+                                rooms::error_frame(
+                                    "Invalid message format: binary frames are not supported",
+                                ),
+                            )
+                        }
                         Some(Event::Ping(p)) => self.send(cref, ws::pong(p)),
                         Some(Event::Pong) => {}
                         Some(Event::Close(code)) => {
@@ -1328,6 +1382,7 @@ impl Server {
         let action = match protocol::decode(text) {
             Ok(a) => a,
             Err(detail) => {
+                self.metrics.message_in(MsgIn::Invalid);
                 self.send(
                     cref,
                     rooms::error_frame(&format!("Invalid message format: {detail}")),
@@ -1345,6 +1400,17 @@ impl Server {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
+        self.metrics.message_in(match action {
+            Action::Ping => MsgIn::Ping,
+            Action::Join { .. } => MsgIn::Join,
+            Action::Broadcast { .. } => MsgIn::Broadcast,
+            Action::SyncDocument { .. } => MsgIn::SyncDocument,
+            Action::RequestSync => MsgIn::RequestSync,
+            Action::Leave => MsgIn::Leave,
+        });
+        if let Some(room) = ws.session.room {
+            self.ops.touch(room, now);
+        }
         match action {
             Action::Ping => self.send(cref, rooms::pong_frame()),
             Action::Join {
@@ -1430,6 +1496,9 @@ impl Server {
                     std::time::SystemTime::now(),
                     &mut self.fx,
                 );
+                if let Some(room) = ws.session.room {
+                    self.ops.touch(room, now);
+                }
                 self.apply_effects();
             }
             Action::Broadcast { data } => {
@@ -1461,12 +1530,16 @@ impl Server {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
-        if !push_bounded(c, frame, max) {
+        let kind = metrics::classify(&frame);
+        if !push_bounded(c, frame, max, &mut self.metrics.bytes_sent) {
             self.doom(
                 cref,
                 Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
             );
             return;
+        }
+        if let Some(kind) = kind {
+            self.metrics.delivered(kind, 1);
         }
         self.mark_dirty(cref);
     }
@@ -1487,6 +1560,8 @@ impl Server {
                     let Some(r) = self.rooms.get(room) else {
                         continue;
                     };
+                    let kind = metrics::classify(&frame);
+                    let mut delivered = 0;
                     for to in r.member_conns() {
                         if Some(to) == except {
                             continue;
@@ -1494,7 +1569,8 @@ impl Server {
                         let Some(c) = live(&mut self.conns, to) else {
                             continue;
                         };
-                        if push_bounded(c, frame.clone(), max) {
+                        if push_bounded(c, frame.clone(), max, &mut self.metrics.bytes_sent) {
+                            delivered += 1;
                             if !c.dirty {
                                 c.dirty = true;
                                 self.dirty.push(to);
@@ -1506,6 +1582,9 @@ impl Server {
                                 Close::Ws(ws::close::POLICY, "Outbound queue limit exceeded"),
                             ));
                         }
+                    }
+                    if let Some(kind) = kind {
+                        self.metrics.delivered(kind, delivered);
                     }
                 }
                 Effect::Close(to, code, reason) => {
@@ -1560,6 +1639,7 @@ impl Server {
         };
         let queued = c.out.len();
         let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+        self.metrics.bytes_sent += queued.saturating_sub(c.out.len()) as u64;
         count_http(&mut self.http_backlog, c);
         if c.held && c.out.len() < queued {
             // The peer is reading what it asked for: the wait is ours, so
@@ -1652,6 +1732,9 @@ impl Server {
             _ => None,
         };
         if let Some(session) = session.filter(|s| s.in_room()) {
+            if let Some(room) = session.room {
+                self.ops.touch(room, now);
+            }
             self.rooms.leave(cref, session, now, &mut self.fx);
             self.apply_effects();
         }
@@ -1659,6 +1742,12 @@ impl Server {
             return;
         };
         let already_closing = matches!(c.phase, Phase::Closing);
+        if !already_closing && is_websocket(&c.phase) {
+            self.metrics.ws_closed(match how {
+                Close::Ws(code, _) => code,
+                _ => metrics::CLOSE_ABNORMAL,
+            });
+        }
         match how {
             Close::Abort => {
                 self.remove(cref);
@@ -1749,6 +1838,7 @@ impl Server {
                         self.close(cref, Close::Abort);
                     } else {
                         c.inbuf = Vec::new();
+                        c.route = Route::Invalid;
                         let a = Answer::error(408, "Request not completed in time");
                         self.respond(cref, &a, None, true);
                         self.close(cref, Close::Linger);
@@ -1906,7 +1996,7 @@ fn live(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
 }
 
 /// Queues `frame` unless that would pass `max` bytes.
-fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
+fn push_bounded(c: &mut Conn, frame: Frame, max: usize, sent: &mut u64) -> bool {
     if c.doomed || matches!(c.phase, Phase::Closing) {
         // Already on the way out; its stream ends here, cleanly.
         return true;
@@ -1917,7 +2007,10 @@ fn push_bounded(c: &mut Conn, frame: Frame, max: usize) -> bool {
         // fanned out in one turn (one sender's whole read budget, say) may
         // overshoot a small bound although the socket would take it all.
         // So hand the kernel what it takes now, then judge.
-        match c.out.flush_to(&mut c.sock, max) {
+        let queued = c.out.len();
+        let flushed = c.out.flush_to(&mut c.sock, max);
+        *sent += queued.saturating_sub(c.out.len()) as u64;
+        match flushed {
             Ok(_) if c.out.cost() + cost <= max => {}
             // Still full, or the socket failed: either way this stream ends.
             _ => return false,

@@ -31,7 +31,7 @@ SECTION4 = [
 # Read by the server but not part of section 4.
 EXTRA_VARS = [
     "MEMORY_LIMIT_BYTES", "REQUIRE_AUTH", "ACCOUNT_WORKERS", "ACCOUNT_QUEUE",
-    "LOGIN_RATE_PER_IP", "LOGIN_RATE_PER_EMAIL",
+    "LOGIN_RATE_PER_IP", "LOGIN_RATE_PER_EMAIL", "ADMIN_TOKEN", "LOG_FORMAT",
     "ROOM_STORE", "DATA_DIR", "ROOM_SAVE_DELAY_MS", "ROOM_SAVE_MAX_DELAY_MS",
 ]
 
@@ -404,7 +404,7 @@ def check_envfile():
                 shlex.split(v)
             except ValueError as e:
                 problem(f"{rel}:{n}: value does not parse: {e}")
-            if k in ("JWT_SECRET", "INITIAL_ADMIN_PASSWORD", "INITIAL_SETUP_TOKEN") and v:
+            if k in ("JWT_SECRET", "INITIAL_ADMIN_PASSWORD", "INITIAL_SETUP_TOKEN", "ADMIN_TOKEN") and v:
                 problem(f"{rel}:{n}: the example must not carry a secret value for {k}")
     for k in section4_vars():
         if k not in seen:

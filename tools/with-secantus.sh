@@ -15,7 +15,8 @@
 #     SYNC_TEST_SECANTUS_BIN  the secantusd-py executable, so a test can run a
 #                             daemon of its own (the outage test stops and
 #                             restarts one; it must not stop the shared one)
-#     SYNC_TEST_PYTHON        the venv's python (has pymongo)
+#     SYNC_TEST_PYTHON        the venv's python (has pymongo and
+#                             prometheus_client, for the metrics test)
 # - Stops the daemon with SIGTERM afterwards and exits with the command's
 #   status. If the daemon cannot start, prints its log tail and exits 1: the
 #   tests must fail then, not skip.
@@ -45,6 +46,20 @@ install_venv() {
     touch "$marker"
 }
 
+# The metrics test parses /metrics with the official Prometheus client's
+# parser; it lives in the same venv (pinned, installed once).
+PROMETHEUS_CLIENT_VERSION="0.26.0"
+install_prometheus_client() {
+    local m="$venv/.prometheus-client-$PROMETHEUS_CLIENT_VERSION"
+    if [ -f "$m" ]; then
+        return 0
+    fi
+    echo "with-secantus: installing prometheus-client==$PROMETHEUS_CLIENT_VERSION into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+    touch "$m"
+}
+
 # Two runs at once must not build the same venv together.
 lockfile="$cache/venv.lock"
 mkdir -p "$cache"
@@ -52,10 +67,12 @@ if command -v flock >/dev/null 2>&1; then
     exec 9>"$lockfile"
     flock 9
     install_venv
+    install_prometheus_client
     flock -u 9
     exec 9>&-
 else
     install_venv
+    install_prometheus_client
 fi
 
 daemon="$venv/bin/secantusd-py"

@@ -53,6 +53,9 @@ impl Accounts {
     pub fn store_status(&self) -> &'static str {
         match self.never {}
     }
+    pub fn figures(&self) -> crate::ops::metrics::AccountsFigures {
+        match self.never {}
+    }
     pub fn note_no_answer(&self) {
         match self.never {}
     }

@@ -194,6 +194,7 @@ impl Service {
         match job {
             Job::Http(req) => Reply::Http(self.http(&req)),
             Job::Authorize { token } => Reply::Authorized(self.authorize(&token)),
+            Job::AuthorizeAdmin { token } => Reply::Authorized(self.authorize_admin(&token)),
         }
     }
 
@@ -334,6 +335,27 @@ impl Service {
             Ok(None) => None,
             Err(StoreError::Unavailable(_)) => remembered(),
             Err(_) => None,
+        }
+    }
+
+    /// The admin inspector: a valid token of an active admin, checked
+    /// against the stored user (role and token version) like every admin
+    /// route. Unlike [`Self::authorize`] an outage refuses: the inspector
+    /// can wait, and a signature alone says nothing about the current role.
+    /// The admin a token speaks for (`None`: not a valid admin token).
+    fn authorize_admin(&self, token: &str) -> Option<Principal> {
+        let claims = self.keys.verify(token)?;
+        let id = ObjectId::parse_str(&claims.sub).ok()?;
+        let store = self.store().ok()?;
+        match store.find_by_id(&self.health, id) {
+            Ok(Some(u)) => {
+                self.seen(&u);
+                (u.is_active && u.token_version == claims.ver && u.is_admin()).then(|| Principal {
+                    user: claims.sub.clone(),
+                    admin: true,
+                })
+            }
+            _ => None,
         }
     }
 
@@ -552,8 +574,10 @@ impl Service {
             ));
         };
         let Some(given) = req.setup_token.as_deref().filter(|t| !t.is_empty()) else {
+            // 403, not 401: no credential the client could add would be a
+            // login; the tracker's own backend answers this way (§3).
             return Err(fail(
-                401,
+                403,
                 "Creating the first user requires the X-Setup-Token header",
             ));
         };

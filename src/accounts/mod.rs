@@ -97,6 +97,8 @@ pub enum Job {
     Http(AuthRequest),
     /// Is this bearer token valid, unexpired and not revoked? (`REQUIRE_AUTH`)
     Authorize { token: String },
+    /// Is this bearer token an active admin's? (the `/api/admin/…` routes)
+    AuthorizeAdmin { token: String },
 }
 
 /// Who a valid bearer token speaks for (`REQUIRE_AUTH`).
@@ -153,6 +155,11 @@ impl Accounts {
     /// the `store` field of `/health`.
     pub fn store_status(&self) -> &'static str {
         self.pool.store_status()
+    }
+
+    /// Queue depth, database state and job latency for `/metrics`.
+    pub fn figures(&self) -> crate::ops::metrics::AccountsFigures {
+        self.pool.figures()
     }
 
     /// The loop stopped waiting for a job (see the server's reply

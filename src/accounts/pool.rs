@@ -15,6 +15,7 @@
 //! joins everything with a bounded total wait; a thread still stuck in a
 //! database call after that is left to die with the process.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::handlers::Service;
 use super::{AccountsConfig, Job, Reply};
+use crate::ops::metrics::{AccountsFigures, AtomicHistogram};
 
 /// How much longer than the loop's reply timeout a queued job may wait
 /// before a worker drops it unrun.
@@ -39,6 +41,16 @@ pub struct Pool {
     exited: Receiver<&'static str>,
     threads: Vec<JoinHandle<()>>,
     service: Arc<Service>,
+    stats: Arc<JobStats>,
+}
+
+/// Queue depth and job latency, kept by the workers for `/metrics`.
+#[derive(Default)]
+struct JobStats {
+    /// Jobs submitted and not yet taken by a worker.
+    queued: AtomicU64,
+    /// From `submit` to the reply.
+    latency: AtomicHistogram,
 }
 
 impl Pool {
@@ -50,6 +62,7 @@ impl Pool {
         let (exit_tx, exit_rx) = mpsc::channel::<&'static str>();
         let service = Arc::new(Service::new(cfg));
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let stats = Arc::new(JobStats::default());
 
         let mut threads = Vec::with_capacity(workers + 1);
         for i in 0..workers {
@@ -58,10 +71,11 @@ impl Pool {
             let waker = Arc::clone(&waker);
             let service = Arc::clone(&service);
             let exit_tx = exit_tx.clone();
+            let stats = Arc::clone(&stats);
             let t = std::thread::Builder::new()
                 .name(format!("accounts-{i}"))
                 .spawn(move || {
-                    worker(&job_rx, &reply_tx, &waker, &service);
+                    worker(&job_rx, &reply_tx, &waker, &service, &stats);
                     let _ = exit_tx.send("worker");
                 })
                 .map_err(|e| format!("cannot start an accounts worker thread: {e}"))?;
@@ -86,6 +100,7 @@ impl Pool {
             exited: exit_rx,
             threads,
             service,
+            stats,
         })
     }
 
@@ -94,11 +109,16 @@ impl Pool {
         match &self.jobs {
             None => Err(job),
             Some(tx) => {
-                tx.try_send((tag, Instant::now(), job))
-                    .map_err(|e| match e {
+                // Counted before the send so a worker's decrement never
+                // comes first.
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                tx.try_send((tag, Instant::now(), job)).map_err(|e| {
+                    self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    match e {
                         TrySendError::Full((_, _, job))
                         | TrySendError::Disconnected((_, _, job)) => job,
-                    })
+                    }
+                })
             }
         }
     }
@@ -111,6 +131,14 @@ impl Pool {
 
     pub fn store_status(&self) -> &'static str {
         self.service.store_status()
+    }
+
+    pub fn figures(&self) -> AccountsFigures {
+        AccountsFigures {
+            queued: self.stats.queued.load(Ordering::Relaxed),
+            database_up: self.service.store_status() == "ok",
+            jobs: self.stats.latency.snapshot(),
+        }
     }
 
     pub fn note_no_answer(&self) {
@@ -147,6 +175,7 @@ fn worker(
     replies: &mpsc::Sender<(u64, Reply)>,
     waker: &mio::Waker,
     service: &Service,
+    stats: &JobStats,
 ) {
     loop {
         // Holding the lock while waiting is fine: whoever holds it is the one
@@ -159,7 +188,8 @@ fn worker(
         let Ok((tag, queued_at, job)) = next else {
             return;
         };
-        let authorize = matches!(job, Job::Authorize { .. });
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let authorize = matches!(job, Job::Authorize { .. } | Job::AuthorizeAdmin { .. });
         // The margin lets the loop's own timer (armed just after `submit`)
         // answer first, with its own words; this only makes sure nobody's
         // request is carried out after that answer.
@@ -187,6 +217,7 @@ fn worker(
                     }
                 })
         };
+        stats.latency.observe(queued_at.elapsed());
         if replies.send((tag, reply)).is_err() {
             return;
         }

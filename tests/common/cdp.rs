@@ -203,6 +203,15 @@ impl Browser {
             .collect()
     }
 
+    /// Resizes the page's viewport (CSS pixels), e.g. before a screenshot.
+    pub fn set_viewport(&mut self, page: &Page, width: u32, height: u32) {
+        self.call(
+            Some(&page.session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        );
+    }
+
     /// A PNG of the page as it is now.
     pub fn screenshot(&mut self, page: &Page) -> Vec<u8> {
         let r = self.call(

@@ -1,0 +1,307 @@
+//! The operator's view (protocol §8): `/metrics`, `/livez`, `/readyz`, the
+//! `/admin` inspector and its `/api/admin/…` JSON, and JSON log lines.
+//!
+//! This module owns the pure parts: route classes, the counters and their
+//! rendering ([`metrics`]), the admin API's access rules and answers
+//! ([`admin`]), the JSON logger ([`logjson`]) and the operator settings
+//! ([`OpsConfig`]). The loop's side (reading its own state, parking an admin
+//! request on the accounts workers) is `server`'s child module in
+//! `ops/shell.rs`, so that it can see the loop's private state without
+//! widening it.
+//!
+//! Invariants: nothing here names a room, peer or token in a metric label;
+//! `ADMIN_TOKEN` is never logged or printed (its `Debug` is redacted) and is
+//! compared in constant time; every answer here carries its own complete
+//! headers (operators' routes are not part of the CORS contract).
+
+pub mod admin;
+pub mod logjson;
+pub mod metrics;
+
+use crate::http::Method;
+pub use metrics::Route;
+
+/// Shortest `ADMIN_TOKEN` accepted: shorter ones stop start-up.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// simplelog's human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Operator settings from the environment.
+#[derive(Clone, Default)]
+pub struct OpsConfig {
+    /// Bearer token for `/api/admin/…` when accounts are off.
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for OpsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpsConfig")
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl OpsConfig {
+    /// `get` returns trimmed, non-empty values (as `Config` passes them).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<OpsConfig, String> {
+        let admin_token = get("ADMIN_TOKEN");
+        if let Some(t) = &admin_token {
+            if t.chars().count() < MIN_ADMIN_TOKEN {
+                // Never echo the value: it is a secret even when too short.
+                return Err(format!(
+                    "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters (it has {})",
+                    t.chars().count()
+                ));
+            }
+        }
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(v) => return Err(format!("LOG_FORMAT must be text or json, got {v:?}")),
+        };
+        Ok(OpsConfig {
+            admin_token,
+            log_format,
+        })
+    }
+}
+
+/// The route class of a request, for metrics and for the ops routes.
+pub fn route_class(method: Method, path: &str) -> Route {
+    if method == Method::Options {
+        return Route::Preflight;
+    }
+    let under = |prefix: &str| {
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    match path {
+        "/" => Route::Root,
+        "/health" => Route::Health,
+        "/livez" => Route::Livez,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        "/api/rooms" => Route::RoomsCreate,
+        "/ws" => Route::Ws,
+        p if p.starts_with("/api/rooms/") => Route::RoomsGet,
+        _ if under("/api/auth") => Route::Auth,
+        _ if under("/admin") || under("/api/admin") => Route::Admin,
+        _ => Route::Other,
+    }
+}
+
+/// A complete HTTP answer of an ops route, with its own content type and
+/// headers. The probes carry the CORS headers every API answer carries; the
+/// inspector's page and JSON carry none, so only a page of this server's
+/// own origin can read them.
+pub struct OpsAnswer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Extra header lines, each ending in CRLF.
+    pub headers: &'static str,
+    pub retry_after: Option<u64>,
+    pub allow: Option<&'static str>,
+    /// Add the CORS headers (`/livez`, `/readyz`, `/metrics`).
+    pub cors: bool,
+}
+
+/// Headers every ops answer carries: nothing is cached, nothing sniffed.
+const COMMON_HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n";
+
+impl OpsAnswer {
+    pub fn json(status: u16, v: &serde_json::Value) -> OpsAnswer {
+        OpsAnswer {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_vec(v).unwrap_or_default(),
+            headers: "",
+            retry_after: None,
+            allow: None,
+            cors: false,
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> OpsAnswer {
+        OpsAnswer::json(
+            status,
+            &serde_json::json!({"success": false, "error": message}),
+        )
+    }
+
+    pub fn method_not_allowed() -> OpsAnswer {
+        let mut a = OpsAnswer::error(405, "Method not allowed");
+        a.allow = Some("GET, HEAD");
+        a
+    }
+
+    /// The bytes on the wire. `head` leaves the body out; `cors_origin` is
+    /// what `api::cors_origin` allows for the request (used when `cors`).
+    pub fn write(&self, out: &mut Vec<u8>, close: bool, head: bool, cors_origin: Option<&str>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{COMMON_HEADERS}{}",
+            self.status,
+            crate::http::reason(self.status),
+            self.content_type,
+            self.body.len(),
+            self.headers
+        );
+        if self.cors {
+            crate::http::write_cors(out, cors_origin, None);
+        }
+        if let Some(a) = self.allow {
+            let _ = write!(out, "Allow: {a}\r\n");
+        }
+        if let Some(s) = self.retry_after {
+            let _ = write!(out, "Retry-After: {s}\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// `/livez`: the loop answered, so it turns.
+pub fn livez(loop_turns: u64, uptime_seconds: u64) -> OpsAnswer {
+    OpsAnswer::json(
+        200,
+        &serde_json::json!({
+            "status": "alive",
+            "loop_turns": loop_turns,
+            "uptime_seconds": uptime_seconds,
+        }),
+    )
+}
+
+/// What `/readyz` looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub draining: bool,
+    pub memory_guard_engaged: bool,
+    /// `None` without accounts; else whether the database answers.
+    pub accounts_up: Option<bool>,
+}
+
+/// `/readyz`: 200 when every configured dependency answers, the server is
+/// not draining and the memory guard lets new work in; else 503 naming the
+/// check that failed.
+pub fn readyz(r: Readiness) -> OpsAnswer {
+    let ok = !r.draining && !r.memory_guard_engaged && r.accounts_up != Some(false);
+    let accounts = match r.accounts_up {
+        None => "disabled",
+        Some(true) => "ok",
+        Some(false) => "unavailable",
+    };
+    OpsAnswer::json(
+        if ok { 200 } else { 503 },
+        &serde_json::json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "checks": {
+                "draining": r.draining,
+                "memory_guard": if r.memory_guard_engaged { "engaged" } else { "ok" },
+                "accounts": accounts,
+            },
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_classes_never_carry_a_code() {
+        assert_eq!(
+            route_class(Method::Get, "/api/rooms/ABC123"),
+            Route::RoomsGet
+        );
+        assert_eq!(route_class(Method::Post, "/api/rooms"), Route::RoomsCreate);
+        assert_eq!(route_class(Method::Get, "/api/auth/me"), Route::Auth);
+        assert_eq!(route_class(Method::Get, "/api/authx"), Route::Other);
+        assert_eq!(route_class(Method::Get, "/admin"), Route::Admin);
+        assert_eq!(route_class(Method::Get, "/admin/app.js"), Route::Admin);
+        assert_eq!(route_class(Method::Get, "/api/admin/rooms"), Route::Admin);
+        assert_eq!(route_class(Method::Get, "/adminx"), Route::Other);
+        assert_eq!(route_class(Method::Options, "/metrics"), Route::Preflight);
+    }
+
+    #[test]
+    fn admin_token_rules() {
+        let get = |t: &'static str| move |k: &str| (k == "ADMIN_TOKEN").then(|| t.to_owned());
+        let err = OpsConfig::from_lookup(get("short-secret")).unwrap_err();
+        assert!(err.contains("32") && !err.contains("short-secret"), "{err}");
+        let ok = OpsConfig::from_lookup(get("0123456789abcdef0123456789abcdef")).unwrap();
+        assert!(ok.admin_token.is_some());
+        assert!(!format!("{ok:?}").contains("0123456789"));
+    }
+
+    #[test]
+    fn log_format_values() {
+        let get = |v: &'static str| move |k: &str| (k == "LOG_FORMAT").then(|| v.to_owned());
+        assert_eq!(
+            OpsConfig::from_lookup(get("json")).unwrap().log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            OpsConfig::from_lookup(get("TEXT")).unwrap().log_format,
+            LogFormat::Text
+        );
+        assert!(OpsConfig::from_lookup(get("yaml")).is_err());
+    }
+
+    #[test]
+    fn readiness_fails_on_any_check() {
+        let base = Readiness {
+            draining: false,
+            memory_guard_engaged: false,
+            accounts_up: None,
+        };
+        assert_eq!(readyz(base).status, 200);
+        assert_eq!(
+            readyz(Readiness {
+                accounts_up: Some(true),
+                ..base
+            })
+            .status,
+            200
+        );
+        for r in [
+            Readiness {
+                draining: true,
+                ..base
+            },
+            Readiness {
+                memory_guard_engaged: true,
+                ..base
+            },
+            Readiness {
+                accounts_up: Some(false),
+                ..base
+            },
+        ] {
+            assert_eq!(readyz(r).status, 503);
+        }
+    }
+}
