@@ -218,6 +218,11 @@ fn metrics_count_a_scripted_workload() {
     assert_eq!(m.n("sync_server_websockets_accepted_total"), 3);
     assert_eq!(m.n("sync_server_websockets_open"), 1);
     assert_eq!(m.n("sync_server_rooms_in_memory"), 2);
+    // The five broadcasts are held for catch-up (§6), and the room store
+    // (the default file store) answers.
+    assert_eq!(m.n("sync_server_history_events"), 5);
+    assert!(m.n("sync_server_history_bytes") > 5 * 64);
+    assert_eq!(m.n("sync_server_room_store_up"), 1);
     for (t, n) in [
         ("join", 3),
         ("broadcast", 5),
@@ -346,7 +351,7 @@ fn livez_and_readyz_without_dependencies() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"status": "ready", "checks": {"draining": false, "memory_guard": "ok", "accounts": "disabled"}})
+        json!({"status": "ready", "checks": {"draining": false, "memory_guard": "ok", "accounts": "disabled", "room_store": "ok"}})
     );
     // HEAD: the same head, no body.
     let mut c = TcpStream::connect(s.addr).unwrap();

@@ -315,6 +315,19 @@ pub struct Gauges {
     pub resident_memory_bytes: Option<u64>,
     pub draining: bool,
     pub accounts: Option<AccountsFigures>,
+    /// `None` for the memory store (nothing is kept).
+    pub room_store: Option<StoreFigures>,
+    /// What the replay history of the numbered stream holds (§6).
+    pub history_bytes: u64,
+    pub history_events: u64,
+}
+
+/// The room store's figures (`/health`'s `room_store`).
+#[derive(Debug, Clone, Default)]
+pub struct StoreFigures {
+    pub up: bool,
+    pub unsaved_rooms: u64,
+    pub oldest_unsaved_seconds: u64,
 }
 
 struct Out(String);
@@ -505,6 +518,38 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
             "gauge",
             "Resident set size of the process.",
             rss,
+        );
+    }
+    o.single(
+        "history_bytes",
+        "gauge",
+        "Bytes charged for stream events held for catch-up (HISTORY_MEMORY_BYTES bounds it).",
+        g.history_bytes,
+    );
+    o.single(
+        "history_events",
+        "gauge",
+        "Stream events held for catch-up, across rooms.",
+        g.history_events,
+    );
+    if let Some(st) = &g.room_store {
+        o.single(
+            "room_store_up",
+            "gauge",
+            "1 when the room store took its last write or lookup.",
+            st.up as u8,
+        );
+        o.single(
+            "room_store_unsaved_rooms",
+            "gauge",
+            "Rooms with changes not yet written to the room store.",
+            st.unsaved_rooms,
+        );
+        o.single(
+            "room_store_oldest_unsaved_seconds",
+            "gauge",
+            "Age of the oldest change not yet written to the room store.",
+            st.oldest_unsaved_seconds,
         );
     }
     if let Some(a) = &g.accounts {

@@ -88,6 +88,10 @@ impl Server {
                     draining: self.shutting_down.is_some(),
                     memory_guard_engaged: self.memguard.engaged(),
                     accounts_up: self.accounts.as_ref().map(|a| a.store_status() == "ok"),
+                    room_store_up: self
+                        .store
+                        .enabled()
+                        .then(|| self.store.health(now).status == "ok"),
                 })
             }
             Route::Metrics => {
@@ -126,6 +130,16 @@ impl Server {
             resident_memory_bytes: crate::memguard::own_rss_bytes(),
             draining: self.shutting_down.is_some(),
             accounts: self.accounts.as_ref().map(|a| a.figures()),
+            room_store: self.store.enabled().then(|| {
+                let h = self.store.health(now);
+                metrics::StoreFigures {
+                    up: h.status == "ok",
+                    unsaved_rooms: h.unsaved_rooms as u64,
+                    oldest_unsaved_seconds: h.oldest_unsaved_seconds,
+                }
+            }),
+            history_bytes: self.rooms.history_usage().0 as u64,
+            history_events: self.rooms.history_usage().1 as u64,
         }
     }
 
