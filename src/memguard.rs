@@ -200,17 +200,55 @@ impl MemGuard {
     }
 
     /// Whether memory may grow by `bytes` now (a message being received, a
-    /// document about to be stored): the guard is not engaged, and the
-    /// latest RSS sample plus `bytes` stays under high water. The
-    /// projection matters because samples are up to [`SAMPLE_INTERVAL`]
-    /// old, and a 16 MiB message arrives over loopback faster than that.
+    /// document about to be stored): the guard is not engaged, and RSS plus
+    /// `bytes` stays under high water. The projection matters because a
+    /// 16 MiB message arrives over loopback faster than [`SAMPLE_INTERVAL`];
+    /// for the same reason a growth of [`FRESH_SAMPLE_BYTES`] or more reads
+    /// RSS afresh. Before refusing, free heap the allocator kept is handed
+    /// back (at most once per [`TRIM_INTERVAL`]) and RSS read again.
     pub fn allow_growth(&mut self, now: Instant, bytes: usize) -> bool {
-        if !self.allow_new_websocket(now) {
+        self.allow_growth_with(now, bytes, own_rss_bytes, release_free_memory)
+    }
+
+    fn allow_growth_with<F: FnOnce()>(
+        &mut self,
+        now: Instant,
+        bytes: usize,
+        mut read_rss: impl FnMut() -> Option<u64>,
+        trim: F,
+    ) -> bool {
+        let mut trim = Some(trim);
+        let once = |t: &mut Option<_>| {
+            if let Some(f) = Option::take(t) {
+                let f: F = f;
+                f()
+            }
+        };
+        if !self.allow_with(now, &mut read_rss, || once(&mut trim)) {
             return false;
         }
-        self.admission.as_ref().map_or(true, |a| {
-            a.last_rss().saturating_add(bytes as u64) < a.high_water()
-        })
+        let trim_due = self
+            .last_trim
+            .map_or(true, |t| now.saturating_duration_since(t) >= TRIM_INTERVAL);
+        let Some(adm) = self.admission.as_mut() else {
+            return true;
+        };
+        let fits = |rss: u64, adm: &Admission| rss.saturating_add(bytes as u64) < adm.high_water();
+        let mut rss = adm.last_rss();
+        if bytes >= FRESH_SAMPLE_BYTES {
+            if let Some(r) = read_rss() {
+                rss = r;
+            }
+        }
+        if fits(rss, adm) {
+            return true;
+        }
+        if !trim_due || trim.is_none() {
+            return false;
+        }
+        once(&mut trim);
+        self.last_trim = Some(now);
+        read_rss().is_some_and(|r| fits(r, adm))
     }
 
     /// [`Self::allow_new_websocket`] with the RSS source supplied by the
@@ -274,6 +312,10 @@ impl MemGuard {
         allow
     }
 }
+
+/// A growth at least this large reads RSS afresh instead of trusting a
+/// sample up to [`SAMPLE_INTERVAL`] old.
+pub const FRESH_SAMPLE_BYTES: usize = 1 << 20;
 
 /// Minimum time between two allocator trims: a trim walks the heap, so it
 /// must not run on every refused upgrade of a join storm.
@@ -479,6 +521,17 @@ mod tests {
             "a refused projection does not engage the guard"
         );
         assert!(MemGuard::with_limit(None).allow_growth(now, usize::MAX));
+        // A large growth reads RSS afresh, and trims before it refuses.
+        let mut g = MemGuard::with_limit(Some(100 << 20));
+        let rss = std::cell::Cell::new(10u64 << 20);
+        assert!(g.allow_growth_with(now, 1 << 20, || Some(rss.get()), || {}));
+        rss.set(80 << 20); // the stale sample still says 10 MiB
+        assert!(!g.allow_growth_with(now, 16 << 20, || Some(rss.get()), || {}));
+        let mut g = MemGuard::with_limit(Some(100 << 20));
+        rss.set(80 << 20);
+        let trimmed = std::cell::Cell::new(false);
+        let read = || Some(if trimmed.get() { 40 << 20 } else { rss.get() });
+        assert!(g.allow_growth_with(now, 16 << 20, read, || trimmed.set(true)));
     }
 
     #[test]

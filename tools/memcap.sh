@@ -12,6 +12,11 @@
 #   3. 50 logins at once, when accounts are configured (MONGODB_URI, or
 #      SYNC_TEST_MONGODB_URI as exported by tools/with-secantus.sh).
 #
+# With --attack NAME the load is instead one of the hostile clients of
+# tools/memcap_attacks.py (frag, joined, pipeline, docs, or all of them at
+# once), with a well-behaved client pinging in a room of its own throughout;
+# the run also fails if that client's pings stop being answered.
+#
 # It reports the server's peak RSS (VmHWM), the cgroup's peak usage and
 # failure count when there is a cgroup, and what admission control did
 # (the server logs "memory guard engaged/lifted"). It fails if the peak RSS
@@ -20,6 +25,7 @@
 #
 # Usage: tools/memcap.sh [--conns N] [--doc-size BYTES] [--doc-peers N]
 #                        [--limit-mib N] [--no-build] [--no-cgroup]
+#                        [--attack frag|joined|pipeline|docs|all]
 # Env:   CARGO_TARGET_DIR is honoured; MEMCAP_LOG_DIR keeps logs (default a
 #        temp dir, printed at the end).
 set -uo pipefail
@@ -33,6 +39,8 @@ LOGINS=50
 LIMIT_MIB=100
 BUILD=1
 USE_CGROUP=1
+ATTACK=
+IDLE_TRIES=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --conns) CONNS=$2; shift 2 ;;
@@ -41,7 +49,8 @@ while [ $# -gt 0 ]; do
     --limit-mib) LIMIT_MIB=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --no-cgroup) USE_CGROUP=0; shift ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    --attack) ATTACK=$2; shift 2 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "memcap: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -224,6 +233,17 @@ EOF
 }
 PY=python3
 
+if [ -n "$ATTACK" ]; then
+    log "attack: $ATTACK (tools/memcap_attacks.py), a well-behaved client pinging in its own room throughout"
+    if timeout 300 "$PY" tools/memcap_attacks.py --port "$PORT" --attack "$ATTACK" \
+        >"$LOGDIR/attack.out" 2>"$LOGDIR/attack.err"; then
+        sed 's/^/  /' "$LOGDIR/attack.out"
+    else
+        sed 's/^/  /' "$LOGDIR/attack.out"
+        problem "attack $ATTACK: the well-behaved client failed: $(tail -3 "$LOGDIR/attack.err" | tr '\n' ' ')"
+    fi
+    log "  RSS $(status_kb VmRSS) KiB, peak so far $(status_kb VmHWM) KiB"
+else
 # 1. Idle connections, held long enough for the document (and logins) to
 #    run on top of them.
 HOLD_MS=45000
@@ -320,6 +340,7 @@ if [ $rc -ne 0 ]; then
         || problem "idle load failed ($rc): $(tail -3 "$LOGDIR/idle.err" | tr '\n' ' ')"
 fi
 grep -v '^{' "$LOGDIR/idle.out" | sed 's/^/  /' | head -5
+fi
 
 # --- verdict ---------------------------------------------------------------------------
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -362,8 +383,8 @@ log "RSS at the end:  ${RSS_KB:-?} KiB"
 [ -n "$CG_FAILCNT" ] && log "cgroup failcnt:  $CG_FAILCNT (times the limit was hit and reclaim ran)"
 log "admission:       engaged $GUARD_ENGAGED time(s), lifted $GUARD_LIFTED time(s)"
 grep 'memory guard' "$LOGDIR/server.log" | sed 's/^/  server: /'
-printf '{"mode":"%s","cap_bytes":%s,"peak_rss_bytes":%s,"cgroup_peak_bytes":%s,"cgroup_failcnt":%s,"guard_engaged":%s,"guard_lifted":%s,"idle_attempts":%s,"conns":%s,"doc_bytes":%s,"doc_peers":%s,"logins":%s,"problems":%s}\n' \
-    "$MODE" "$LIMIT" "$PEAK_BYTES" "${CG_PEAK:-null}" "${CG_FAILCNT:-null}" "$GUARD_ENGAGED" "$GUARD_LIFTED" "$IDLE_TRIES" \
+printf '{"attack":"%s","mode":"%s","cap_bytes":%s,"peak_rss_bytes":%s,"cgroup_peak_bytes":%s,"cgroup_failcnt":%s,"guard_engaged":%s,"guard_lifted":%s,"idle_attempts":%s,"conns":%s,"doc_bytes":%s,"doc_peers":%s,"logins":%s,"problems":%s}\n' \
+    "${ATTACK:-none}" "$MODE" "$LIMIT" "$PEAK_BYTES" "${CG_PEAK:-null}" "${CG_FAILCNT:-null}" "$GUARD_ENGAGED" "$GUARD_LIFTED" "$IDLE_TRIES" \
     "$CONNS" "$DOC_SIZE" "$DOC_PEERS" "$([ -n "$ACCOUNTS_URI" ] && echo "$LOGINS" || echo 0)" "${#FAILS[@]}" \
     | tee "$LOGDIR/memcap.json"
 log "logs in $LOGDIR"
