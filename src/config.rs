@@ -32,6 +32,13 @@ pub struct Config {
     /// What queued HTTP answers may cost across all connections before
     /// pipelining peers with unread answers are held back.
     pub max_http_backlog_bytes: usize,
+    /// WebSocket messages handled from one connection per loop turn before
+    /// the others get their go.
+    pub max_messages_per_turn: usize,
+    /// A connection's sustained WebSocket message rate (per second) and
+    /// burst; over it, it is not read until it is back under.
+    pub message_rate: f64,
+    pub message_burst: f64,
     pub max_outbound_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -170,6 +177,9 @@ impl Config {
             max_reassembly_bytes: num("MAX_REASSEMBLY_BYTES", 32 * 1024 * 1024, 64 * 1024)?
                 as usize,
             max_http_backlog_bytes: num("MAX_HTTP_BACKLOG_BYTES", 8 * 1024 * 1024, 0)? as usize,
+            max_messages_per_turn: num("MAX_MESSAGES_PER_TURN", 64, 1)? as usize,
+            message_rate: float("MESSAGE_RATE", 10_000.0)?,
+            message_burst: float("MESSAGE_BURST", 20_000.0)?,
             max_outbound_bytes: num("MAX_OUTBOUND_BYTES", 32 * 1024 * 1024, 1024)? as usize,
             max_body_bytes: num("MAX_BODY_BYTES", 1024 * 1024, 0)? as usize,
             request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECONDS", 10, 1)?),
@@ -303,6 +313,8 @@ mod tests {
         assert_eq!(c.max_prejoin_message_bytes, 65_536);
         assert_eq!(c.max_reassembly_bytes, 33_554_432);
         assert_eq!(c.max_http_backlog_bytes, 8_388_608);
+        assert_eq!(c.max_messages_per_turn, 64);
+        assert_eq!((c.message_rate, c.message_burst), (10_000.0, 20_000.0));
         assert_eq!(c.max_outbound_bytes, 33_554_432);
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.request_timeout, Duration::from_secs(10));

@@ -109,6 +109,46 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// One token bucket on its own (a connection's message rate): `burst`
+/// tokens refilled at `rate` per second.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst.max(1.0),
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst.max(1.0));
+        self.updated = now;
+    }
+
+    /// Whether a token is there; `Err(wait)` until one will be.
+    pub fn check(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, burst, now);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / rate);
+            Err(wait.unwrap_or(Duration::MAX))
+        }
+    }
+
+    /// Spends a token (after a successful [`Self::check`]).
+    pub fn take(&mut self) {
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
+
 /// Seconds for a `Retry-After` header: whole seconds, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
@@ -169,6 +209,26 @@ mod tests {
         assert!(rl.check(&1, t0).is_ok());
         assert!(rl.peek(&1, t0).is_err());
         assert!(rl.peek(&1, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_lone_bucket_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3.0, t0);
+        for _ in 0..3 {
+            assert!(b.check(10.0, 3.0, t0).is_ok());
+            b.take();
+        }
+        let wait = b.check(10.0, 3.0, t0).unwrap_err();
+        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100));
+        assert!(b.check(10.0, 3.0, t0 + Duration::from_millis(100)).is_ok());
+        // Never above the burst however long it rests.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(b.check(10.0, 3.0, later).is_ok());
+            b.take();
+        }
+        assert!(b.check(10.0, 3.0, later).is_err());
     }
 
     #[test]

@@ -93,6 +93,8 @@ enum Timer {
     AcceptRetry,
     Shutdown,
     Housekeeping,
+    /// A connection over its message rate may be read again.
+    Resume(ConnRef),
 }
 
 /// What a connection is doing.
@@ -153,6 +155,8 @@ struct WsState {
     upgrade_token: Option<Box<str>>,
     /// The address rate limits charge (the upgrade's, via `TRUST_PROXY`).
     client_ip: IpAddr,
+    /// Its message rate (`MESSAGE_RATE` / `MESSAGE_BURST`).
+    rate: crate::ratelimit::TokenBucket,
 }
 
 struct Conn {
@@ -197,6 +201,12 @@ struct Conn {
     http_out: usize,
     /// The route class of the request being answered (for `/metrics`).
     route: Route,
+    /// Used its message budget for this turn: its buffered messages are
+    /// handled on the next pass (from `again`), and it is not read before.
+    spent: bool,
+    /// Over its message rate: not read (its TCP window pushes back) until
+    /// `Timer::Resume`.
+    throttled: bool,
 }
 
 /// How to end a connection.
@@ -427,6 +437,12 @@ impl Server {
                     }) {
                         self.process_http(cref);
                     }
+                    // Messages left over when its budget ran out, likewise.
+                    if let Some(c) = self.conn(cref) {
+                        if std::mem::take(&mut c.spent) && matches!(c.phase, Phase::Ws(_)) {
+                            self.process_ws(cref);
+                        }
+                    }
                     // The edge that brought this input may also have carried
                     // the peer's FIN: read on to the end.
                     self.read(cref, true);
@@ -562,6 +578,8 @@ impl Server {
             reassembly: 0,
             http_out: 0,
             route: Route::Other,
+            spent: false,
+            throttled: false,
         });
         self.metrics.connections_accepted += 1;
         let cref = ConnRef {
@@ -584,7 +602,8 @@ impl Server {
             let Some(c) = live(&mut self.conns, cref) else {
                 return;
             };
-            if c.doomed || c.held || matches!(c.phase, Phase::Waiting(_)) {
+            if c.doomed || c.held || c.spent || c.throttled || matches!(c.phase, Phase::Waiting(_))
+            {
                 // Input stays in the kernel until the worker answers (that
                 // is our back-pressure); reading resumes from `again`.
                 return;
@@ -669,6 +688,11 @@ impl Server {
                     }
                     c.inbuf.extend_from_slice(&self.scratch[..n]);
                     self.process_ws(cref);
+                    if self.conn(cref).is_some_and(|c| c.spent || c.throttled) {
+                        // Its messages wait in its buffer (and the rest in
+                        // the kernel) until its turn or its rate comes back.
+                        return;
+                    }
                 }
             }
             if n < want && !to_end {
@@ -1214,6 +1238,7 @@ impl Server {
             last_seen: now,
             upgrade_token,
             client_ip,
+            rate: crate::ratelimit::TokenBucket::new(self.cfg.message_burst, now),
         }));
         self.timers.arm(now + interval, Timer::Ping(cref));
         self.mark_dirty(cref);
@@ -1231,17 +1256,39 @@ impl Server {
         let mut buf = std::mem::take(&mut c.inbuf);
         let mut pos = 0;
         let mut failure: Option<WsError> = None;
+        let (budget, rate, burst) = (
+            self.cfg.max_messages_per_turn,
+            self.cfg.message_rate,
+            self.cfg.message_burst,
+        );
+        let now = Instant::now();
+        let mut handled = 0;
         loop {
             // Stop when the connection is closing or parked on a worker.
             // The size limit depends on whether it has joined (rule 12), which
             // the message before may have changed.
             let c = self
                 .conns
-                .get(cref.key as usize)
+                .get_mut(cref.key as usize)
                 .filter(|c| c.gen == cref.gen);
-            let max_message = match c {
-                Some(c) if !c.doomed => match &c.phase {
-                    Phase::Ws(ws) => message_limit(&self.cfg, &ws.session),
+            let (max_message, c) = match c {
+                Some(c) if !c.doomed => match &mut c.phase {
+                    Phase::Ws(ws) => {
+                        // Fairness (rule 12): a budget per turn, a rate per
+                        // second. What is left waits, unread past the buffer.
+                        if let Err(wait) = ws.rate.check(rate, burst, now) {
+                            c.throttled = true;
+                            let at = now + wait.min(Duration::from_secs(1));
+                            self.timers.arm(at, Timer::Resume(cref));
+                            break;
+                        }
+                        if handled >= budget {
+                            c.spent = true;
+                            self.again.push(cref);
+                            break;
+                        }
+                        (message_limit(&self.cfg, &ws.session), ws)
+                    }
                     _ => break,
                 },
                 _ => break,
@@ -1250,6 +1297,15 @@ impl Server {
                 Ok(None) => break,
                 Ok(Some((event, used))) => {
                     pos += used;
+                    // Every event counts against the turn's budget; only
+                    // messages (not pings) against the rate, so a flood of
+                    // pings from a peer that never reads still ends in 1008.
+                    if event.is_some() {
+                        handled += 1;
+                    }
+                    if matches!(event, Some(Event::Text(_) | Event::Binary)) {
+                        c.rate.take();
+                    }
                     match event {
                         None => {}
                         Some(Event::Text(text)) => self.ws_text(cref, text, None, false),
@@ -1767,6 +1823,14 @@ impl Server {
         }
         c.phase = Phase::Closing;
         c.held = false;
+        // Input is read (and dropped) until the peer closes: a peer still
+        // writing must not be left blocked. Reading may have stopped short
+        // (a close asked mid-read, a budget, a rate), and with edge-triggered
+        // polling no new edge comes for what is already in the kernel: read
+        // on from `again`.
+        c.spent = false;
+        c.throttled = false;
+        self.again.push(cref);
         c.inbuf = Vec::new();
         self.reassembly -= std::mem::take(&mut c.reassembly);
         self.http_backlog -= std::mem::take(&mut c.http_out);
@@ -1897,6 +1961,13 @@ impl Server {
                     self.accept();
                 }
                 Timer::Shutdown => {}
+                Timer::Resume(cref) => {
+                    let Some(c) = self.conn(cref) else { continue };
+                    if std::mem::take(&mut c.throttled) {
+                        self.process_ws(cref);
+                        self.read(cref, true);
+                    }
+                }
                 Timer::Housekeeping => {
                     self.housekeeping();
                     self.timers.arm(now + HOUSEKEEPING, Timer::Housekeeping);

@@ -509,3 +509,42 @@ fn sighup_shuts_down_gracefully() {
     assert!(status.success(), "{status:?}");
     assert!(s.log().contains("shutting down"));
 }
+
+/// A connection over its message rate is read later, not cut off: every
+/// message arrives, in order, at the configured pace; a client in another
+/// room is answered meanwhile.
+#[test]
+fn a_connection_over_its_message_rate_is_slowed_not_dropped() {
+    let s = TestServer::start(&[
+        ("MESSAGE_RATE", "50"),
+        ("MESSAGE_BURST", "10"),
+        ("MAX_MESSAGES_PER_TURN", "4"),
+    ]);
+    s.room("FAST", "h");
+    s.room("OTHER", "h2");
+    let mut rx = s.ws();
+    rx.join("FAST", "rx", false);
+    let mut tx = s.ws();
+    tx.join("FAST", "tx", false);
+    assert_eq!(rx.recv_type(), "peer_joined");
+    let mut other = s.ws();
+    other.join("OTHER", "o", false);
+    let t0 = std::time::Instant::now();
+    for i in 0..100 {
+        tx.send(json!({"action":"broadcast","data":format!("m{i}")}));
+    }
+    // Meanwhile the other room is served at once.
+    other.send(json!({"action":"ping"}));
+    assert_eq!(other.recv_type(), "pong");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    for i in 0..100 {
+        let m = rx.recv();
+        assert_eq!(m["data"], format!("m{i}"), "{m}");
+    }
+    // 10 at once, then 50 a second: the other 90 take about 1.8 s.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    // The sender was slowed, not cut off.
+    tx.send(json!({"action":"ping"}));
+    assert_eq!(tx.recv_type(), "pong");
+}
