@@ -132,7 +132,11 @@ impl Backend for FileStore {
         run().map_err(|e| e.0)
     }
 
-    fn load(&self, code: &str) -> Result<Option<RoomRecord>, String> {
+    fn load(
+        &self,
+        code: &str,
+        make: &dyn Fn(&[u8]) -> Bytes,
+    ) -> Result<Option<RoomRecord>, String> {
         let run = || -> Result<Option<RoomRecord>, DbErr> {
             let tx = self.db.begin_read()?;
             let rooms = tx.open_table(ROOMS)?;
@@ -141,7 +145,7 @@ impl Backend for FileStore {
             };
             let document = if meta.has_document {
                 let docs = tx.open_table(DOCUMENTS)?;
-                docs.get(code)?.map(|v| Bytes::copy_from_slice(v.value()))
+                docs.get(code)?.map(|v| make(v.value()))
             } else {
                 None
             };

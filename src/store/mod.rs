@@ -207,8 +207,10 @@ pub trait Backend: Send + Sync {
     /// whose version is not higher than the stored one, or a delete of a
     /// record newer than its version, is skipped (and counts as done).
     fn write(&self, ops: &[WriteOp]) -> Result<(), String>;
-    /// The record of `code`, if one is stored.
-    fn load(&self, code: &str) -> Result<Option<RoomRecord>, String>;
+    /// The record of `code`, if one is stored. Its document is what `doc`
+    /// makes of the stored text (the reader builds the ready frame straight
+    /// from the store's buffer: one copy of a large document, not two).
+    fn load(&self, code: &str, doc: &dyn Fn(&[u8]) -> Bytes) -> Result<Option<RoomRecord>, String>;
     /// Codes and versions of records idle for at least `idle_ms` at `now_ms`.
     fn expired(&self, now_ms: u64, idle_ms: u64) -> Result<Vec<(Box<str>, u64)>, String>;
 }
@@ -341,9 +343,15 @@ fn writer(backend: &dyn Backend, jobs: &Receiver<WriteOp>, reply: impl Fn(Reply)
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.write(&batch)))
                 .unwrap_or_else(|_| Err("the store panicked".into()));
+        log::debug!(
+            "room store: wrote {} room(s), {bytes} document bytes in {} ms",
+            batch.len(),
+            started.elapsed().as_millis()
+        );
         if let Err(e) = &result {
             log::warn!("room store: write of {} room(s) failed: {e}", batch.len());
         }
@@ -357,15 +365,14 @@ fn reader(backend: &dyn Backend, jobs: &Receiver<ReadJob>, reply: impl Fn(Reply)
     while let Ok(job) = jobs.recv() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             ReadJob::Load(code) => {
-                let r = backend.load(&code).map(|found| {
-                    found.map(|mut record| {
-                        let frame = record
-                            .document
-                            .take()
-                            .map(|d| crate::rooms::document_frame_bytes(&d));
-                        Loaded { record, frame }
-                    })
-                });
+                let r = backend
+                    .load(&code, &crate::rooms::document_frame_bytes)
+                    .map(|found| {
+                        found.map(|mut record| {
+                            let frame = record.document.take();
+                            Loaded { record, frame }
+                        })
+                    });
                 if let Err(e) = &r {
                     log::warn!("room store: lookup failed: {e}");
                 }

@@ -259,7 +259,7 @@ impl MongoStore {
         Ok(())
     }
 
-    fn read(&self, c: &Colls, code: &str) -> R<Option<RoomRecord>> {
+    fn read(&self, c: &Colls, code: &str, make: &dyn Fn(&[u8]) -> Bytes) -> R<Option<RoomRecord>> {
         // A save that replaces the document between reading the record and
         // reading its chunks removes them; read again then.
         for _ in 0..3 {
@@ -275,7 +275,7 @@ impl MongoStore {
                 None
             } else if chunks == 0 {
                 let b = d.get_binary_generic("doc").map_err(|e| e.to_string())?;
-                Some(Bytes::copy_from_slice(b))
+                Some(make(b))
             } else {
                 let mut buf = Vec::with_capacity(doc_len);
                 let cursor = m(c
@@ -299,7 +299,7 @@ impl MongoStore {
                 if n != chunks || buf.len() != doc_len {
                     continue;
                 }
-                Some(Bytes::from(buf))
+                Some(make(&buf))
             };
             return Ok(Some(RoomRecord {
                 code: code.into(),
@@ -327,9 +327,13 @@ impl Backend for MongoStore {
         Ok(())
     }
 
-    fn load(&self, code: &str) -> Result<Option<RoomRecord>, String> {
+    fn load(
+        &self,
+        code: &str,
+        make: &dyn Fn(&[u8]) -> Bytes,
+    ) -> Result<Option<RoomRecord>, String> {
         let c = self.colls()?;
-        self.read(&c, code)
+        self.read(&c, code, make)
     }
 
     fn expired(&self, now_ms: u64, idle_ms: u64) -> Result<Vec<(Box<str>, u64)>, String> {
