@@ -1,8 +1,8 @@
 //! The `mongodb` room store: collection `rooms` of `DB_NAME`, with documents
 //! too large for one BSON document (16 MiB) in `room_chunks`.
 //!
-//! A record is `{_id: code, room_id, host_id, created_at, version,
-//! idle_since_ms, expire_at, doc_len, doc | chunks}`. A document up to
+//! A record is `{_id: code, room_id, host_id, host_public_id, owner?,
+//! created_at, version, idle_since_ms, expire_at, doc_len, doc | chunks}`. A document up to
 //! [`INLINE`] bytes sits in the record (`doc`); a larger one is cut into
 //! [`CHUNK`]-byte pieces `{_id: "<code>/<version>/<i>", code, v, i, data}`.
 //!
@@ -159,6 +159,7 @@ impl MongoStore {
         let mut set = doc! {
             "room_id": &*r.room_id,
             "host_id": &*r.host_id,
+            "host_public_id": &*r.host_public_id,
             "created_at": &*r.created_at,
             "version": version,
             "idle_since_ms": r.idle_since_ms as i64,
@@ -170,6 +171,14 @@ impl MongoStore {
             set.insert("expire_at", expire_at.clone());
         }
         let mut unset = doc! {};
+        match &r.owner {
+            Some(o) => {
+                set.insert("owner", &**o);
+            }
+            None => {
+                unset.insert("owner", "");
+            }
+        }
         match &r.document {
             Some(d) if d.len() > INLINE => {
                 let n = d.len().div_ceil(CHUNK);
@@ -305,6 +314,9 @@ impl MongoStore {
                 code: code.into(),
                 room_id: text("room_id")?.into(),
                 host_id: text("host_id")?.into(),
+                // A record without one gets a fresh public id on restore.
+                host_public_id: d.get_str("host_public_id").unwrap_or_default().into(),
+                owner: d.get_str("owner").ok().map(Into::into),
                 created_at: text("created_at")?.into(),
                 version,
                 idle_since_ms: num("idle_since_ms")? as u64,
