@@ -172,3 +172,94 @@ impl Backend for FileStore {
         run().map_err(|e| e.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn dir(tag: &str) -> Dir {
+        let mut n = [0u8; 8];
+        crate::util::fill_random(&mut n);
+        Dir(std::env::temp_dir().join(format!(
+            "sync-file-store-{tag}-{}-{}",
+            std::process::id(),
+            u64::from_le_bytes(n)
+        )))
+    }
+
+    fn rec(version: u64, doc: Option<&str>) -> RoomRecord {
+        RoomRecord {
+            code: "R1".into(),
+            room_id: "id".into(),
+            host_id: "host".into(),
+            host_public_id: "pub".into(),
+            owner: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            version,
+            idle_since_ms: 1_000,
+            document: doc.map(|d| Bytes::copy_from_slice(d.as_bytes())),
+        }
+    }
+
+    fn load(s: &FileStore) -> Option<RoomRecord> {
+        s.load("R1", &|b| Bytes::copy_from_slice(b)).unwrap()
+    }
+
+    #[test]
+    fn versions_guard_saves_and_deletes() {
+        let d = dir("guard");
+        let s = FileStore::open(&d.0).unwrap();
+        assert_eq!(load(&s), None);
+        s.write(&[WriteOp::Save(rec(5, Some("\"five\"")))]).unwrap();
+        // An older write arriving late changes nothing.
+        s.write(&[WriteOp::Save(rec(4, Some("\"four\"")))]).unwrap();
+        assert_eq!(load(&s), Some(rec(5, Some("\"five\""))));
+        // Neither does a delete of an older incarnation.
+        s.write(&[WriteOp::Delete("R1".into(), 4)]).unwrap();
+        assert!(load(&s).is_some());
+        // A newer save without a document drops the stored one.
+        s.write(&[WriteOp::Save(rec(6, None))]).unwrap();
+        assert_eq!(load(&s), Some(rec(6, None)));
+        assert_eq!(
+            s.expired(1_000 + 60_000, 60_000).unwrap(),
+            [("R1".into(), 6)]
+        );
+        assert!(s.expired(1_000 + 59_999, 60_000).unwrap().is_empty());
+        s.write(&[WriteOp::Delete("R1".into(), 6)]).unwrap();
+        assert_eq!(load(&s), None);
+    }
+
+    #[test]
+    fn a_large_document_survives_reopening_and_the_file_is_locked() {
+        let d = dir("large");
+        let big = format!("\"{}\"", "z".repeat(16 << 20));
+        {
+            let s = FileStore::open(&d.0).unwrap();
+            s.write(&[WriteOp::Save(rec(1, Some(&big)))]).unwrap();
+            let err = FileStore::open(&d.0).err().expect("held by the first");
+            assert!(
+                err.contains("DATA_DIR=") && err.contains(&*d.0.to_string_lossy()),
+                "{err}"
+            );
+        }
+        let s = FileStore::open(&d.0).unwrap();
+        let got = load(&s).unwrap();
+        assert_eq!(got.document.as_deref(), Some(big.as_bytes()));
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_is_refused() {
+        let d = dir("file");
+        std::fs::create_dir_all(&d.0).unwrap();
+        let f = d.0.join("plain");
+        std::fs::write(&f, b"x").unwrap();
+        let err = FileStore::open(&f).err().unwrap();
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+}
