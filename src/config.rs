@@ -214,21 +214,21 @@ fn room_store(
 ) -> Result<crate::store::StoreConfig, String> {
     use crate::store::{StoreConfig, StoreKind};
     const HOUR_MS: u64 = 3_600_000;
-    let kind = match get("ROOM_STORE").as_deref() {
-        // The MongoDB room store is not built yet: with MONGODB_URI the
-        // default stays `file` rather than a store that would refuse to
-        // start.
-        None | Some("file") => {
-            StoreKind::File(get("DATA_DIR").unwrap_or_else(|| "data".into()).into())
-        }
-        Some("memory") => StoreKind::Memory,
-        Some("mongodb") => {
-            if get("MONGODB_URI").is_none() {
+    let uri = get("MONGODB_URI");
+    let default = if uri.is_some() { "mongodb" } else { "file" };
+    let kind = match get("ROOM_STORE").as_deref().unwrap_or(default) {
+        "file" => StoreKind::File(get("DATA_DIR").unwrap_or_else(|| "data".into()).into()),
+        "memory" => StoreKind::Memory,
+        "mongodb" => {
+            let Some(uri) = uri else {
                 return Err("ROOM_STORE=mongodb needs MONGODB_URI".into());
+            };
+            StoreKind::Mongo {
+                uri,
+                db: get("DB_NAME").unwrap_or_else(|| "tracker-db".into()),
             }
-            StoreKind::Mongo
         }
-        Some(v) => {
+        v => {
             return Err(format!(
                 "ROOM_STORE must be file, memory or mongodb, got {v:?}"
             ))
@@ -368,6 +368,24 @@ mod tests {
         assert_eq!(c.save_delay, Duration::ZERO);
         let c = cfg(&[("ROOM_STORE", "memory")]).unwrap().room_store;
         assert_eq!(c.kind, StoreKind::Memory);
+    }
+
+    #[cfg(feature = "accounts")]
+    #[test]
+    fn room_store_defaults_to_mongodb_with_mongodb_uri() {
+        use crate::store::StoreKind;
+        let uri = ("MONGODB_URI", "mongodb://127.0.0.1:27017");
+        let jwt = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let c = cfg(&[uri, jwt, ("DB_NAME", "db1")]).unwrap().room_store;
+        assert_eq!(
+            c.kind,
+            StoreKind::Mongo {
+                uri: uri.1.into(),
+                db: "db1".into()
+            }
+        );
+        let c = cfg(&[uri, jwt, ("ROOM_STORE", "file")]).unwrap().room_store;
+        assert_eq!(c.kind, StoreKind::File("data".into()));
     }
 
     #[test]

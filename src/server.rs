@@ -2,8 +2,10 @@
 //!
 //! It owns the listener, the connections (a slab) and the timers, feeds
 //! bytes to the sans-io cores and applies the effects they return. Nothing
-//! here blocks: accounts work goes to the worker pool and comes back through
-//! the waker.
+//! here blocks: accounts work goes to the worker pool and room store writes
+//! and lookups to the store's threads, and both come back through the waker.
+//! A request for a room not in memory waits (parked like an accounts job,
+//! at most [`crate::store::LOOKUP_TIMEOUT`]) for the store's lookup.
 //!
 //! Invariants:
 //! * A connection is named outside the current event by [`ConnRef`] (slab key

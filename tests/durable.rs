@@ -1,19 +1,101 @@
-//! Durable rooms (protocol §5) against the real binary and the real `file`
-//! store in a temporary `DATA_DIR`: restarts by SIGTERM and SIGKILL, large
-//! documents, retention across restarts, start-up refusals.
+//! Durable rooms (protocol §5) against the real binary and real stores:
+//! every scenario runs on the `file` store (a temporary `DATA_DIR`) and on
+//! the `mongodb` store (a database of its own on the SecantusDB that
+//! `tools/with-secantus.sh` starts; without it those fail, saying so).
+//! Restarts by SIGTERM and SIGKILL, large documents, retention across
+//! restarts, outages, start-up refusals.
 
+#[cfg(feature = "accounts")]
+mod accounts_support;
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// Starts a server on `dir` with `extra` settings.
-fn start(dir: &TempDir, extra: &[(&str, &str)]) -> TestServer {
-    let mut env = vec![("DATA_DIR", dir.as_str())];
+/// Where a scenario keeps its rooms; the same across its restarts.
+enum Store {
+    File(TempDir),
+    #[cfg(feature = "accounts")]
+    Mongo {
+        uri: String,
+        db: String,
+    },
+}
+
+impl Store {
+    fn file(tag: &str) -> Store {
+        Store::File(TempDir::new(tag))
+    }
+
+    #[cfg(feature = "accounts")]
+    fn mongo(tag: &str) -> Store {
+        Store::Mongo {
+            uri: accounts_support::mongo_uri(),
+            db: accounts_support::unique_db(tag),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Store::File(_) => "file",
+            #[cfg(feature = "accounts")]
+            Store::Mongo { .. } => "mongodb",
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Store::File(dir) => vec![("DATA_DIR".into(), dir.as_str().into())],
+            #[cfg(feature = "accounts")]
+            Store::Mongo { uri, db } => vec![
+                ("ROOM_STORE".into(), "mongodb".into()),
+                ("MONGODB_URI".into(), uri.clone()),
+                ("DB_NAME".into(), db.clone()),
+                ("JWT_SECRET".into(), accounts_support::JWT_SECRET.into()),
+            ],
+        }
+    }
+}
+
+/// Starts a server on `store` with `extra` settings.
+fn start(store: &Store, extra: &[(&str, &str)]) -> TestServer {
+    let owned = store.env();
+    let mut env: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     env.extend_from_slice(extra);
     TestServer::start(&env)
 }
+
+/// Each scenario, once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod file {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::file(stringify!($name)))
+            })*
+        }
+        #[cfg(feature = "accounts")]
+        mod mongodb {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::mongo(stringify!($name)))
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    sigterm_restart_keeps_room_host_and_document,
+    sigkill_after_the_save_window_keeps_the_document,
+    a_16_mib_document_round_trips,
+    an_idle_expired_room_stays_gone_after_a_restart,
+    an_empty_rooms_clock_survives_a_restart,
+    concurrent_requests_for_a_stored_room_all_find_it,
+);
 
 fn stop(mut s: TestServer) -> String {
     s.signal(libc::SIGTERM);
@@ -66,9 +148,7 @@ fn rejoin(s: &TestServer, code: &str, peer: &str, host: bool, doc: bool) -> (Val
     (info, d)
 }
 
-#[test]
-fn sigterm_restart_keeps_room_host_and_document() {
-    let dir = TempDir::new("sigterm");
+fn sigterm_restart_keeps_room_host_and_document(dir: Store) {
     // A save delay longer than the test: only the shutdown flush can save.
     let slow = [
         ("ROOM_SAVE_DELAY_MS", "600000"),
@@ -83,7 +163,7 @@ fn sigterm_restart_keeps_room_host_and_document() {
     host.send(json!({"action":"request_sync"}));
     assert_eq!(host.recv()["document"], "{\"tasks\":[1,2,3]}");
     let h = health(&s);
-    assert_eq!(h["room_store"]["kind"], "file", "{h}");
+    assert_eq!(h["room_store"]["kind"], dir.kind(), "{h}");
     assert_eq!(h["room_store"]["status"], "ok", "{h}");
     assert_eq!(h["room_store"]["unsaved_rooms"], 1, "{h}");
     let info = http(s.addr, "GET", "/api/rooms/KEEP1", &[], b"").json();
@@ -110,9 +190,7 @@ fn sigterm_restart_keeps_room_host_and_document() {
     stop(s);
 }
 
-#[test]
-fn sigkill_after_the_save_window_keeps_the_document() {
-    let dir = TempDir::new("sigkill");
+fn sigkill_after_the_save_window_keeps_the_document(dir: Store) {
     let fast = [
         ("ROOM_SAVE_DELAY_MS", "100"),
         ("ROOM_SAVE_MAX_DELAY_MS", "300"),
@@ -157,9 +235,7 @@ fn sigkill_after_the_save_window_keeps_the_document() {
     stop(s);
 }
 
-#[test]
-fn a_16_mib_document_round_trips() {
-    let dir = TempDir::new("big");
+fn a_16_mib_document_round_trips(dir: Store) {
     let s = start(&dir, &[]);
     s.room("BIG1", "h1");
     let mut host = s.ws();
@@ -184,9 +260,7 @@ fn a_16_mib_document_round_trips() {
     stop(s);
 }
 
-#[test]
-fn an_idle_expired_room_stays_gone_after_a_restart() {
-    let dir = TempDir::new("idle");
+fn an_idle_expired_room_stays_gone_after_a_restart(dir: Store) {
     let idle = [("ROOM_IDLE_TIMEOUT_SECONDS", "1")];
     let s = start(&dir, &idle);
     // Expires while the server runs: removed from the store too.
@@ -219,9 +293,7 @@ fn an_idle_expired_room_stays_gone_after_a_restart() {
     stop(s);
 }
 
-#[test]
-fn an_empty_rooms_clock_survives_a_restart() {
-    let dir = TempDir::new("clock");
+fn an_empty_rooms_clock_survives_a_restart(dir: Store) {
     let idle = [("ROOM_IDLE_TIMEOUT_SECONDS", "3")];
     let s = start(&dir, &idle);
     let created = Instant::now();
@@ -248,9 +320,7 @@ fn an_empty_rooms_clock_survives_a_restart() {
     stop(s);
 }
 
-#[test]
-fn concurrent_requests_for_a_stored_room_all_find_it() {
-    let dir = TempDir::new("many");
+fn concurrent_requests_for_a_stored_room_all_find_it(dir: Store) {
     let s = start(&dir, &[]);
     s.room("SHARE1", "h1");
     stop(s);
@@ -314,7 +384,7 @@ fn a_data_dir_that_cannot_be_used_stops_start_up() {
     );
 
     // A store another server holds open is refused, not started over.
-    let s = start(&dir, &[]);
+    let s = TestServer::start(&[("DATA_DIR", dir.as_str())]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-server"))
         .env_clear()
         .env("HOST", "127.0.0.1")
@@ -328,5 +398,76 @@ fn a_data_dir_that_cannot_be_used_stops_start_up() {
         err.contains("DATA_DIR") && err.contains(dir.as_str()),
         "{err}"
     );
+    stop(s);
+}
+
+/// The database goes away (frozen, then stopped) while a host keeps
+/// syncing: the room works from memory, `/health` counts the unsaved room,
+/// and the change lands when the database is back and survives a SIGKILL.
+#[cfg(feature = "accounts")]
+#[test]
+fn mongodb_outage_loses_nothing() {
+    use accounts_support::{unique_db, Daemon};
+    let mut daemon = Daemon::start();
+    let store = Store::Mongo {
+        uri: daemon.uri(),
+        db: unique_db("outage"),
+    };
+    let fast = [
+        ("ROOM_SAVE_DELAY_MS", "100"),
+        ("ROOM_SAVE_MAX_DELAY_MS", "300"),
+    ];
+    let s = start(&store, &fast);
+    s.room("DOWN1", "h1");
+    let mut host = s.ws();
+    host.join("DOWN1", "h1", true);
+    host.send(json!({"action":"sync_document","document":"\"v1\""}));
+    host.send(json!({"action":"request_sync"}));
+    host.recv();
+    wait_saved(&s);
+
+    for (outage, version) in [("frozen", "\"v2\""), ("stopped", "\"v3\"")] {
+        if outage == "frozen" {
+            daemon.freeze();
+        } else {
+            daemon.stop();
+        }
+        host.send(json!({"action":"sync_document","document":version}));
+        // The room goes on from memory: a guest joins and gets the change.
+        let (_, doc) = rejoin(&s, "DOWN1", &format!("guest-{outage}"), false, true);
+        assert_eq!(doc.unwrap()["document"], version);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let h = health(&s);
+            let rs = &h["room_store"];
+            if rs["status"] == "unavailable" && rs["unsaved_rooms"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < end, "{outage}: {h}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if outage == "frozen" {
+            daemon.thaw();
+        } else {
+            daemon.restart();
+        }
+        wait_saved(&s);
+        assert_eq!(health(&s)["room_store"]["status"], "ok");
+    }
+    let public = http(s.addr, "GET", "/api/rooms/DOWN1", &[], b"").json()["host_id"].clone();
+    kill(s);
+
+    let s = start(&store, &fast);
+    let (info, doc) = rejoin(&s, "DOWN1", "h1", true, true);
+    assert_eq!(info["host_id"], public, "the host's public id is kept");
+    assert_eq!(doc.unwrap()["document"], "\"v3\"");
+    // A room the store cannot be asked about is 503, never "Room not found".
+    daemon.stop();
+    let r = http(s.addr, "GET", "/api/rooms/ELSEWHERE", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "Room store unavailable");
+    let mut c = s.ws();
+    c.send(json!({"action":"join","room_code":"ELSEWHERE","peer_id":"p"}));
+    assert_eq!(c.recv()["message"], "Room store unavailable");
     stop(s);
 }

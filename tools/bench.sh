@@ -9,7 +9,7 @@
 # (RSS figures must not inherit another scenario's heap) and stops by itself.
 # All traffic stays on loopback.
 #
-# Usage: tools/bench.sh [scenario ...]
+# Usage: [BENCH_ROOM_STORE=file|memory] tools/bench.sh [scenario ...]
 #   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
 #              reconnect
 #   (default: all). CARGO_TARGET_DIR is honoured.
@@ -54,8 +54,12 @@ start_server() {
     local name="$1"
     shift
     PORT="$("$LOADGEN_BIN" free-port)"
+    # A fresh room store per scenario (BENCH_ROOM_STORE=memory compares the
+    # figures without one).
+    rm -rf "$OUT/data-$name"
     env HOST=127.0.0.1 PORT="$PORT" MAX_CONNECTIONS=50000 RUST_LOG=warn \
-        ROOM_CREATE_RATE=100000 ROOM_CREATE_BURST=100000 "$@" \
+        ROOM_CREATE_RATE=100000 ROOM_CREATE_BURST=100000 \
+        ROOM_STORE="${BENCH_ROOM_STORE:-file}" DATA_DIR="$OUT/data-$name" "$@" \
         "${PIN_SERVER[@]}" "$SERVER_BIN" >"$OUT/server-$name.log" 2>&1 &
     SERVER_PID=$!
     if ! "$LOADGEN_BIN" --port "$PORT" wait-ready --timeout 15; then

@@ -1,12 +1,13 @@
 //! Durable rooms: what is kept of a room, the write-behind policy that
-//! decides when ([`policy`]), the backends that keep it ([`file`]), and the
-//! worker threads between them and the loop.
+//! decides when ([`policy`]), the backends that keep it ([`file`], and
+//! `mongo` in builds with MongoDB), and the worker threads between them and
+//! the loop.
 //!
 //! [`RoomStore`] is what the mio shell holds. It never blocks: writes and
 //! reads are handed to two worker threads through bounded queues
-//! (`try_send`; a full queue counts as a failure and is retried or answered
-//! 503), and the results come back through a channel and the loop's
-//! `mio::Waker`. One writer thread owns every write, so writes reach the
+//! (`try_send`; the loop never has more writes out than the write queue
+//! holds, and a full read queue is answered 503), and the results come back
+//! through a channel and the loop's `mio::Waker`. One writer thread owns every write, so writes reach the
 //! backend in the order they were handed out; each carries a version and the
 //! backend keeps the higher one. A queued document is the room's own
 //! reference-counted bytes, not a copy.
@@ -20,6 +21,8 @@
 //!   it is simply not found.
 
 pub mod file;
+#[cfg(feature = "accounts")]
+pub mod mongo;
 pub mod policy;
 
 use crate::rooms::{ConnRef, Room};
@@ -59,7 +62,11 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 pub enum StoreKind {
     Memory,
     File(PathBuf),
-    Mongo,
+    /// Collection `rooms` of database `db`.
+    Mongo {
+        uri: String,
+        db: String,
+    },
 }
 
 impl StoreKind {
@@ -67,7 +74,7 @@ impl StoreKind {
         match self {
             StoreKind::Memory => "memory",
             StoreKind::File(_) => "file",
-            StoreKind::Mongo => "mongodb",
+            StoreKind::Mongo { .. } => "mongodb",
         }
     }
 }
@@ -200,8 +207,10 @@ pub trait Backend: Send + Sync {
     /// whose version is not higher than the stored one, or a delete of a
     /// record newer than its version, is skipped (and counts as done).
     fn write(&self, ops: &[WriteOp]) -> Result<(), String>;
-    /// The record of `code`, if one is stored.
-    fn load(&self, code: &str) -> Result<Option<RoomRecord>, String>;
+    /// The record of `code`, if one is stored. Its document is what `doc`
+    /// makes of the stored text (the reader builds the ready frame straight
+    /// from the store's buffer: one copy of a large document, not two).
+    fn load(&self, code: &str, doc: &dyn Fn(&[u8]) -> Bytes) -> Result<Option<RoomRecord>, String>;
     /// Codes and versions of records idle for at least `idle_ms` at `now_ms`.
     fn expired(&self, now_ms: u64, idle_ms: u64) -> Result<Vec<(Box<str>, u64)>, String>;
 }
@@ -334,9 +343,15 @@ fn writer(backend: &dyn Backend, jobs: &Receiver<WriteOp>, reply: impl Fn(Reply)
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.write(&batch)))
                 .unwrap_or_else(|_| Err("the store panicked".into()));
+        log::debug!(
+            "room store: wrote {} room(s), {bytes} document bytes in {} ms",
+            batch.len(),
+            started.elapsed().as_millis()
+        );
         if let Err(e) = &result {
             log::warn!("room store: write of {} room(s) failed: {e}", batch.len());
         }
@@ -350,15 +365,14 @@ fn reader(backend: &dyn Backend, jobs: &Receiver<ReadJob>, reply: impl Fn(Reply)
     while let Ok(job) = jobs.recv() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             ReadJob::Load(code) => {
-                let r = backend.load(&code).map(|found| {
-                    found.map(|mut record| {
-                        let frame = record
-                            .document
-                            .take()
-                            .map(|d| crate::rooms::document_frame_bytes(&d));
-                        Loaded { record, frame }
-                    })
-                });
+                let r = backend
+                    .load(&code, &crate::rooms::document_frame_bytes)
+                    .map(|found| {
+                        found.map(|mut record| {
+                            let frame = record.document.take();
+                            Loaded { record, frame }
+                        })
+                    });
                 if let Err(e) = &r {
                     log::warn!("room store: lookup failed: {e}");
                 }
@@ -396,6 +410,14 @@ pub struct RoomStore {
     idle_timeout: Option<Duration>,
     lookups: HashMap<Box<str>, Lookup>,
     next_sweep: Option<Instant>,
+    /// When rooms with members are next re-saved (every half idle timeout):
+    /// their stored idle clock then never runs out while they are in use,
+    /// so neither the sweep nor MongoDB's TTL index removes them, and after
+    /// a crash they count as emptied at most that long before it.
+    next_touch: Option<Instant>,
+    /// Writes handed to the writer and not answered yet; at most
+    /// [`WRITE_QUEUE`], so the queue is never found full.
+    writes_out: usize,
     ops: Vec<Op>,
 }
 
@@ -410,9 +432,14 @@ impl RoomStore {
         let backend: Option<Arc<dyn Backend>> = match &cfg.kind {
             StoreKind::Memory => None,
             StoreKind::File(dir) => Some(Arc::new(file::FileStore::open(dir)?)),
-            StoreKind::Mongo => {
-                return Err("ROOM_STORE=mongodb is not available in this build yet; \
-                            use ROOM_STORE=file (the default) or memory"
+            #[cfg(feature = "accounts")]
+            StoreKind::Mongo { uri, db } => {
+                Some(Arc::new(mongo::MongoStore::new(uri, db, idle_timeout)))
+            }
+            #[cfg(not(feature = "accounts"))]
+            StoreKind::Mongo { .. } => {
+                return Err("ROOM_STORE=mongodb: this build has no MongoDB support \
+                            (built without the accounts feature)"
                     .into())
             }
         };
@@ -429,6 +456,10 @@ impl RoomStore {
             policy: Policy::new(cfg.save_delay, cfg.save_max_delay, seed),
             next_sweep: (workers.is_some() && idle_timeout.is_some())
                 .then(|| Instant::now() + FIRST_SWEEP),
+            next_touch: idle_timeout
+                .filter(|_| workers.is_some())
+                .and_then(|t| Instant::now().checked_add(t / 2)),
+            writes_out: 0,
             workers,
             idle_timeout,
             lookups: HashMap::new(),
@@ -445,6 +476,8 @@ impl RoomStore {
             idle_timeout: None,
             lookups: HashMap::new(),
             next_sweep: None,
+            next_touch: None,
+            writes_out: 0,
             ops: Vec::new(),
         }
     }
@@ -509,10 +542,16 @@ impl RoomStore {
 
     /// The next instant [`RoomStore::tick`] has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.policy.next_deadline(), self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // With the writer's queue full, its next answer (which wakes the
+        // loop) is what frees room: no deadline to spin on meanwhile.
+        let writes = self
+            .policy
+            .next_deadline()
+            .filter(|_| self.writes_out < WRITE_QUEUE);
+        [writes, self.next_sweep, self.next_touch]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Hands due writes (built from `rooms`) and a due sweep to the workers.
@@ -527,11 +566,22 @@ impl RoomStore {
                 });
             }
         }
+        if let (Some(at), Some(idle)) = (self.next_touch, self.idle_timeout) {
+            if at <= now {
+                self.next_touch = now.checked_add(idle / 2);
+                for (_, room) in rooms.iter() {
+                    if room.peer_count() > 0 {
+                        self.policy.changed(room.code(), now);
+                    }
+                }
+            }
+        }
         if self.policy.next_deadline().map_or(true, |at| at > now) {
             return;
         }
         let mut ops = std::mem::take(&mut self.ops);
-        self.policy.poll(now, &mut ops);
+        self.policy
+            .poll(now, WRITE_QUEUE.saturating_sub(self.writes_out), &mut ops);
         let wall = SystemTime::now();
         for op in ops.drain(..) {
             let (code, version, job) = match op {
@@ -550,7 +600,9 @@ impl RoomStore {
                 Op::Delete(code, v) => (code.clone(), v, WriteOp::Delete(code, v)),
             };
             let sent = w.writes.as_ref().is_some_and(|tx| tx.try_send(job).is_ok());
-            if !sent {
+            if sent {
+                self.writes_out += 1;
+            } else {
                 // Full queue: the writer is behind; retried with backoff.
                 self.policy.finished(&code, version, false, now);
             }
@@ -573,6 +625,7 @@ impl RoomStore {
             match r {
                 Reply::Written(keys, result) => {
                     let ok = result.is_ok();
+                    self.writes_out = self.writes_out.saturating_sub(keys.len());
                     for (code, v) in keys {
                         self.policy.finished(&code, v, ok, now);
                     }

@@ -174,10 +174,12 @@ impl Policy {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Hands out every operation due at `now` and marks it in flight.
-    pub fn poll(&mut self, now: Instant, out: &mut Vec<Op>) {
+    /// Hands out the operations due at `now`, at most `max`, and marks them
+    /// in flight.
+    pub fn poll(&mut self, now: Instant, max: usize, out: &mut Vec<Op>) {
+        let mut n = 0;
         while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > now {
+            if *at > now || n >= max {
                 break;
             }
             let Reverse((at, code)) = self.heap.pop().expect("peeked");
@@ -196,6 +198,7 @@ impl Policy {
                 continue;
             }
             let e = self.entries.get_mut(&code).expect("present");
+            n += 1;
             e.in_flight = Some(e.version);
             e.first_pending = None;
             e.retry_at = None;
@@ -313,8 +316,23 @@ mod tests {
 
     fn poll(p: &mut Policy, now: Instant) -> Vec<Op> {
         let mut v = Vec::new();
-        p.poll(now, &mut v);
+        p.poll(now, usize::MAX, &mut v);
         v
+    }
+
+    #[test]
+    fn poll_hands_out_at_most_max_and_keeps_the_rest_due() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(D, MAX, 0);
+        for c in ["A", "B", "C"] {
+            p.changed(c, t0);
+        }
+        let mut v = Vec::new();
+        p.poll(ms(t0, 1000), 2, &mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!(p.next_deadline(), Some(ms(t0, 1000)));
+        p.poll(ms(t0, 1000), 2, &mut v);
+        assert_eq!(v.len(), 3);
     }
 
     #[test]
