@@ -202,14 +202,19 @@ pub struct Readiness {
     pub memory_guard_engaged: bool,
     /// `None` without accounts; else whether the database answers.
     pub accounts_up: Option<bool>,
+    /// `None` without a durable room store; else whether it answers.
+    pub store_up: Option<bool>,
 }
 
 /// `/readyz`: 200 when every configured dependency answers, the server is
 /// not draining and the memory guard lets new work in; else 503 naming the
 /// check that failed.
 pub fn readyz(r: Readiness) -> OpsAnswer {
-    let ok = !r.draining && !r.memory_guard_engaged && r.accounts_up != Some(false);
-    let accounts = match r.accounts_up {
+    let ok = !r.draining
+        && !r.memory_guard_engaged
+        && r.accounts_up != Some(false)
+        && r.store_up != Some(false);
+    let word = |up: Option<bool>| match up {
         None => "disabled",
         Some(true) => "ok",
         Some(false) => "unavailable",
@@ -221,7 +226,8 @@ pub fn readyz(r: Readiness) -> OpsAnswer {
             "checks": {
                 "draining": r.draining,
                 "memory_guard": if r.memory_guard_engaged { "engaged" } else { "ok" },
-                "accounts": accounts,
+                "accounts": word(r.accounts_up),
+                "room_store": word(r.store_up),
             },
         }),
     )
@@ -277,6 +283,7 @@ mod tests {
             draining: false,
             memory_guard_engaged: false,
             accounts_up: None,
+            store_up: None,
         };
         assert_eq!(readyz(base).status, 200);
         assert_eq!(
@@ -298,6 +305,10 @@ mod tests {
             },
             Readiness {
                 accounts_up: Some(false),
+                ..base
+            },
+            Readiness {
+                store_up: Some(false),
                 ..base
             },
         ] {
