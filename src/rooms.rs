@@ -211,13 +211,23 @@ impl Room {
         self.document.as_ref().map_or(0, |d| d.len())
     }
     /// Whether a member joined as the host. Read from the peer objects:
-    /// `"is_host":` follows the id, whose quotes are escaped, so its first
-    /// occurrence is the member's own flag.
+    /// `"is_host":` follows the id, whose quotes are escaped, so the first
+    /// unescaped quote that starts it is the member's own flag. (A plain
+    /// scan for quotes: `str::find` builds a searcher per call, which made
+    /// this the inspector's main cost.)
     pub fn host_present(&self) -> bool {
+        const KEY: &[u8] = br#""is_host":"#;
         self.members.iter().any(|m| {
-            m.peer_json
-                .find(r#""is_host":"#)
-                .is_some_and(|i| m.peer_json[i + 10..].starts_with("true"))
+            let b = m.peer_json.as_bytes();
+            let mut i = 0;
+            while let Some(off) = b[i..].iter().position(|&c| c == b'"') {
+                let at = i + off;
+                if b[at..].starts_with(KEY) {
+                    return b[at + KEY.len()..].starts_with(b"true");
+                }
+                i = at + 1;
+            }
+            false
         })
     }
     /// The JSON array of peer objects, in join order.

@@ -845,6 +845,7 @@ impl Server {
             Routed::Answer(a) => {
                 match (route, a.status) {
                     (Route::RoomsCreate, 429) => self.metrics.rejected(Reject::RoomCreateRate),
+                    (Route::RoomsGet, 429) => self.metrics.rejected(Reject::RoomLookupRate),
                     (Route::RoomsCreate, 503) => self.metrics.rejected(Reject::MemoryGuard),
                     (Route::Auth, 503) => self.metrics.rejected(Reject::AccountsNotConfigured),
                     _ => {}
@@ -1003,10 +1004,10 @@ impl Server {
     /// Answers a parked request with a 503 (or, for a join, an `error`)
     /// when the workers cannot or did not answer.
     fn give_up(&mut self, cref: ConnRef, pending: Pending, why: &str) {
-        self.metrics.rejected(if why == MSG_ACCOUNTS_BUSY {
-            Reject::AccountsBusy
-        } else {
-            Reject::AccountsTimeout
+        self.metrics.rejected(match why {
+            MSG_ACCOUNTS_BUSY => Reject::AccountsBusy,
+            store::UNAVAILABLE => Reject::StoreUnavailable,
+            _ => Reject::AccountsTimeout,
         });
         let busy = Answer::error(503, why);
         match pending {

@@ -330,7 +330,12 @@ fn a_slow_reader_cut_off_counts_as_1008() {
     let chunk = "x".repeat(32 * 1024);
     let t0 = Instant::now();
     loop {
-        host.send(json!({"action": "broadcast", "data": chunk}));
+        // Several per scrape: each scrape runs the Python parser, and the
+        // kernel's loopback buffers take megabytes before the server's
+        // queue for `slow` grows at all.
+        for _ in 0..32 {
+            host.send(json!({"action": "broadcast", "data": chunk}));
+        }
         let m = scrape(&s);
         if m.n(r#"sync_server_websocket_closes_total{code="1008"}"#) == 1 {
             assert_eq!(m.n("sync_server_websockets_open"), 1);
@@ -381,6 +386,45 @@ fn livez_and_readyz_without_dependencies() {
     let h = http(s.addr, "GET", "/health", &[], b"").json();
     assert_eq!(h["status"], "healthy");
     assert_eq!(h["store"], "disabled");
+}
+
+#[test]
+fn room_store_figures() {
+    // The default file store (a fresh directory per test server).
+    let s = TestServer::start(&[("ROOM_SAVE_DELAY_MS", "0")]);
+    let m = scrape(&s);
+    assert_eq!(m.n("sync_server_room_store_up"), 1);
+    assert_eq!(m.n("sync_server_room_store_save_duration_seconds_count"), 0);
+    s.room("STORED", "h");
+    let t0 = Instant::now();
+    loop {
+        let m = scrape(&s);
+        if m.n("sync_server_room_store_save_duration_seconds_count") >= 1
+            && m.n("sync_server_room_store_unsaved_rooms") == 0
+        {
+            assert_eq!(
+                m.n(r#"sync_server_room_store_save_duration_seconds_bucket{le="+Inf"}"#),
+                m.n("sync_server_room_store_save_duration_seconds_count")
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the room was never saved"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = admin_get(&s, "/readyz", None).json();
+    assert_eq!(r["checks"]["room_store"], "ok");
+
+    // A memory-only server has no store figures, and nothing to be ready for.
+    let mem = TestServer::start(&[("ROOM_STORE", "memory")]);
+    let m = scrape(&mem);
+    assert!(!m.samples.keys().any(|k| k.contains("room_store")));
+    assert_eq!(
+        admin_get(&mem, "/readyz", None).json()["checks"]["room_store"],
+        "disabled"
+    );
 }
 
 #[test]
@@ -552,6 +596,11 @@ fn admin_token_api() {
     assert_eq!(peers.as_array().unwrap().len(), 2);
     assert_eq!(peers[0]["is_host"], true);
     assert_eq!(peers[1]["id"], "p1");
+    // The host's secret id stays secret here too (rule 11): its public id
+    // is listed.
+    assert!(!one.text().contains("hostsecret"), "{}", one.text());
+    let rooms_text = admin_get(&s, "/api/admin/rooms", Some(ADMIN_TOKEN)).text();
+    assert!(!rooms_text.contains("hostsecret"), "{rooms_text}");
     assert_eq!(
         admin_get(&s, "/api/admin/rooms/NOPE", Some(ADMIN_TOKEN)).status,
         404

@@ -11,7 +11,7 @@
 #
 # Usage: [BENCH_ROOM_STORE=file|memory] tools/bench.sh [scenario ...]
 #   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
-#              reconnect
+#              reconnect scrape
 #   (default: all). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -111,7 +111,7 @@ run() {
 }
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect scrape)
 
 for s in "${SCENARIOS[@]}"; do
     case "$s" in
@@ -160,6 +160,18 @@ for s in "${SCENARIOS[@]}"; do
         # once with `since` (§6).
         run reconnect -- --label "reconnect storm: 4,950 peers of 50 busy rooms re-join with since" \
             reconnect --rooms 50 --peers 100 --missed 50 ;;
+    scrape)
+        # 10,000 idle connections in 1,000 rooms; /metrics fetched every
+        # 100 ms (then back to back, then the inspector's room list) while
+        # 50 probes time ping -> pong (quiet phase, then scraping phase).
+        run scrape -- --label "scrape /metrics every 100 ms, 10,000 connections in 1,000 rooms" \
+            scrape --conns 10000 --peers 10 --scrape-every-ms 100
+        run scrape-flood -- --label "scrape /metrics back to back (worst case), 10,000 connections" \
+            scrape --conns 10000 --peers 10
+        run scrape-admin ADMIN_TOKEN=bench-admin-token-0123456789abcdefgh -- \
+            --label "GET /api/admin/rooms back to back, 1,000 rooms" \
+            scrape --conns 10000 --peers 10 --path /api/admin/rooms \
+            --token bench-admin-token-0123456789abcdefgh ;;
     stall)
         run stall -- --label "stall: joiner stops halfway through 10 MiB" stall --size 10485760 ;;
     *)

@@ -7,6 +7,7 @@
 #                                parse, structure
 #   docker-compose.yml           YAML parse, `docker compose config` (v2, or
 #                                Debian's docker-compose v1), structure
+#   docker-compose.atlas.yml     the same, for the external-database variant
 #   systemd unit                 systemd-analyze verify + security --offline,
 #                                structure
 #   env example, tools/*.sh      structure, shellcheck
@@ -193,6 +194,47 @@ else
     skip "docker compose config (neither compose v2 nor Debian's docker-compose available)"
 fi
 structure compose "docker-compose.yml"
+
+# --- compose, external database ------------------------------------------------
+say "== docker-compose.atlas.yml"
+if "$PY" -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' docker-compose.atlas.yml; then
+    pass "YAML parse docker-compose.atlas.yml"
+else
+    fail "YAML parse docker-compose.atlas.yml"
+fi
+if [ ${#COMPOSE[@]} -gt 0 ]; then
+    tmp=$(mktemp -d)
+    if [ "${COMPOSE[0]}" = docker-compose ]; then
+        grep -v '^name:' docker-compose.atlas.yml >"$tmp/docker-compose.atlas.yml"
+    else
+        cp docker-compose.atlas.yml "$tmp/docker-compose.atlas.yml"
+    fi
+    atlas_env=(SYNC_SERVER_IMAGE=ghcr.io/example/sync-server:latest
+        "MONGODB_URI=mongodb+srv://user:pw@cluster0.example.mongodb.net/?retryWrites=true"
+        JWT_SECRET=x INITIAL_ADMIN_EMAIL=a@example.com INITIAL_ADMIN_PASSWORD=x)
+    if (cd "$tmp" && env "${atlas_env[@]}" "${COMPOSE[@]}" -f docker-compose.atlas.yml config -q); then
+        pass "${COMPOSE[*]} config (atlas)"
+    else
+        fail "${COMPOSE[*]} config (atlas)"
+    fi
+    # The database URI, the image and the secrets have no defaults.
+    for var in MONGODB_URI SYNC_SERVER_IMAGE JWT_SECRET; do
+        without=()
+        for kv in "${atlas_env[@]}"; do
+            [ "${kv%%=*}" = "$var" ] || without+=("$kv")
+        done
+        if (cd "$tmp" && env -u "$var" "${without[@]}" \
+            "${COMPOSE[@]}" -f docker-compose.atlas.yml config -q) >/dev/null 2>&1; then
+            fail "atlas compose accepts a missing $var"
+        else
+            pass "atlas compose refuses to start without $var"
+        fi
+    done
+    rm -rf "$tmp"
+else
+    skip "docker compose config, atlas (neither compose v2 nor Debian's docker-compose available)"
+fi
+structure compose_atlas "docker-compose.atlas.yml"
 
 # --- systemd ---------------------------------------------------------------
 say "== systemd unit"

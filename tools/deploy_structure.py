@@ -8,7 +8,7 @@ is Type=notify under a 100M cap, the compose file passes every variable of
 the protocol's section 4, and so on. Each subcommand prints one line per
 finding and exits 1 if there was any.
 
-    python3 tools/deploy_structure.py dockerfile|compose|workflows|unit|envfile
+    python3 tools/deploy_structure.py dockerfile|compose|compose_atlas|workflows|unit|envfile
 """
 
 import os
@@ -230,6 +230,50 @@ def check_compose():
         problem("docker-compose.yml: sync-server should wait for mongo to be healthy")
 
 
+def check_compose_atlas():
+    """The external-database variant: the same server service, no database
+    container, the URI and the image required from .env."""
+    rel = "docker-compose.atlas.yml"
+    doc = load_yaml(rel)
+    if not isinstance(doc, dict):
+        problem(f"{rel}: not a mapping")
+        return
+    services = doc.get("services") or {}
+    server = services.get("sync-server")
+    if not server:
+        problem(f"{rel}: no sync-server service")
+        return
+    others = sorted(set(services) - {"sync-server"})
+    if others:
+        problem(f"{rel}: only the server runs here (the database is external), found {others}")
+    if doc.get("volumes"):
+        problem(f"{rel}: no volumes are needed without a database container")
+    if server.get("depends_on"):
+        problem(f"{rel}: sync-server must not depend on a local service")
+    env = server.get("environment") or {}
+    if isinstance(env, list):
+        env = dict((e.split("=", 1) + [""])[:2] for e in env)
+    for name in section4_vars():
+        if name not in env:
+            problem(f"{rel}: sync-server environment lacks {name}")
+    for secret in ("MONGODB_URI", "JWT_SECRET", "INITIAL_ADMIN_PASSWORD"):
+        v = str(env.get(secret, ""))
+        if not re.fullmatch(r"\$\{" + secret + r":?\?[^}]*\}", v):
+            problem(f"{rel}: {secret} must come from the environment/.env with no default (${{{secret}:?...}})")
+    if not re.fullmatch(r"\$\{SYNC_SERVER_IMAGE:?\?[^}]*\}", str(server.get("image", ""))):
+        problem(f"{rel}: the image must be the published one, from SYNC_SERVER_IMAGE with no default")
+    if "build" in server:
+        problem(f"{rel}: runs the published image; building belongs to docker-compose.yml")
+    mem = str(server.get("mem_limit", "")).lower()
+    if mem not in ("100m", "100mb", "104857600"):
+        problem(f"{rel}: sync-server mem_limit should be 100m, is {mem!r}")
+    hc = server.get("healthcheck") or {}
+    if "healthcheck" not in " ".join(map(str, hc.get("test") or [])):
+        problem(f"{rel}: sync-server healthcheck should run `sync-server healthcheck`")
+    if server.get("read_only") is not True or "ALL" not in (server.get("cap_drop") or []):
+        problem(f"{rel}: sync-server should run read-only with every capability dropped")
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -414,6 +458,7 @@ def check_envfile():
 CHECKS = {
     "dockerfile": check_dockerfile,
     "compose": check_compose,
+    "compose_atlas": check_compose_atlas,
     "workflows": check_workflows,
     "unit": check_unit,
     "envfile": check_envfile,

@@ -166,29 +166,41 @@ fn wall_of(t: Instant, now: Instant, wall: SystemTime) -> SystemTime {
         .unwrap_or(wall)
 }
 
-fn room_row(
+/// One row of the room table.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    code: &'a str,
+    members: usize,
+    host_present: bool,
+    document_bytes: usize,
+    created_at: &'a str,
+    last_activity: std::borrow::Cow<'a, str>,
+}
+
+fn room_row<'a>(
     r: RoomRef,
-    room: &crate::rooms::Room,
+    room: &'a crate::rooms::Room,
     activity: &RoomActivity,
     now: Instant,
     wall: SystemTime,
-) -> Value {
-    let last = activity.last(r).map_or_else(
-        || room.created_at().to_owned(),
-        |t| crate::util::rfc3339(wall_of(t, now, wall)),
-    );
-    json!({
-        "code": room.code(),
-        "members": room.peer_count(),
-        "host_present": room.host_present(),
-        "document_bytes": room.document_bytes(),
-        "created_at": room.created_at(),
-        "last_activity": last,
-    })
+) -> Row<'a> {
+    let last_activity = match activity.last(r) {
+        Some(t) => crate::util::rfc3339(wall_of(t, now, wall)).into(),
+        None => room.created_at().into(),
+    };
+    Row {
+        code: room.code(),
+        members: room.peer_count(),
+        host_present: room.host_present(),
+        document_bytes: room.document_bytes(),
+        created_at: room.created_at(),
+        last_activity,
+    }
 }
 
 /// `GET /api/admin/rooms`: `node` figures and the rooms, most recently
-/// active first, at most [`MAX_ROOMS_LISTED`].
+/// active first, at most [`MAX_ROOMS_LISTED`]. Serialized straight from
+/// borrowed rows (no intermediate JSON tree): this runs on the loop.
 pub fn rooms_answer(
     rooms: &Rooms,
     activity: &RoomActivity,
@@ -196,30 +208,37 @@ pub fn rooms_answer(
     now: Instant,
     wall: SystemTime,
 ) -> OpsAnswer {
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        success: bool,
+        node: Value,
+        total_rooms: usize,
+        truncated: bool,
+        rooms: Vec<Row<'a>>,
+    }
     let mut all: Vec<(Option<Instant>, RoomRef)> =
         rooms.iter().map(|(r, _)| (activity.last(r), r)).collect();
     // Rooms never touched (created, nobody came yet) sort last.
     all.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
     let truncated = all.len() > MAX_ROOMS_LISTED;
     all.truncate(MAX_ROOMS_LISTED);
-    let list: Vec<Value> = all
-        .iter()
-        .filter_map(|(_, r)| {
-            rooms
-                .get(*r)
-                .map(|room| room_row(*r, room, activity, now, wall))
-        })
-        .collect();
-    OpsAnswer::json(
-        200,
-        &json!({
-            "success": true,
-            "node": node,
-            "total_rooms": rooms.len(),
-            "truncated": truncated,
-            "rooms": list,
-        }),
-    )
+    let list = List {
+        success: true,
+        node,
+        total_rooms: rooms.len(),
+        truncated,
+        rooms: all
+            .iter()
+            .filter_map(|(_, r)| {
+                rooms
+                    .get(*r)
+                    .map(|room| room_row(*r, room, activity, now, wall))
+            })
+            .collect(),
+    };
+    let mut a = OpsAnswer::json(200, &Value::Null);
+    a.body = serde_json::to_vec(&list).unwrap_or_default();
+    a
 }
 
 /// `GET /api/admin/rooms/:code`: the room's row plus its members (the same
@@ -235,7 +254,7 @@ pub fn room_answer(
         return OpsAnswer::error(404, "Room not found");
     };
     let members: Value = serde_json::from_str(&room.peers_json()).unwrap_or_else(|_| json!([]));
-    let mut row = room_row(r, room, activity, now, wall);
+    let mut row = serde_json::to_value(room_row(r, room, activity, now, wall)).unwrap_or_default();
     row["success"] = true.into();
     row["peers"] = members;
     OpsAnswer::json(200, &row)
@@ -314,6 +333,21 @@ mod tests {
         let c = ConnRef { key: 1, gen: 1 };
         rooms.join(
             c, &mut s, "AAA", "hostA", true, None, None, t0, wall, &mut fx,
+        );
+        // A guest whose id and metadata spell the host flag is no host.
+        let mut g = Session::default();
+        let meta = serde_json::value::RawValue::from_string(r#"{"is_host":true}"#.into()).unwrap();
+        rooms.join(
+            ConnRef { key: 2, gen: 1 },
+            &mut g,
+            "BBB",
+            r#"x","is_host":true"#,
+            false,
+            Some(&meta),
+            None,
+            t0,
+            wall,
+            &mut fx,
         );
         let mut act = RoomActivity::default();
         act.touch(a, t0 + Duration::from_secs(5));

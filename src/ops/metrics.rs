@@ -82,6 +82,7 @@ label_enum!(
     /// Why a request or connection was turned away with 429 or 503.
     Reject {
         RoomCreateRate => "room_create_rate",
+        RoomLookupRate => "room_lookup_rate",
         LoginRate => "login_rate",
         AdminAuthRate => "admin_auth_rate",
         MemoryGuard => "memory_guard",
@@ -90,13 +91,17 @@ label_enum!(
         AccountsTimeout => "accounts_timeout",
         AccountsUnavailable => "accounts_unavailable",
         AccountsNotConfigured => "accounts_not_configured",
+        StoreUnavailable => "store_unavailable",
     }
 );
 
 impl Reject {
     fn status(self) -> u16 {
         match self {
-            Reject::RoomCreateRate | Reject::LoginRate | Reject::AdminAuthRate => 429,
+            Reject::RoomCreateRate
+            | Reject::RoomLookupRate
+            | Reject::LoginRate
+            | Reject::AdminAuthRate => 429,
             _ => 503,
         }
     }
@@ -237,7 +242,8 @@ pub fn classify(frame: &[u8]) -> Option<MsgOut> {
     })
 }
 
-/// Upper bounds (seconds) of the accounts job latency buckets.
+/// Upper bounds (seconds) of the latency buckets (accounts jobs, store
+/// writes).
 pub const JOB_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -302,6 +308,15 @@ pub struct AccountsFigures {
     pub jobs: HistogramSnapshot,
 }
 
+/// Room store figures for a scrape (only with a durable store).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreFigures {
+    pub up: bool,
+    pub unsaved_rooms: u64,
+    pub oldest_unsaved_seconds: u64,
+    pub saves: HistogramSnapshot,
+}
+
 /// Figures read at scrape time rather than counted.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
@@ -315,19 +330,10 @@ pub struct Gauges {
     pub resident_memory_bytes: Option<u64>,
     pub draining: bool,
     pub accounts: Option<AccountsFigures>,
-    /// `None` for the memory store (nothing is kept).
-    pub room_store: Option<StoreFigures>,
+    pub store: Option<StoreFigures>,
     /// What the replay history of the numbered stream holds (§6).
     pub history_bytes: u64,
     pub history_events: u64,
-}
-
-/// The room store's figures (`/health`'s `room_store`).
-#[derive(Debug, Clone, Default)]
-pub struct StoreFigures {
-    pub up: bool,
-    pub unsaved_rooms: u64,
-    pub oldest_unsaved_seconds: u64,
 }
 
 struct Out(String);
@@ -532,17 +538,17 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "Stream events held for catch-up, across rooms.",
         g.history_events,
     );
-    if let Some(st) = &g.room_store {
+    if let Some(st) = &g.store {
         o.single(
             "room_store_up",
             "gauge",
-            "1 when the room store took its last write or lookup.",
+            "1 when the room store's last read or write succeeded.",
             st.up as u8,
         );
         o.single(
             "room_store_unsaved_rooms",
             "gauge",
-            "Rooms with changes not yet written to the room store.",
+            "Rooms changed in memory and not yet written to the room store.",
             st.unsaved_rooms,
         );
         o.single(
@@ -550,6 +556,12 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
             "gauge",
             "Age of the oldest change not yet written to the room store.",
             st.oldest_unsaved_seconds,
+        );
+        histogram(
+            &mut o,
+            "room_store_save_duration_seconds",
+            "Time of one room store write transaction (a batch of rooms).",
+            &st.saves,
         );
     }
     if let Some(a) = &g.accounts {
@@ -565,21 +577,26 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
             "Accounts jobs waiting for a worker.",
             a.queued,
         );
-        o.family(
+        histogram(
+            &mut o,
             "accounts_job_duration_seconds",
-            "histogram",
             "Time from queueing an accounts job to its reply.",
+            &a.jobs,
         );
-        for (i, n) in a.jobs.cumulative.iter().enumerate() {
-            let le = JOB_BUCKETS
-                .get(i)
-                .map_or("+Inf".to_owned(), |b| b.to_string());
-            o.sample("accounts_job_duration_seconds_bucket", &[("le", &le)], n);
-        }
-        o.sample("accounts_job_duration_seconds_sum", &[], a.jobs.sum_seconds);
-        o.sample("accounts_job_duration_seconds_count", &[], a.jobs.count);
     }
     o.0
+}
+
+fn histogram(o: &mut Out, name: &str, help: &str, h: &HistogramSnapshot) {
+    o.family(name, "histogram", help);
+    for (i, n) in h.cumulative.iter().enumerate() {
+        let le = JOB_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_owned(), |b| b.to_string());
+        o.sample(&format!("{name}_bucket"), &[("le", &le)], n);
+    }
+    o.sample(&format!("{name}_sum"), &[], h.sum_seconds);
+    o.sample(&format!("{name}_count"), &[], h.count);
 }
 
 #[cfg(test)]

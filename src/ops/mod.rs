@@ -202,8 +202,8 @@ pub struct Readiness {
     pub memory_guard_engaged: bool,
     /// `None` without accounts; else whether the database answers.
     pub accounts_up: Option<bool>,
-    /// `None` for the memory store; else whether the room store answers.
-    pub room_store_up: Option<bool>,
+    /// `None` without a durable room store; else whether it answers.
+    pub store_up: Option<bool>,
 }
 
 /// `/readyz`: 200 when every configured dependency answers, the server is
@@ -213,7 +213,7 @@ pub fn readyz(r: Readiness) -> OpsAnswer {
     let ok = !r.draining
         && !r.memory_guard_engaged
         && r.accounts_up != Some(false)
-        && r.room_store_up != Some(false);
+        && r.store_up != Some(false);
     let word = |up: Option<bool>| match up {
         None => "disabled",
         Some(true) => "ok",
@@ -227,7 +227,7 @@ pub fn readyz(r: Readiness) -> OpsAnswer {
                 "draining": r.draining,
                 "memory_guard": if r.memory_guard_engaged { "engaged" } else { "ok" },
                 "accounts": word(r.accounts_up),
-                "room_store": word(r.room_store_up),
+                "room_store": word(r.store_up),
             },
         }),
     )
@@ -283,12 +283,12 @@ mod tests {
             draining: false,
             memory_guard_engaged: false,
             accounts_up: None,
-            room_store_up: None,
+            store_up: None,
         };
         assert_eq!(readyz(base).status, 200);
         assert_eq!(
             readyz(Readiness {
-                room_store_up: Some(true),
+                store_up: Some(true),
                 ..base
             })
             .status,
@@ -312,11 +312,15 @@ mod tests {
                 ..base
             },
             Readiness {
-                room_store_up: Some(false),
+                store_up: Some(false),
                 ..base
             },
             Readiness {
                 accounts_up: Some(false),
+                ..base
+            },
+            Readiness {
+                store_up: Some(false),
                 ..base
             },
         ] {

@@ -88,7 +88,7 @@ impl Server {
                     draining: self.shutting_down.is_some(),
                     memory_guard_engaged: self.memguard.engaged(),
                     accounts_up: self.accounts.as_ref().map(|a| a.store_status() == "ok"),
-                    room_store_up: self
+                    store_up: self
                         .store
                         .enabled()
                         .then(|| self.store.health(now).status == "ok"),
@@ -130,12 +130,13 @@ impl Server {
             resident_memory_bytes: crate::memguard::own_rss_bytes(),
             draining: self.shutting_down.is_some(),
             accounts: self.accounts.as_ref().map(|a| a.figures()),
-            room_store: self.store.enabled().then(|| {
+            store: self.store.save_latency().map(|saves| {
                 let h = self.store.health(now);
                 metrics::StoreFigures {
                     up: h.status == "ok",
                     unsaved_rooms: h.unsaved_rooms as u64,
                     oldest_unsaved_seconds: h.oldest_unsaved_seconds,
+                    saves,
                 }
             }),
             history_bytes: self.rooms.history_usage().0 as u64,
@@ -158,7 +159,7 @@ impl Server {
             "memory_limit_bytes": self.memguard.limit(),
             "memory_guard": if self.memguard.engaged() { "engaged" } else { "ok" },
             "accounts": accounts,
-            "store": accounts,
+            "store": self.store.health(now),
             "draining": self.shutting_down.is_some(),
         })
     }

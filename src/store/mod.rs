@@ -245,6 +245,8 @@ pub enum Found {
 }
 
 struct Workers {
+    /// Time of each write transaction (batch), for `/metrics`.
+    save_latency: Arc<crate::ops::metrics::AtomicHistogram>,
     writes: Option<SyncSender<WriteOp>>,
     reads: Option<SyncSender<ReadJob>>,
     replies: Receiver<Reply>,
@@ -268,9 +270,11 @@ impl Workers {
                 }
             }
         };
+        let save_latency = Arc::new(crate::ops::metrics::AtomicHistogram::default());
         let mut threads = Vec::new();
         {
             let backend = Arc::clone(&backend);
+            let latency = Arc::clone(&save_latency);
             let reply_tx = reply_tx.clone();
             let exit_tx = exit_tx.clone();
             let send = send.clone();
@@ -278,7 +282,7 @@ impl Workers {
                 std::thread::Builder::new()
                     .name("store-writer".into())
                     .spawn(move || {
-                        writer(&*backend, &wrx, |r| send(&reply_tx, r));
+                        writer(&*backend, &wrx, &latency, |r| send(&reply_tx, r));
                         let _ = exit_tx.send(());
                     })
                     .map_err(|e| format!("cannot start the room store writer: {e}"))?,
@@ -294,6 +298,7 @@ impl Workers {
                 .map_err(|e| format!("cannot start the room store reader: {e}"))?,
         );
         Ok(Workers {
+            save_latency,
             writes: Some(wtx),
             reads: Some(rtx),
             replies: reply_rx,
@@ -327,7 +332,12 @@ impl Workers {
     }
 }
 
-fn writer(backend: &dyn Backend, jobs: &Receiver<WriteOp>, reply: impl Fn(Reply)) {
+fn writer(
+    backend: &dyn Backend,
+    jobs: &Receiver<WriteOp>,
+    latency: &crate::ops::metrics::AtomicHistogram,
+    reply: impl Fn(Reply),
+) {
     let mut batch = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut bytes = first.bytes();
@@ -352,6 +362,7 @@ fn writer(backend: &dyn Backend, jobs: &Receiver<WriteOp>, reply: impl Fn(Reply)
             batch.len(),
             started.elapsed().as_millis()
         );
+        latency.observe(started.elapsed());
         if let Err(e) = &result {
             log::warn!("room store: write of {} room(s) failed: {e}", batch.len());
         }
@@ -718,6 +729,12 @@ impl RoomStore {
             unsaved_rooms: self.policy.unsaved(),
             oldest_unsaved_seconds: self.policy.oldest_unsaved(now).as_secs(),
         }
+    }
+
+    /// Durations of the write transactions so far (`None` without a
+    /// durable store), for `/metrics`.
+    pub fn save_latency(&self) -> Option<crate::ops::metrics::HistogramSnapshot> {
+        self.workers.as_ref().map(|w| w.save_latency.snapshot())
     }
 
     /// Stops the threads (after the loop has waited for the last writes).

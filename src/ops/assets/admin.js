@@ -77,7 +77,9 @@
       ["Memory (RSS)", bytes(n.rss_bytes) + (n.memory_limit_bytes ? " of " + bytes(n.memory_limit_bytes) : " (no limit)")],
       ["Memory guard", n.memory_guard],
       ["Accounts", n.accounts],
-      ["Store", n.store],
+      ["Room store", n.store && n.store.kind === "memory" ? "memory only"
+        : n.store ? n.store.kind + ", " + n.store.status + " (" + n.store.unsaved_rooms + " unsaved)"
+        : "–"],
     ];
     for (const [k, v] of rows) {
       const dt = document.createElement("dt");
@@ -85,7 +87,7 @@
       const dd = document.createElement("dd");
       dd.textContent = String(v);
       dd.id = "node-" + k.toLowerCase().replace(/[^a-z]+/g, "-").replace(/-$/, "");
-      if (v === "engaged" || v === "unavailable") dd.className = "bad";
+      if (v === "engaged" || String(v).includes("unavailable")) dd.className = "bad";
       dl.append(dt, dd);
     }
   }

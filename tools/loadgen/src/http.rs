@@ -100,6 +100,27 @@ impl Client {
             .expect("one answer"))
     }
 
+    /// A request with one extra header (e.g. `Authorization`).
+    pub fn request_with_header(
+        &mut self,
+        method: &str,
+        path: &str,
+        header: (&str, &str),
+    ) -> io::Result<Response> {
+        let mut out = self.request_bytes(method, path, None);
+        // Before the blank line that ends the head.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(format!("{}: {}\r\n\r\n", header.0, header.1).as_bytes());
+        let res = (|| {
+            self.stream()?.write_all(&out)?;
+            self.read_response()
+        })();
+        if res.is_err() {
+            self.stream = None;
+        }
+        res
+    }
+
     fn fill(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 16384];
         let n = self.stream()?.read(&mut chunk)?;

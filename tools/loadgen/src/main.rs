@@ -14,6 +14,7 @@
 //! loadgen --port 3001 --server-pid 1234 doc --size 10485760 --peers 50
 //! loadgen --port 3001 --server-pid 1234 joinstorm --conns 10000
 //! loadgen --port 3001 --server-pid 1234 reconnect --rooms 50 --peers 100
+//! loadgen --port 3001 --server-pid 1234 scrape --conns 10000 --peers 10
 //! loadgen --port 3001 --server-pid 1234 slow
 //! loadgen --port 3001 --server-pid 1234 stall
 //! ```
@@ -81,6 +82,8 @@ enum Cmd {
     Joinstorm(scenarios::joinstorm::JoinstormArgs),
     /// Peers of busy rooms drop and come back with `since`: recoveries/s.
     Reconnect(scenarios::reconnect::ReconnectArgs),
+    /// N idle connections; /metrics scraped back to back: scrape latency, ping delay.
+    Scrape(scenarios::scrape::ScrapeArgs),
     /// One reader stops reading: it must be cut off, RSS must stay bounded.
     Slow(scenarios::slow::SlowArgs),
     /// A joiner stalls mid-document: pings and /health must stay on time.
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         Cmd::Doc(a) => ("doc", scenarios::doc::run(&ctx, a)),
         Cmd::Joinstorm(a) => ("joinstorm", scenarios::joinstorm::run(&ctx, a)),
         Cmd::Reconnect(a) => ("reconnect", scenarios::reconnect::run(&ctx, a)),
+        Cmd::Scrape(a) => ("scrape", scenarios::scrape::run(&ctx, a)),
         Cmd::Slow(a) => ("slow", scenarios::slow::run(&ctx, a)),
         Cmd::Stall(a) => ("stall", scenarios::stall::run(&ctx, a)),
         Cmd::FreePort | Cmd::WaitReady { .. } => unreachable!("handled above"),

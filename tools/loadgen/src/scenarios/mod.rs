@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod idle;
 pub mod joinstorm;
 pub mod reconnect;
+pub mod scrape;
 pub mod slow;
 pub mod stall;
 
