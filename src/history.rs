@@ -17,9 +17,8 @@
 //!   the live events (stale positions are compacted away).
 
 use crate::rooms::RoomRef;
-use crate::ws::Frame;
+use crate::ws::{self, Frame};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What one held event is charged beyond its frame's bytes: the entry, the
@@ -48,9 +47,6 @@ impl Default for Limits {
 struct Held {
     seq: u64,
     at: Instant,
-    /// The sender's peer id: a peer does not get its own `data` back, in
-    /// a replay either.
-    from: Arc<str>,
     frame: Frame,
 }
 
@@ -74,13 +70,15 @@ impl Log {
         seq >= self.floor
     }
 
-    /// The held frames after `seq` that `peer` did not send, in order.
-    pub fn after<'a>(&'a self, seq: u64, peer: &'a str) -> impl Iterator<Item = &'a Frame> + 'a {
+    /// The held frames after `seq`, in order, but those whose payload
+    /// starts with `own` (a peer's `{"type":"data","from":<id>,"data":`:
+    /// a peer does not get its own `data` back, in a replay either).
+    pub fn after<'a>(&'a self, seq: u64, own: &'a [u8]) -> impl Iterator<Item = &'a Frame> + 'a {
         let start = self.held.partition_point(|h| h.seq <= seq);
         self.held
             .range(start..)
-            .filter(move |h| &*h.from != peer)
             .map(|h| &h.frame)
+            .filter(move |f| !f[ws::header_len(f)..].starts_with(own))
     }
 
     pub fn len(&self) -> usize {
@@ -173,7 +171,6 @@ impl Ledger {
         r: RoomRef,
         log: &mut Log,
         seq: u64,
-        from: &Arc<str>,
         frame: &Frame,
         now: Instant,
         others: &mut impl Logs,
@@ -182,7 +179,6 @@ impl Ledger {
         let held = Held {
             seq,
             at: now,
-            from: from.clone(),
             frame: frame.clone(),
         };
         if self.limits.per_room == 0 || held.cost() > self.limits.total_bytes {
@@ -239,8 +235,13 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    /// A frame of `n` bytes in all (a 2-byte header below 126).
     fn frame(n: usize) -> Frame {
         Frame::from(vec![b'x'; n])
+    }
+
+    fn data_from(who: &str) -> Frame {
+        ws::text(format!(r#"{{"type":"data","from":"{who}","data":"x"}}"#).as_bytes())
     }
 
     fn room(key: u32) -> RoomRef {
@@ -255,19 +256,29 @@ mod tests {
         });
         let mut log = Log::default();
         let now = Instant::now();
-        let a: Arc<str> = "a".into();
         for seq in 1..=5 {
-            ledger.hold(room(0), &mut log, seq, &a, &frame(10), now, &mut ());
+            ledger.hold(room(0), &mut log, seq, &frame(10), now, &mut ());
         }
         assert_eq!(log.len(), 3);
         assert!(!log.covers(1));
         assert!(log.covers(2));
-        assert_eq!(log.after(2, "b").count(), 3);
-        assert_eq!(log.after(4, "b").count(), 1);
-        // The sender does not get its own events back.
-        assert_eq!(log.after(2, "a").count(), 0);
+        assert_eq!(log.after(2, b"nobody").count(), 3);
+        assert_eq!(log.after(4, b"nobody").count(), 1);
         assert_eq!(ledger.events(), 3);
         assert_eq!(ledger.bytes(), 3 * (10 + HELD_OVERHEAD));
+    }
+
+    #[test]
+    fn a_replay_leaves_out_what_the_peer_sent() {
+        let mut ledger = Ledger::new(Limits::default());
+        let mut log = Log::default();
+        let now = Instant::now();
+        for (seq, who) in [(1, "a"), (2, "b"), (3, "a"), (4, "ab")] {
+            ledger.hold(room(0), &mut log, seq, &data_from(who), now, &mut ());
+        }
+        let own = br#"{"type":"data","from":"a","data":"#;
+        let kept: Vec<_> = log.after(0, own).collect();
+        assert_eq!(kept, [&data_from("b"), &data_from("ab")]);
     }
 
     #[test]
@@ -278,13 +289,11 @@ mod tests {
         });
         let mut log = Log::default();
         let t0 = Instant::now();
-        let a: Arc<str> = "a".into();
-        ledger.hold(room(0), &mut log, 1, &a, &frame(1), t0, &mut ());
+        ledger.hold(room(0), &mut log, 1, &frame(1), t0, &mut ());
         ledger.hold(
             room(0),
             &mut log,
             2,
-            &a,
             &frame(1),
             t0 + Duration::from_secs(5),
             &mut (),
@@ -304,11 +313,10 @@ mod tests {
         });
         let mut logs = [Log::default(), Log::default()];
         let now = Instant::now();
-        let a: Arc<str> = "a".into();
         // Room 0 holds seq 1 and 2, then room 1 holds three events.
         for seq in 1..=2 {
             let (l0, _) = logs.split_at_mut(1);
-            ledger.hold(room(0), &mut l0[0], seq, &a, &frame(100), now, &mut ());
+            ledger.hold(room(0), &mut l0[0], seq, &frame(100), now, &mut ());
         }
         struct One<'a>(&'a mut Log);
         impl Logs for One<'_> {
@@ -319,7 +327,7 @@ mod tests {
         for seq in 1..=3 {
             let (l0, l1) = logs.split_at_mut(1);
             let mut others = One(&mut l0[0]);
-            ledger.hold(room(1), &mut l1[0], seq, &a, &frame(100), now, &mut others);
+            ledger.hold(room(1), &mut l1[0], seq, &frame(100), now, &mut others);
         }
         assert!(ledger.bytes() <= 3 * per);
         assert_eq!(logs[1].len(), 3, "the newest events stay");
@@ -335,9 +343,8 @@ mod tests {
         });
         let mut log = Log::default();
         let now = Instant::now();
-        let a: Arc<str> = "a".into();
         for seq in 1..=10_000 {
-            ledger.hold(room(0), &mut log, seq, &a, &frame(1), now, &mut ());
+            ledger.hold(room(0), &mut log, seq, &frame(1), now, &mut ());
         }
         assert!(ledger.order.len() <= 2 * ledger.events() + 1024 + 1);
         assert_eq!(ledger.events(), 1);

@@ -40,7 +40,6 @@ use serde_json::value::RawValue;
 use slab::Slab;
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Names a connection across events: slab key plus generation, since slab
@@ -63,11 +62,9 @@ pub struct RoomRef {
 pub struct Session {
     pub room: Option<RoomRef>,
     pub is_host: bool,
-    /// The peer id this connection joined with, shared with its member
-    /// entry and with the history entries of what it sent.
-    peer_id: Option<Arc<str>>,
     /// `{"type":"data","from":"<peer id>","data":` — built once at join so a
-    /// broadcast costs no escaping.
+    /// broadcast costs no escaping. It also tells a peer's own `data`
+    /// events apart in a replay.
     data_prefix: Box<[u8]>,
 }
 
@@ -101,13 +98,40 @@ pub enum Effect {
 
 struct Member {
     conn: ConnRef,
-    /// The id the peer joined with (for the host: the secret host id),
-    /// shared with its session and the history of what it sent.
-    peer_id: Arc<str>,
-    /// The id others see: `peer_id`, or the room's public host id.
-    shown_id: Box<str>,
+    /// The id the peer joined with (for the host: the secret host id;
+    /// others see [`Room::shown`] of it).
+    peer_id: Box<str>,
     /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
     peer_json: Box<str>,
+}
+
+/// A room's document, kept as a ready frame.
+enum Doc {
+    /// The numbered `document_sync` event that set it (its payload ends
+    /// with `,"seq":N}`, `tail` bytes). A snapshot is cut from it when a
+    /// joiner or `request_sync` first needs one, so the fan-out and the
+    /// stored document share one buffer meanwhile.
+    Event { frame: Frame, tail: usize },
+    /// A snapshot: `{"type":"document_sync","document":…}` with no `seq`.
+    Snapshot(Frame),
+}
+
+impl Doc {
+    /// The raw JSON string of the document: a slice of the frame, no copy.
+    fn raw(&self) -> bytes::Bytes {
+        let (f, tail) = match self {
+            Doc::Event { frame, tail } => (frame, *tail),
+            Doc::Snapshot(frame) => (frame, 1),
+        };
+        let start = (ws::header_len(f) + DOCUMENT_PREFIX.len()).min(f.len());
+        let end = f.len().saturating_sub(tail).max(start);
+        f.slice(start..end)
+    }
+    fn frame_len(&self) -> usize {
+        match self {
+            Doc::Event { frame, .. } | Doc::Snapshot(frame) => frame.len(),
+        }
+    }
 }
 
 /// One room.
@@ -123,9 +147,9 @@ pub struct Room {
     created_at: Box<str>,
     gen: u32,
     members: Vec<Member>,
-    /// The stored document as a ready `document_sync` frame (a snapshot:
-    /// no `seq`).
-    document: Option<Frame>,
+    /// The stored document, as one frame in either form (never both: a
+    /// 10 MiB document is held once).
+    document: Option<Doc>,
     /// Names this incarnation of the room's stream; a client's `since` from
     /// another epoch is never replayed.
     epoch: Box<str>,
@@ -200,7 +224,9 @@ impl Room {
     /// Bytes the stored document's frame holds (0 without one); compare
     /// with [`document_frame_len`] to tell whether a new one is larger.
     pub fn document_frame_len(&self) -> usize {
-        self.document.as_ref().map_or(0, |f| f.len())
+        self.document
+            .as_ref()
+            .map_or(0, |d| document_frame_len(d.raw().len()))
     }
     pub fn peer_count(&self) -> usize {
         self.members.len()
@@ -208,7 +234,7 @@ impl Room {
     /// Bytes the stored document holds (as its ready `document_sync`
     /// frame); 0 without one.
     pub fn document_bytes(&self) -> usize {
-        self.document.as_ref().map_or(0, |d| d.len())
+        self.document.as_ref().map_or(0, Doc::frame_len)
     }
     /// Whether a member joined as the host. Read from the peer objects:
     /// `"is_host":` follows the id, whose quotes are escaped, so the first
@@ -250,7 +276,7 @@ impl Room {
     /// The members' peer ids in join order, as others see them (the host
     /// under its public id).
     pub fn member_peer_ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.members.iter().map(|m| &*m.shown_id)
+        self.members.iter().map(|m| self.shown(&m.peer_id))
     }
     /// How long the room has had nobody in it, if it is empty.
     pub fn idle_for(&self, now: Instant) -> Option<Duration> {
@@ -259,14 +285,21 @@ impl Room {
     }
     /// The document's raw JSON text: a slice of the shared frame, no copy.
     pub fn document_raw(&self) -> Option<bytes::Bytes> {
-        let f = self.document.as_ref()?;
-        let head = match f.get(1).map(|b| b & 0x7f) {
-            Some(126) => 4,
-            Some(127) => 10,
-            _ => 2,
-        };
-        let start = head + DOCUMENT_PREFIX.len();
-        (f.len() > start).then(|| f.slice(start..f.len() - 1))
+        self.document.as_ref().map(Doc::raw)
+    }
+    /// The document as a snapshot frame (no `seq`), cut from the numbered
+    /// event the first time one is needed; the room then holds only the
+    /// snapshot (the event's buffer lives on only in queues still sending
+    /// it).
+    fn snapshot(&mut self) -> Option<Frame> {
+        if let Some(Doc::Event { .. }) = &self.document {
+            let raw = self.document.as_ref().map(Doc::raw).unwrap_or_default();
+            self.document = Some(Doc::Snapshot(document_frame_bytes(&raw)));
+        }
+        match &self.document {
+            Some(Doc::Snapshot(f)) => Some(f.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -517,13 +550,12 @@ impl Rooms {
             fx.push(Effect::Fanout {
                 room: target,
                 except: Some(conn),
-                frame: peer_left_frame(&old.shown_id, seq),
+                frame: peer_left_frame(room.shown(&old.peer_id), seq),
             });
         }
 
         let id_json = json_str(peer_id);
-        let shown_id = room.shown(peer_id).to_owned();
-        let shown_json = json_str(&shown_id);
+        let shown_json = json_str(room.shown(peer_id));
         let peer_json = format!(
             r#"{{"id":{},"joined_at":"{}","is_host":{},"metadata":{}}}"#,
             shown_json,
@@ -542,11 +574,9 @@ impl Rooms {
             except: Some(conn),
             frame: joined_frame,
         });
-        let peer: Arc<str> = peer_id.into();
         room.members.push(Member {
             conn,
-            peer_id: peer.clone(),
-            shown_id: shown_id.into(),
+            peer_id: peer_id.into(),
             peer_json: peer_json.into(),
         });
         room.idle_before = Duration::ZERO;
@@ -587,32 +617,28 @@ impl Rooms {
             b.push(b'}');
         });
         fx.push(Effect::Send(conn, connected));
-        match (since, recovered) {
-            (Some(s), Some(true)) => {
-                for frame in room.log.after(s.seq, peer_id) {
-                    fx.push(Effect::Send(conn, frame.clone()));
-                }
-                if room.doc_seq > s.seq {
-                    if let Some(doc) = &room.document {
-                        fx.push(Effect::Send(conn, doc.clone()));
-                    }
-                }
-            }
-            _ => {
-                if let Some(doc) = &room.document {
-                    fx.push(Effect::Send(conn, doc.clone()));
-                }
-            }
-        }
-
         let mut prefix = Vec::with_capacity(shown_json.len() + 32);
         prefix.extend_from_slice(br#"{"type":"data","from":"#);
         prefix.extend_from_slice(shown_json.as_bytes());
         prefix.extend_from_slice(br#","data":"#);
+        let send_document = match (&since, recovered) {
+            (Some(s), Some(true)) => {
+                // What this peer sent itself is not sent back.
+                for frame in room.log.after(s.seq, &prefix) {
+                    fx.push(Effect::Send(conn, frame.clone()));
+                }
+                room.doc_seq > s.seq
+            }
+            _ => true,
+        };
+        if send_document {
+            if let Some(doc) = room.snapshot() {
+                fx.push(Effect::Send(conn, doc));
+            }
+        }
         *session = Session {
             room: Some(target),
             is_host,
-            peer_id: Some(peer),
             data_prefix: prefix.into(),
         };
     }
@@ -627,7 +653,7 @@ impl Rooms {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let (Some(r), Some(from)) = (session.room, &session.peer_id) else {
+        let Some(r) = session.room else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
@@ -651,7 +677,7 @@ impl Rooms {
         // may borrow the other rooms' logs.
         let mut log = std::mem::take(&mut room.log);
         self.ledger
-            .hold(r, &mut log, seq, from, &frame, now, &mut self.rooms);
+            .hold(r, &mut log, seq, &frame, now, &mut self.rooms);
         self.rooms[r.key as usize].log = log;
         fx.push(Effect::Fanout {
             room: r,
@@ -682,27 +708,34 @@ impl Rooms {
         let room = &mut self.rooms[r.key as usize];
         let seq = room.next_seq();
         room.doc_seq = seq;
-        // Two frames: the stored snapshot has no `seq` (a joiner gets it
-        // after `room_info`, which already names the stream's position);
-        // the fan-out is the numbered event.
-        room.document = Some(document_frame(document.get(), None));
+        // One buffer: the room keeps the numbered event it fans out, and
+        // cuts a snapshot (no `seq`) from it when one is first needed.
+        let frame = document_frame(document.get(), Some(seq));
+        let tail = document_frame_tail(seq);
+        room.document = Some(Doc::Event {
+            frame: frame.clone(),
+            tail,
+        });
         fx.push(Effect::Persist(r));
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: document_frame(document.get(), Some(seq)),
+            frame,
         });
     }
 
     /// Handles `request_sync`: the stored document, or `""` if none.
-    pub fn request_sync(&self, conn: ConnRef, session: &Session, fx: &mut Vec<Effect>) {
-        let Some(room) = session.room.and_then(|r| self.get(r)) else {
+    pub fn request_sync(&mut self, conn: ConnRef, session: &Session, fx: &mut Vec<Effect>) {
+        let Some(room) = session.room.and_then(|r| {
+            self.rooms
+                .get_mut(r.key as usize)
+                .filter(|room| room.gen == r.gen)
+        }) else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
         let frame = room
-            .document
-            .clone()
+            .snapshot()
             .unwrap_or_else(|| document_frame("\"\"", None));
         fx.push(Effect::Send(conn, frame));
     }
@@ -718,7 +751,6 @@ impl Rooms {
     ) {
         let Some(r) = session.room.take() else { return };
         session.is_host = false;
-        session.peer_id = None;
         session.data_prefix = Box::default();
         let Some(room) = self
             .rooms
@@ -735,7 +767,7 @@ impl Rooms {
         fx.push(Effect::Fanout {
             room: r,
             except: Some(conn),
-            frame: peer_left_frame(&gone.shown_id, seq),
+            frame: peer_left_frame(room.shown(&gone.peer_id), seq),
         });
         if room.members.is_empty() {
             room.empty_since = Some(now);
@@ -779,7 +811,7 @@ impl Rooms {
             created_at: created_at.into(),
             gen: self.next_gen,
             members: Vec::new(),
-            document,
+            document: document.map(Doc::Snapshot),
             // A new incarnation of the stream: positions from before the
             // restart are not replayable (its history was not kept).
             epoch: random_string(EPOCH_ALPHABET, 12, &mut crate::util::fill_random).into(),
@@ -886,6 +918,12 @@ fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
 /// Closes a stream event's JSON object with its number.
 fn end_seq(b: &mut Vec<u8>, seq: u64) {
     let _ = write!(b, r#","seq":{seq}}}"#);
+}
+
+/// The length of what [`end_seq`] writes.
+fn document_frame_tail(seq: u64) -> usize {
+    let digits = seq.checked_ilog10().unwrap_or(0) as usize + 1;
+    r#","seq":}"#.len() + digits
 }
 
 /// The length of the stored `document_sync` snapshot frame for a document
@@ -1315,10 +1353,30 @@ mod tests {
             let room = w.rooms.find("R1").unwrap().1;
             let got = room.document_raw().unwrap();
             assert_eq!(&got[..], doc.as_bytes());
-            let frame = room.document.as_ref().unwrap();
+            let frame = match room.document.as_ref().unwrap() {
+                Doc::Event { frame, .. } | Doc::Snapshot(frame) => frame,
+            };
             let inside = frame.as_ptr_range();
             assert!(inside.contains(&got.as_ptr()), "a slice, not a copy");
+            // The fan-out and the room share that one buffer.
+            let fanned = fx.iter().find_map(|e| match e {
+                Effect::Fanout { frame, .. } => Some(frame.clone()),
+                _ => None,
+            });
+            assert_eq!(fanned.unwrap().as_ptr(), frame.as_ptr());
         }
+        // A joiner gets a snapshot cut from it (no seq), and from then on
+        // the room holds the snapshot alone.
+        let out = w.join(c(2), "R1", "p", false);
+        assert!(out
+            .last()
+            .unwrap()
+            .starts_with(r#"2:{"type":"document_sync","document":"xx"#));
+        assert!(!out.last().unwrap().contains(r#""seq""#));
+        let room = w.rooms.find("R1").unwrap().1;
+        assert!(matches!(room.document, Some(Doc::Snapshot(_))));
+        assert_eq!(room.document_raw().unwrap().len(), big.len());
+        assert_eq!(room.document_frame_len(), document_frame_len(big.len()));
     }
 
     #[test]

@@ -267,6 +267,16 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 /// Room at the front of a frame buffer for the longest server header.
 pub const HEADROOM: usize = 10;
 
+/// The length of the header of a frame the server built (unmasked): where
+/// its payload starts.
+pub fn header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
 /// Turns a buffer whose first [`HEADROOM`] bytes are reserved and whose rest
 /// is a text payload into one shareable frame, without copying the payload.
 pub fn finish_text(mut buf: Vec<u8>) -> Frame {
