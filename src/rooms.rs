@@ -103,6 +103,9 @@ struct Member {
     peer_id: Box<str>,
     /// The peer object as JSON: `{"id","joined_at","is_host","metadata"}`.
     peer_json: Box<str>,
+    /// With `REQUIRE_AUTH`: the account that joined under this peer id;
+    /// another account may not replace it.
+    account: Option<Box<str>>,
 }
 
 /// A room's document, kept as a ready frame.
@@ -190,6 +193,13 @@ impl Room {
     /// The id everyone else sees for the host.
     pub fn host_public_id(&self) -> &str {
         &self.host_public_id
+    }
+    /// The account bound to the member with `peer_id` (`REQUIRE_AUTH`).
+    pub fn account_of(&self, peer_id: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| &*m.peer_id == peer_id)
+            .and_then(|m| m.account.as_deref())
     }
     /// The account bound to the host role (`REQUIRE_AUTH`), if any.
     pub fn owner(&self) -> Option<&str> {
@@ -366,6 +376,18 @@ impl Rooms {
 
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
+    }
+
+    /// Binds `conn`'s membership of `r` to an account (`REQUIRE_AUTH`).
+    pub fn bind_account(&mut self, r: RoomRef, conn: ConnRef, account: &str) {
+        let member = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+            .and_then(|room| room.members.iter_mut().find(|m| m.conn == conn));
+        if let Some(m) = member {
+            m.account = Some(account.into());
+        }
     }
 
     /// Binds the room's host role to an account (`REQUIRE_AUTH`).
@@ -578,6 +600,7 @@ impl Rooms {
             conn,
             peer_id: peer_id.into(),
             peer_json: peer_json.into(),
+            account: None,
         });
         room.idle_before = Duration::ZERO;
         if room.empty_since.take().is_some() {

@@ -1543,6 +1543,23 @@ impl Server {
                         return;
                     }
                 }
+                // ... and a peer id to the account that joined with it: in
+                // protected mode another account cannot replace a guest.
+                let holder = self
+                    .rooms
+                    .find(&room_code)
+                    .and_then(|(_, r)| r.account_of(&peer_id));
+                if let (Some(holder), Some(who)) = (holder, authorized) {
+                    if !who.admin && who.user != holder {
+                        self.send(
+                            cref,
+                            rooms::error_frame(
+                                "This peer_id is in use by another account in this room",
+                            ),
+                        );
+                        return;
+                    }
+                }
                 self.rooms.join(
                     cref,
                     &mut ws.session,
@@ -1557,6 +1574,9 @@ impl Server {
                 );
                 if let Some(room) = ws.session.room {
                     self.ops.touch(room, now);
+                    if let Some(who) = authorized {
+                        self.rooms.bind_account(room, cref, &who.user);
+                    }
                 }
                 self.apply_effects();
             }

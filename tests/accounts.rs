@@ -1694,6 +1694,61 @@ mod e2e {
         assert_eq!(adm.recv_type(), "connected");
     }
 
+    /// With REQUIRE_AUTH a guest's peer id is bound to its account: another
+    /// account cannot replace it, its owner reconnecting can.
+    #[test]
+    fn e2e_require_auth_binds_guests_to_their_accounts() {
+        let db = unique_db("e2e_guest_owner");
+        let s = server(&db, &mongo_uri(), &[("REQUIRE_AUTH", "true")]);
+        let admin = login(&s, ADMIN_EMAIL, ADMIN_PW);
+        for (email, pw) in [
+            ("carol@example.org", "carol password"),
+            ("dave@example.org", "dave password"),
+        ] {
+            let r = post_json(
+                &s,
+                "/api/auth/invite",
+                Some(&admin),
+                &json!({"email": email, "password": pw}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let carol = login(&s, "carol@example.org", "carol password");
+        let dave = login(&s, "dave@example.org", "dave password");
+        let r = post_json(
+            &s,
+            "/api/rooms",
+            Some(&carol),
+            &json!({"desired_room_code": "GUEST1", "desired_host_id": "gh"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut c1 = Client::connect(s.addr);
+        c1.send(
+            json!({"action": "join", "room_code": "GUEST1", "peer_id": "guest", "token": carol}),
+        );
+        assert_eq!(c1.recv_type(), "room_info");
+        assert_eq!(c1.recv_type(), "connected");
+        // Dave under Carol's peer id: refused, Carol stays.
+        let mut d = Client::connect(s.addr);
+        d.send(json!({"action": "join", "room_code": "GUEST1", "peer_id": "guest", "token": dave}));
+        let m = d.recv();
+        assert_eq!(m["type"], "error", "{m}");
+        assert!(
+            m["message"].as_str().unwrap().contains("another account"),
+            "{m}"
+        );
+        assert!(c1.silent_for(Duration::from_millis(300)));
+        // Carol reconnecting replaces her own older connection.
+        let mut c2 = Client::connect(s.addr);
+        c2.send(
+            json!({"action": "join", "room_code": "GUEST1", "peer_id": "guest", "token": carol}),
+        );
+        assert_eq!(c2.recv_type(), "room_info");
+        assert_eq!(c2.recv_type(), "connected");
+        let m = c1.recv();
+        assert_eq!(m["message"], "Replaced by a newer connection", "{m}");
+    }
+
     #[test]
     fn e2e_require_auth_protects_rooms_and_joins() {
         let db = unique_db("e2e_require_auth");
