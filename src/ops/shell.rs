@@ -180,7 +180,11 @@ impl Server {
         self.metrics.http_answer(c.route, a.status);
         let mut buf = Vec::with_capacity(256 + a.body.len());
         a.write(&mut buf, !keep, head, cors_origin);
+        // As `respond_full`: an exact-size buffer, counted into the total
+        // of queued HTTP answers.
+        buf.shrink_to_fit();
         c.out.push(Frame::from(buf));
+        count_http(&mut self.http_backlog, c);
         self.mark_dirty(cref);
         self.after_response(cref, keep);
     }
