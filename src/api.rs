@@ -404,8 +404,14 @@ pub fn create_room(
     if !admit_new && !restoring {
         return Answer::error(503, NEAR_MEMORY_LIMIT);
     }
+    // Without a desired code, the code the shell checked against the room
+    // store (unless a room in memory took it meanwhile: then a fresh draw).
+    let fresh = req
+        .room_code_hint
+        .as_deref()
+        .filter(|c| body.desired_room_code.is_none() && rooms.find(c).is_none());
     let created = match rooms.create(
-        body.desired_room_code.as_deref(),
+        body.desired_room_code.as_deref().or(fresh),
         body.desired_host_id.as_deref(),
         now,
         SystemTime::now(),
@@ -510,6 +516,41 @@ pub fn cors_origin<'a>(cfg: &Config, origin: Option<&'a str>) -> Option<&'a str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checked_fresh_code_names_the_new_room() {
+        let cfg = Config::from_lookup(|_| None).unwrap();
+        let mut rooms = Rooms::new(None);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let mut fx = Vec::new();
+        let mut create = |rooms: &mut Rooms, hint: Option<&str>, body: &str| {
+            let req = Request {
+                method: Some(Method::Post),
+                path: "/api/rooms".into(),
+                body: body.as_bytes().to_vec(),
+                room_code_hint: hint.map(str::to_owned),
+                ..Request::default()
+            };
+            let a = create_room(&cfg, rooms, peer, &req, now, true, None, &mut fx);
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
+        };
+        let a = create(&mut rooms, Some("CHECKD"), "");
+        assert_eq!(a["room_code"], "CHECKD");
+        assert!(a.get("restored").is_none(), "a new room: {a}");
+        // Taken in memory meanwhile: a fresh draw, never the existing room.
+        let b = create(&mut rooms, Some("CHECKD"), "");
+        assert_ne!(b["room_code"], "CHECKD");
+        assert!(b.get("restored").is_none(), "{b}");
+        // A desired code wins over the hint.
+        let c = create(
+            &mut rooms,
+            Some("OTHER1"),
+            r#"{"desired_room_code":"MINE"}"#,
+        );
+        assert_eq!(c["room_code"], "MINE");
+    }
 
     #[test]
     fn bearer_parsing() {

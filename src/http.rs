@@ -111,6 +111,10 @@ pub struct Request {
     /// `100 Continue` before sending the body.
     pub expect_continue: bool,
     pub body: Vec<u8>,
+    /// Never from the wire: a fresh room code the server has checked the
+    /// room store does not hold, for a `POST /api/rooms` without a
+    /// `desired_room_code` (so a new room never lands on a stored one).
+    pub room_code_hint: Option<String>,
 }
 
 impl Request {

@@ -465,12 +465,7 @@ impl Rooms {
         }
         let code = match desired_code {
             Some(c) => c.to_owned(),
-            None => loop {
-                let c = random_string(CODE_ALPHABET, 6, rand);
-                if !self.by_code.contains_key(c.as_str()) {
-                    break c;
-                }
-            },
+            None => self.draw_code(rand),
         };
         let host_id = match desired_host {
             Some(h) => h.to_owned(),
@@ -508,6 +503,16 @@ impl Rooms {
             room: r,
             restored: false,
         })
+    }
+
+    /// A fresh 6-character room code no room in memory has.
+    pub fn draw_code(&self, rand: &mut dyn FnMut(&mut [u8])) -> String {
+        loop {
+            let c = random_string(CODE_ALPHABET, 6, rand);
+            if !self.by_code.contains_key(c.as_str()) {
+                return c;
+            }
+        }
     }
 
     /// Handles `join`. On failure only the joiner hears about it and nothing

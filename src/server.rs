@@ -791,10 +791,33 @@ impl Server {
 
     /// Routes one request. `looked_up`: the room store was asked about the
     /// room it names already (so a room not in memory does not exist).
-    fn handle_request(&mut self, cref: ConnRef, req: Request, keep_alive: bool, looked_up: bool) {
+    fn handle_request(
+        &mut self,
+        cref: ConnRef,
+        mut req: Request,
+        keep_alive: bool,
+        looked_up: bool,
+    ) {
         if !looked_up {
             if let Some(code) = api::room_code_of(&req) {
                 if self.rooms.find(&code).is_none() && self.store.must_look_up(&code) {
+                    let pending = Pending::Rest {
+                        req: Box::new(req),
+                        keep_alive,
+                    };
+                    self.wait_for_lookup(cref, &code, pending);
+                    return;
+                }
+            } else if req.path == "/api/rooms"
+                && req.method() == http::Method::Post
+                && req.room_code_hint.is_none()
+            {
+                // A new room gets a random code. One that only the store
+                // holds (its room not in memory) must not be drawn: saving
+                // the new room would replace the stored one. Ask first.
+                let code = self.rooms.draw_code(&mut crate::util::fill_random);
+                if self.store.must_look_up(&code) {
+                    req.room_code_hint = Some(code.clone());
                     let pending = Pending::Rest {
                         req: Box::new(req),
                         keep_alive,
@@ -1038,15 +1061,36 @@ impl Server {
         self.next_job = self.next_job.wrapping_add(1);
         let seq = self.next_job;
         if !self.store.lookup(code, cref, seq, now) {
-            self.give_up(cref, pending, store::UNAVAILABLE);
+            self.store_did_not_answer(cref, pending);
             return;
         }
+        // Checking a fresh code is a precaution, not worth a long wait.
+        let wait = match &pending {
+            Pending::Rest { req, .. } if req.room_code_hint.is_some() => store::FRESH_CODE_WAIT,
+            _ => store::LOOKUP_TIMEOUT,
+        };
         if let Some(c) = self.conn(cref) {
             c.phase = Phase::Waiting(Box::new(pending));
             c.job = seq;
         }
-        self.timers
-            .arm(now + store::LOOKUP_TIMEOUT, Timer::Lookup(cref, seq));
+        self.timers.arm(now + wait, Timer::Lookup(cref, seq));
+    }
+
+    /// A parked request the room store could not answer: 503 `Room store
+    /// unavailable` (a join: an `error`), except the check of a fresh room
+    /// code, which gives way: the room is created with a code no room in
+    /// memory has, so rooms can still be made during an outage.
+    fn store_did_not_answer(&mut self, cref: ConnRef, pending: Pending) {
+        match pending {
+            Pending::Rest {
+                mut req,
+                keep_alive,
+            } if req.room_code_hint.is_some() => {
+                req.room_code_hint = None;
+                self.handle_request(cref, *req, keep_alive, true);
+            }
+            other => self.give_up(cref, other, store::UNAVAILABLE),
+        }
     }
 
     /// The requests that waited on one lookup carry on.
@@ -1056,7 +1100,9 @@ impl Server {
                 continue; // answered by its timer, or gone
             };
             match found {
-                Found::Unavailable => self.give_up(cref, pending, store::UNAVAILABLE),
+                Found::Unavailable => self.store_did_not_answer(cref, pending),
+                // For a fresh code that was a stored room's: that room is in
+                // memory now, so creating gives way to a code not in use.
                 Found::Room | Found::Absent => match pending {
                     Pending::Rest { req, keep_alive } => {
                         self.handle_request(cref, *req, keep_alive, true);
@@ -1964,7 +2010,7 @@ impl Server {
                 Timer::Lookup(cref, seq) => {
                     if let Some(pending) = self.take_pending(cref, seq) {
                         warn!("[{}] the room store did not answer in time", cref.key);
-                        self.give_up(cref, pending, store::UNAVAILABLE);
+                        self.store_did_not_answer(cref, pending);
                         self.resume(cref);
                     }
                 }

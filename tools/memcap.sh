@@ -27,7 +27,8 @@
 #                        [--limit-mib N] [--no-build] [--no-cgroup]
 #                        [--attack frag|joined|pipeline|docs|all]
 # Env:   CARGO_TARGET_DIR is honoured; MEMCAP_LOG_DIR keeps logs (default a
-#        temp dir, printed at the end).
+#        temp dir, printed at the end); the room store lives in its data/;
+#        ROOM_STORE=memory|file|mongodb picks the store.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -183,6 +184,10 @@ server_env=(
     # loadgen creates CONNS/PEERS rooms from one address.
     ROOM_CREATE_RATE=1000000 ROOM_CREATE_BURST=1000000
 )
+# The room store (issue 11) in a fresh directory of this run; ROOM_STORE
+# (file, memory, mongodb) picks another store to compare.
+server_env+=(DATA_DIR="$LOGDIR/data")
+[ -n "${ROOM_STORE:-}" ] && server_env+=(ROOM_STORE="$ROOM_STORE")
 # To watch admission control engage below the kernel's limit.
 [ -n "${MEMORY_LIMIT_BYTES:-}" ] && server_env+=(MEMORY_LIMIT_BYTES="$MEMORY_LIMIT_BYTES")
 if [ -n "$ACCOUNTS_URI" ]; then

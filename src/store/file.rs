@@ -6,8 +6,12 @@
 //! document is never torn.
 //!
 //! Layout: table `rooms` maps a room code to its [`Meta`] as JSON; table
-//! `documents` maps a code to the document's raw JSON text. Both are written
-//! in the same transaction. A save replaces a record only when its version
+//! `document_parts` maps `(code, i)` to the i-th [`PART`]-byte piece of the
+//! document's raw JSON text. Both are written in the same transaction.
+//! Pieces keep redb's memory small: it buffers every value it writes until
+//! its write cache overflows, and a 16 MiB value would be one 16 MiB buffer.
+//! (Records written before pieces existed keep their document whole in
+//! table `documents`, which is still read.) A save replaces a record only when its version
 //! is higher; a delete removes it only when the stored version is not higher
 //! than the delete's.
 
@@ -17,7 +21,11 @@ use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const ROOMS: TableDefinition<&str, &str> = TableDefinition::new("rooms");
+const PARTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("document_parts");
+/// Earlier layout: the whole document under its code. Read, then removed.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+/// Size of one piece of a stored document.
+pub const PART: usize = 256 * 1024;
 /// redb's page cache (reads and dirty pages before a commit).
 const CACHE_BYTES: usize = 4 << 20;
 
@@ -56,6 +64,7 @@ impl FileStore {
             let tx = db.begin_write()?;
             tx.open_table(ROOMS)?;
             tx.open_table(DOCUMENTS)?;
+            tx.open_table(PARTS)?;
             tx.commit()?;
             Ok(())
         };
@@ -79,6 +88,21 @@ impl<E: Into<redb::Error>> From<E> for DbErr {
     }
 }
 
+/// Removes every piece of `code`'s document.
+fn remove_parts(
+    parts: &mut redb::Table<(&'static str, u32), &'static [u8]>,
+    code: &str,
+) -> Result<(), DbErr> {
+    let keys: Vec<u32> = parts
+        .range((code, 0)..=(code, u32::MAX))?
+        .map(|item| item.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for i in keys {
+        parts.remove((code, i))?;
+    }
+    Ok(())
+}
+
 fn meta_of(json: &str) -> Option<Meta> {
     serde_json::from_str(json).ok()
 }
@@ -90,6 +114,7 @@ impl Backend for FileStore {
             {
                 let mut rooms = tx.open_table(ROOMS)?;
                 let mut docs = tx.open_table(DOCUMENTS)?;
+                let mut parts = tx.open_table(PARTS)?;
                 for op in ops {
                     match op {
                         WriteOp::Save(r) => {
@@ -103,12 +128,11 @@ impl Backend for FileStore {
                             let meta = serde_json::to_string(&r.meta())
                                 .map_err(|e| DbErr(e.to_string()))?;
                             rooms.insert(&*r.code, meta.as_str())?;
-                            match &r.document {
-                                Some(d) => {
-                                    docs.insert(&*r.code, &d[..])?;
-                                }
-                                None => {
-                                    docs.remove(&*r.code)?;
+                            docs.remove(&*r.code)?;
+                            remove_parts(&mut parts, &r.code)?;
+                            if let Some(d) = &r.document {
+                                for (i, piece) in d.chunks(PART).enumerate() {
+                                    parts.insert((&*r.code, i as u32), piece)?;
                                 }
                             }
                         }
@@ -122,6 +146,7 @@ impl Backend for FileStore {
                             }
                             rooms.remove(&**code)?;
                             docs.remove(&**code)?;
+                            remove_parts(&mut parts, code)?;
                         }
                     }
                 }
@@ -144,8 +169,18 @@ impl Backend for FileStore {
                 return Ok(None);
             };
             let document = if meta.has_document {
-                let docs = tx.open_table(DOCUMENTS)?;
-                docs.get(code)?.map(|v| make(v.value()))
+                let parts = tx.open_table(PARTS)?;
+                let mut buf = Vec::new();
+                for item in parts.range((code, 0)..=(code, u32::MAX))? {
+                    let (_, v) = item?;
+                    buf.extend_from_slice(v.value());
+                }
+                if buf.is_empty() {
+                    let docs = tx.open_table(DOCUMENTS)?;
+                    docs.get(code)?.map(|v| make(v.value()))
+                } else {
+                    Some(make(&buf))
+                }
             } else {
                 None
             };
@@ -251,6 +286,32 @@ mod tests {
         let s = FileStore::open(&d.0).unwrap();
         let got = load(&s).unwrap();
         assert_eq!(got.document.as_deref(), Some(big.as_bytes()));
+    }
+
+    #[test]
+    fn a_document_of_the_earlier_layout_is_read_then_moved() {
+        let d = dir("legacy");
+        let s = FileStore::open(&d.0).unwrap();
+        let old = rec(3, Some("\"old\""));
+        let tx = s.db.begin_write().unwrap();
+        {
+            let mut rooms = tx.open_table(ROOMS).unwrap();
+            let meta = serde_json::to_string(&old.meta()).unwrap();
+            rooms.insert("R1", meta.as_str()).unwrap();
+            let mut docs = tx.open_table(DOCUMENTS).unwrap();
+            docs.insert("R1", &b"\"old\""[..]).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(load(&s), Some(old));
+        s.write(&[WriteOp::Save(rec(4, Some("\"new\"")))]).unwrap();
+        assert_eq!(load(&s), Some(rec(4, Some("\"new\""))));
+        let tx = s.db.begin_read().unwrap();
+        assert!(tx
+            .open_table(DOCUMENTS)
+            .unwrap()
+            .get("R1")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub const UNAVAILABLE: &str = "Room store unavailable";
 
 /// How long a request waits for a lookup before it is answered 503.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new room waits for the check that its random code is not a
+/// stored room's before it is created anyway (with a code no room in memory
+/// has): room creation keeps working while the store is down.
+pub const FRESH_CODE_WAIT: Duration = Duration::from_secs(1);
 
 /// Writes waiting for the writer thread, at most.
 const WRITE_QUEUE: usize = 4096;
