@@ -279,6 +279,31 @@ impl Room {
         s.push(']');
         s
     }
+    /// The peers list as the host itself sees it in its `room_info`: its
+    /// own entry under the id it joined with (rule 11: the host may see its
+    /// own id; a client that compares `host_id` with its own id keeps
+    /// working), everyone else as in [`Room::peers_json`].
+    fn peers_json_for_host(&self, host: ConnRef) -> String {
+        let mut s = String::with_capacity(2 + self.members.len() * 96);
+        s.push('[');
+        for (i, m) in self.members.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let shown = json_str(self.shown(&m.peer_id));
+            let head_len = r#"{"id":"#.len() + shown.len();
+            match m.peer_json.get(head_len..) {
+                Some(rest) if m.conn == host => {
+                    s.push_str(r#"{"id":"#);
+                    s.push_str(&json_str(&m.peer_id));
+                    s.push_str(rest);
+                }
+                _ => s.push_str(&m.peer_json),
+            }
+        }
+        s.push(']');
+        s
+    }
     /// The members' connections in join order.
     pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
         self.members.iter().map(|m| m.conn)
@@ -621,13 +646,20 @@ impl Rooms {
             .as_ref()
             .map(|s| *s.epoch == *room.epoch && s.seq <= room.seq && room.log.covers(s.seq));
 
+        // Everyone else knows the host by its public id; the host itself
+        // is told the id it joined with, as before rule 11.
+        let (host_shown, peers) = if peer_id == &*room.host_id {
+            (&*room.host_id, room.peers_json_for_host(conn))
+        } else {
+            (&*room.host_public_id, room.peers_json())
+        };
         let info = build(|b| {
             b.extend_from_slice(br#"{"type":"room_info","room_code":"#);
             b.extend_from_slice(json_str(&room.code).as_bytes());
             b.extend_from_slice(br#","host_id":"#);
-            b.extend_from_slice(json_str(&room.host_public_id).as_bytes());
+            b.extend_from_slice(json_str(host_shown).as_bytes());
             b.extend_from_slice(br#","peers":"#);
-            b.extend_from_slice(room.peers_json().as_bytes());
+            b.extend_from_slice(peers.as_bytes());
             b.extend_from_slice(br#","epoch":"#);
             b.extend_from_slice(json_str(&room.epoch).as_bytes());
             let _ = write!(b, r#","seq":{}"#, room.seq);
@@ -1180,14 +1212,24 @@ mod tests {
         let public = w.rooms.find("R1").unwrap().1.host_public_id().to_string();
         w.join(c(2), "R1", "p2", false);
         let out = w.join(c(1), "R1", "secret-h", true);
-        // Its own `connected` names the secret; nothing anyone else gets does.
+        // Its own `room_info` and `connected` name the secret (the host may
+        // see its own id); nothing anyone else gets does.
         assert_eq!(kinds(&out), ["2:peer_joined", "1:room_info", "1:connected"]);
         assert!(
             out[0].contains(&format!(r#""id":"{public}""#)),
             "{}",
             out[0]
         );
-        assert!(out[1].contains(&format!(r#""host_id":"{public}""#)));
+        let info: serde_json::Value = serde_json::from_str(&out[1][2..]).unwrap();
+        assert_eq!(info["host_id"], "secret-h");
+        let ids: Vec<_> = info["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["p2", "secret-h"]);
+        assert_eq!(info["peers"][1]["is_host"], true);
         assert!(out[2].contains(r#""peer_id":"secret-h""#));
         let out = w.say(c(1), "x");
         assert_eq!(

@@ -173,10 +173,10 @@ fn sigterm_restart_keeps_room_host_and_document(dir: Store) {
     // The host comes back first, as a browser reconnecting does.
     let (room_info, doc) = rejoin(&s, "KEEP1", "host-secret-1", true, true);
     assert_eq!(doc.unwrap()["document"], "{\"tasks\":[1,2,3]}");
-    // The host's public id (rule 11) is kept too: everyone sees the same
-    // name for the host across the restart, and never the secret.
-    assert_eq!(room_info["host_id"], info["host_id"]);
-    assert_ne!(room_info["host_id"], "host-secret-1");
+    // The host is told its own id; the public id (rule 11) everyone else
+    // sees is kept across the restart, never the secret.
+    assert_eq!(room_info["host_id"], "host-secret-1");
+    assert_ne!(info["host_id"], "host-secret-1");
     let again = http(s.addr, "GET", "/api/rooms/KEEP1", &[], b"").json();
     assert_eq!(again["host_id"], info["host_id"]);
     assert_eq!(again["created_at"], info["created_at"]);
@@ -459,7 +459,9 @@ fn mongodb_outage_loses_nothing() {
 
     let s = start(&store, &fast);
     let (info, doc) = rejoin(&s, "DOWN1", "h1", true, true);
-    assert_eq!(info["host_id"], public, "the host's public id is kept");
+    assert_eq!(info["host_id"], "h1", "the host is told its own id");
+    let again = http(s.addr, "GET", "/api/rooms/DOWN1", &[], b"").json()["host_id"].clone();
+    assert_eq!(again, public, "the host's public id is kept");
     assert_eq!(doc.unwrap()["document"], "\"v3\"");
     // A room the store cannot be asked about is 503, never "Room not found".
     daemon.stop();

@@ -20,12 +20,16 @@ fn join_reply_order_and_peer_joined() {
     let info = host.recv();
     assert_eq!(info["type"], "room_info");
     assert_eq!(info["room_code"], "R1");
-    // Everyone, the host too, sees the host under its public id; only its
-    // own `connected` carries the secret id back (rule 11).
-    let public = info["host_id"].as_str().unwrap().to_string();
+    // Everyone else sees the host under its public id; the host itself is
+    // told the id it joined with (rule 11).
+    let public = http(s.addr, "GET", "/api/rooms/R1", &[], b"").json()["host_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(public.starts_with("host_") && public != "host1");
+    assert_eq!(info["host_id"], "host1");
     assert_eq!(info["peers"].as_array().unwrap().len(), 1);
-    assert_eq!(info["peers"][0]["id"], public);
+    assert_eq!(info["peers"][0]["id"], "host1");
     assert_eq!(info["peers"][0]["is_host"], true);
     assert_eq!(info["peers"][0]["metadata"]["n"], "H");
     let c = host.recv();

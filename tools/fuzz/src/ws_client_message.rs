@@ -729,14 +729,24 @@ impl World {
             assert!(gone, "joiner heard {m} for a member that did not leave");
         }
         assert_eq!(log[0]["room_code"], *code);
-        assert_eq!(log[0]["host_id"], room.host_public_id());
-        let listed = log[0]["peers"]
-            .as_array()
-            .expect("peers is an array")
-            .iter()
-            .filter(|p| p["id"] == *shown)
-            .count();
+        // Rule 11: the host itself is told its own id; everyone else the
+        // public one. Either way room_info names the host as its peers
+        // list does, and lists the joiner once.
+        let host_seen = if peer_id == room.host_id() {
+            room.host_id()
+        } else {
+            room.host_public_id()
+        };
+        assert_eq!(log[0]["host_id"], host_seen);
+        let peers = log[0]["peers"].as_array().expect("peers is an array");
+        let listed = peers.iter().filter(|p| p["id"] == *peer_id).count();
         assert_eq!(listed, 1, "room_info lists the joiner once");
+        if peer_id != room.host_id() {
+            assert!(
+                peers.iter().all(|p| p["id"] != room.host_id()),
+                "a guest was told the host's secret id"
+            );
+        }
         assert_eq!(log[1]["peer_id"], *peer_id);
         assert_eq!(log[1]["room_code"], *code);
         if room.has_document() {
