@@ -75,6 +75,8 @@ pub struct Stats<'a> {
     pub admit_new_rooms: bool,
     /// The `room_store` object of `/health`.
     pub room_store: crate::store::Health,
+    /// Cluster mode: the `cluster` object of `/health`.
+    pub cluster: Option<serde_json::Value>,
 }
 
 const ROUTES: &[&str] = &[
@@ -169,18 +171,19 @@ pub fn route(
             if m != Method::Get && m != Method::Head {
                 return Routed::Answer(method_not_allowed("GET, OPTIONS"));
             }
-            Routed::Answer(Answer::json(
-                200,
-                json!({
-                    "status": "healthy",
-                    "rooms": rooms.len(),
-                    "connections": stats.connections,
-                    "uptime_seconds": now.saturating_duration_since(stats.started).as_secs(),
-                    "store": stats.store,
-                    "room_store": stats.room_store,
-                    "timestamp": rfc3339(SystemTime::now()),
-                }),
-            ))
+            let mut body = json!({
+                "status": "healthy",
+                "rooms": rooms.len(),
+                "connections": stats.connections,
+                "uptime_seconds": now.saturating_duration_since(stats.started).as_secs(),
+                "store": stats.store,
+                "room_store": stats.room_store,
+                "timestamp": rfc3339(SystemTime::now()),
+            });
+            if let Some(c) = &stats.cluster {
+                body["cluster"] = c.clone();
+            }
+            Routed::Answer(Answer::json(200, body))
         }
         "/ws" => {
             if m != Method::Get {

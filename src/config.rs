@@ -62,6 +62,8 @@ pub struct Config {
     pub room_store: crate::store::StoreConfig,
     /// `ADMIN_TOKEN` and `LOG_FORMAT` (§8).
     pub ops: crate::ops::OpsConfig,
+    /// Cluster mode: `REDIS_URL`, `NODE_ID`, `NODE_TTL_SECONDS` (§7).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -163,8 +165,15 @@ impl Config {
             }
         }
         let accounts = crate::accounts::AccountsConfig::from_lookup(|k| get(k))?;
-        let room_store = room_store(&get, &num)?;
+        let mut room_store = room_store(&get, &num)?;
         let ops = crate::ops::OpsConfig::from_lookup(|k| get(k))?;
+        let cluster = crate::cluster::ClusterConfig::from_lookup(&get, room_store.kind.name())?;
+        if cluster.is_some() {
+            // Other nodes find rooms in the shared store: a room is written
+            // as soon as it changes, not after the single-node delays.
+            room_store.save_delay = Duration::ZERO;
+            room_store.save_max_delay = Duration::ZERO;
+        }
 
         Ok(Config {
             host,
@@ -198,6 +207,7 @@ impl Config {
             accounts,
             room_store,
             ops,
+            cluster,
         })
     }
 

@@ -107,6 +107,13 @@ impl Log {
         }
     }
 
+    /// Releases everything and starts over at `seq`: nothing up to it is
+    /// held (a node that starts following a room's stream in cluster mode).
+    pub fn restart(&mut self, ledger: &mut Ledger, seq: u64) {
+        self.clear(ledger);
+        self.floor = seq;
+    }
+
     /// Releases everything (the room is gone).
     pub fn clear(&mut self, ledger: &mut Ledger) {
         while !self.held.is_empty() {

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod healthcheck;
 pub mod history;

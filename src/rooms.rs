@@ -94,6 +94,50 @@ pub enum Effect {
     /// Something kept of the room changed (created, document, emptied or
     /// occupied): the room store saves it later.
     Persist(RoomRef),
+    /// Cluster mode: instead of a [`Effect::Fanout`], the event goes to
+    /// Redis to be numbered; every node (this one too) delivers it from
+    /// there ([`Rooms::deliver`]). `frame` carries the placeholder
+    /// `"seq":0`.
+    Publish {
+        room: RoomRef,
+        except: Option<ConnRef>,
+        what: Published,
+        frame: Frame,
+    },
+}
+
+/// What a [`Effect::Publish`] is about.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// `conn` joined as `shown`, with this peer object.
+    Joined {
+        conn: ConnRef,
+        shown: Box<str>,
+        peer_json: Box<str>,
+    },
+    /// `conn` (shown as `shown`) left.
+    Left { conn: ConnRef, shown: Box<str> },
+    /// A `data` event.
+    Data,
+    /// A `document_sync` from `sync_document`.
+    Document,
+}
+
+/// One numbered event from Redis, for [`Rooms::deliver`].
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// `d` data, `s` document, `j` joined, `l` left, `r` replaced (left
+    /// because the same peer id joined elsewhere).
+    pub kind: u8,
+    /// Published by this node.
+    pub mine: bool,
+    /// On the publishing node: the connection not to deliver to (for `r`:
+    /// the replaced connection).
+    pub except: Option<ConnRef>,
+    /// `j`/`l`/`r`: the shown peer id (unused for `d` and `s`).
+    pub from: &'a str,
+    /// The frame's JSON without its closing `,"seq":N}`.
+    pub body: &'a [u8],
 }
 
 struct Member {
@@ -162,6 +206,11 @@ pub struct Room {
     doc_seq: u64,
     /// Recent `data` events, for replay.
     log: Log,
+    /// Cluster mode: the peers on other nodes, `(shown id, peer json)`.
+    remote: Vec<(Box<str>, Box<str>)>,
+    /// Cluster mode: this node follows the room's stream (its `epoch`,
+    /// `seq` and `remote` are the cluster's).
+    synced: bool,
     empty_since: Option<Instant>,
     /// How long it had been empty before `empty_since` (a room read back
     /// from the store after a restart; the monotonic clock may not reach
@@ -179,6 +228,15 @@ impl Room {
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+    /// The number a new event's frame carries: the next `seq`, or in
+    /// cluster mode the placeholder 0 (Redis numbers it).
+    fn stamp(&mut self, cluster: bool) -> u64 {
+        if cluster {
+            0
+        } else {
+            self.next_seq()
+        }
     }
     pub fn code(&self) -> &str {
         &self.code
@@ -239,6 +297,14 @@ impl Room {
             .map_or(0, |d| document_frame_len(d.raw().len()))
     }
     pub fn peer_count(&self) -> usize {
+        self.members.len() + self.remote.len()
+    }
+    /// Cluster mode: whether this node follows the room's stream.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+    /// Local members only (cluster mode: not those of other nodes).
+    pub fn local_count(&self) -> usize {
         self.members.len()
     }
     /// Bytes the stored document holds (as its ready `document_sync`
@@ -270,11 +336,13 @@ impl Room {
     pub fn peers_json(&self) -> String {
         let mut s = String::with_capacity(2 + self.members.len() * 96);
         s.push('[');
-        for (i, m) in self.members.iter().enumerate() {
+        let local = self.members.iter().map(|m| &*m.peer_json);
+        let remote = self.remote.iter().map(|(_, j)| &**j);
+        for (i, j) in local.chain(remote).enumerate() {
             if i > 0 {
                 s.push(',');
             }
-            s.push_str(&m.peer_json);
+            s.push_str(j);
         }
         s.push(']');
         s
@@ -372,6 +440,9 @@ pub struct Rooms {
     idle_timeout: Option<Duration>,
     next_gen: u32,
     ledger: Ledger,
+    /// Cluster mode (`REDIS_URL`): stream events are published, not fanned
+    /// out, and numbered by Redis.
+    cluster: bool,
 }
 
 impl Rooms {
@@ -382,12 +453,22 @@ impl Rooms {
             idle_timeout,
             next_gen: 0,
             ledger: Ledger::new(history::Limits::default()),
+            cluster: false,
         }
     }
 
     /// Sets the replay history's bounds (before any room exists).
     pub fn set_history_limits(&mut self, limits: history::Limits) {
         self.ledger = Ledger::new(limits);
+    }
+
+    /// Cluster mode: events are published through Redis.
+    pub fn set_cluster(&mut self, on: bool) {
+        self.cluster = on;
+    }
+
+    pub fn cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Bytes and events held for replay across all rooms.
@@ -512,6 +593,8 @@ impl Rooms {
             seq: 0,
             doc_seq: 0,
             log: Log::default(),
+            remote: Vec::new(),
+            synced: false,
             empty_since: Some(now),
             idle_before: Duration::ZERO,
             expiry_armed: false,
@@ -598,12 +681,14 @@ impl Rooms {
             ));
             // Fan-outs are expanded after this call returns, when the
             // joiner is already a member: exclude it explicitly.
-            let seq = room.next_seq();
-            fx.push(Effect::Fanout {
-                room: target,
-                except: Some(conn),
-                frame: peer_left_frame(room.shown(&old.peer_id), seq),
-            });
+            let seq = room.stamp(self.cluster);
+            let shown = room.shown(&old.peer_id);
+            let frame = peer_left_frame(shown, seq);
+            let what = || Published::Left {
+                conn: old.conn,
+                shown: shown.into(),
+            };
+            stream(self.cluster, fx, target, Some(conn), what, frame);
         }
 
         let id_json = json_str(peer_id);
@@ -615,17 +700,18 @@ impl Rooms {
             is_host,
             metadata.map_or("null", |m| m.get())
         );
-        let seq = room.next_seq();
+        let seq = room.stamp(self.cluster);
         let joined_frame = build(|b| {
             b.extend_from_slice(br#"{"type":"peer_joined","peer":"#);
             b.extend_from_slice(peer_json.as_bytes());
             end_seq(b, seq);
         });
-        fx.push(Effect::Fanout {
-            room: target,
-            except: Some(conn),
-            frame: joined_frame,
-        });
+        let what = || Published::Joined {
+            conn,
+            shown: room.shown(peer_id).into(),
+            peer_json: peer_json.as_str().into(),
+        };
+        stream(self.cluster, fx, target, Some(conn), what, joined_frame);
         room.members.push(Member {
             conn,
             peer_id: peer_id.into(),
@@ -725,7 +811,7 @@ impl Rooms {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
-        let seq = room.next_seq();
+        let seq = room.stamp(self.cluster);
         let raw = data.get().as_bytes();
         let mut b = Vec::with_capacity(HEADROOM + session.data_prefix.len() + raw.len() + 28);
         b.resize(HEADROOM, 0);
@@ -733,6 +819,12 @@ impl Rooms {
         b.extend_from_slice(raw);
         end_seq(&mut b, seq);
         let frame = ws::finish_text(b);
+        if self.cluster {
+            // Held when it comes back numbered.
+            let what = || Published::Data;
+            stream(true, fx, r, Some(conn), what, frame);
+            return;
+        }
         // The room's log is taken out for the call so that the total bound
         // may borrow the other rooms' logs.
         let mut log = std::mem::take(&mut room.log);
@@ -766,8 +858,11 @@ impl Rooms {
             return;
         }
         let room = &mut self.rooms[r.key as usize];
-        let seq = room.next_seq();
-        room.doc_seq = seq;
+        let seq = room.stamp(self.cluster);
+        if !self.cluster {
+            // In cluster mode the number comes with the delivery.
+            room.doc_seq = seq;
+        }
         // One buffer: the room keeps the numbered event it fans out, and
         // cuts a snapshot (no `seq`) from it when one is first needed.
         let frame = document_frame(document.get(), Some(seq));
@@ -777,11 +872,14 @@ impl Rooms {
             tail,
         });
         fx.push(Effect::Persist(r));
-        fx.push(Effect::Fanout {
-            room: r,
-            except: Some(conn),
+        stream(
+            self.cluster,
+            fx,
+            r,
+            Some(conn),
+            || Published::Document,
             frame,
-        });
+        );
     }
 
     /// Handles `request_sync`: the stored document, or `""` if none.
@@ -823,13 +921,15 @@ impl Rooms {
             return;
         };
         let gone = room.members.remove(i);
-        let seq = room.next_seq();
-        fx.push(Effect::Fanout {
-            room: r,
-            except: Some(conn),
-            frame: peer_left_frame(room.shown(&gone.peer_id), seq),
-        });
-        if room.members.is_empty() {
+        let seq = room.stamp(self.cluster);
+        let shown = room.shown(&gone.peer_id);
+        let frame = peer_left_frame(shown, seq);
+        let what = || Published::Left {
+            conn,
+            shown: shown.into(),
+        };
+        stream(self.cluster, fx, r, Some(conn), what, frame);
+        if room.members.is_empty() && room.remote.is_empty() {
             room.empty_since = Some(now);
             fx.push(Effect::Persist(r));
             self.arm_expiry(r, now, fx);
@@ -878,6 +978,8 @@ impl Rooms {
             seq: 0,
             doc_seq: 0,
             log: Log::default(),
+            remote: Vec::new(),
+            synced: false,
             empty_since: Some(now),
             idle_before: idle_for,
             expiry_armed: false,
@@ -889,6 +991,208 @@ impl Rooms {
         };
         self.arm_expiry(r, now, fx);
         r
+    }
+
+    /// Cluster mode: this node starts following the room's stream at
+    /// `(epoch, seq)`, with the presence Redis holds (`(shown id, peer
+    /// json)` of every node's peers; this node's own entries are skipped,
+    /// its members are local).
+    pub fn cluster_start(
+        &mut self,
+        r: RoomRef,
+        epoch: &str,
+        seq: u64,
+        peers: Vec<(Box<str>, Box<str>)>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen)
+        else {
+            return;
+        };
+        room.epoch = epoch.into();
+        room.seq = seq;
+        room.doc_seq = 0;
+        room.log.restart(&mut self.ledger, seq);
+        let local: Vec<&str> = room
+            .members
+            .iter()
+            .map(|m| room.shown(&m.peer_id))
+            .collect();
+        let remote = peers
+            .into_iter()
+            .filter(|(shown, _)| !local.contains(&&**shown))
+            .collect();
+        room.remote = remote;
+        room.synced = true;
+        if !room.remote.is_empty() {
+            room.empty_since = None;
+        } else if room.members.is_empty() && room.empty_since.is_none() {
+            room.empty_since = Some(now);
+            self.arm_expiry(r, now, fx);
+        }
+    }
+
+    /// Cluster mode: the room's order cannot go on without a gap (or this
+    /// node cannot follow it): its local members are closed with 1013 so
+    /// they re-join, and it is followed again only after a new snapshot.
+    /// Their `peer_left` is published as for any leave.
+    pub fn cluster_reset(&mut self, code: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let Some((r, _)) = self.find(code) else {
+            return;
+        };
+        let room = &mut self.rooms[r.key as usize];
+        room.synced = false;
+        room.remote.clear();
+        for m in std::mem::take(&mut room.members) {
+            fx.push(Effect::Close(
+                m.conn,
+                ws::close::TRY_AGAIN_LATER,
+                "Try again later",
+            ));
+            let shown = room.shown(&m.peer_id);
+            let frame = peer_left_frame(shown, 0);
+            let what = || Published::Left {
+                conn: m.conn,
+                shown: shown.into(),
+            };
+            stream(true, fx, r, Some(m.conn), what, frame);
+        }
+        room.empty_since.get_or_insert(now);
+        self.arm_expiry(r, now, fx);
+    }
+
+    /// Cluster mode: closes every local member of every room with 1013
+    /// without publishing anything (this node's presence in Redis is being
+    /// cleared as a whole), and forgets every room's stream position.
+    pub fn cluster_reset_all(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let refs: Vec<RoomRef> = self.iter().map(|(r, _)| r).collect();
+        for r in refs {
+            let room = &mut self.rooms[r.key as usize];
+            room.synced = false;
+            room.remote.clear();
+            for m in std::mem::take(&mut room.members) {
+                fx.push(Effect::Close(
+                    m.conn,
+                    ws::close::TRY_AGAIN_LATER,
+                    "Try again later",
+                ));
+            }
+            room.empty_since.get_or_insert(now);
+            self.arm_expiry(r, now, fx);
+        }
+    }
+
+    /// Cluster mode: one numbered event of the room `code` from Redis, in
+    /// `seq` order: updates what this node knows of the room (its
+    /// position, held history, document, remote peers) and fans the frame
+    /// out to the local members.
+    pub fn deliver(
+        &mut self,
+        code: &str,
+        seq: u64,
+        d: Delivery<'_>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some((r, _)) = self.find(code) else {
+            return;
+        };
+        let room = &mut self.rooms[r.key as usize];
+        if !room.synced {
+            return;
+        }
+        room.seq = seq;
+        let mut b = Vec::with_capacity(HEADROOM + d.body.len() + 28);
+        b.resize(HEADROOM, 0);
+        b.extend_from_slice(d.body);
+        end_seq(&mut b, seq);
+        let frame = ws::finish_text(b);
+        let mut except = if d.mine { d.except } else { None };
+        match d.kind {
+            b'd' => {
+                let mut log = std::mem::take(&mut room.log);
+                self.ledger
+                    .hold(r, &mut log, seq, &frame, now, &mut self.rooms);
+                self.rooms[r.key as usize].log = log;
+            }
+            b's' => {
+                room.doc_seq = seq;
+                if !d.mine {
+                    // The delivered event is the stored document too (one
+                    // buffer; a snapshot is cut from it when needed).
+                    room.document = Some(Doc::Event {
+                        frame: frame.clone(),
+                        tail: document_frame_tail(seq),
+                    });
+                }
+            }
+            b'j' => {
+                if !d.mine {
+                    let prefix = br#"{"type":"peer_joined","peer":"#;
+                    let json = d.body.get(prefix.len()..).unwrap_or_default();
+                    room.remote.retain(|(s, _)| **s != *d.from);
+                    room.remote.push((
+                        d.from.into(),
+                        String::from_utf8_lossy(json).into_owned().into(),
+                    ));
+                    room.empty_since = None;
+                }
+            }
+            b'l' | b'r' => {
+                room.remote.retain(|(s, _)| **s != *d.from);
+                // This node's own member, replaced on another node, or
+                // removed from Redis while this node could not refresh its
+                // presence: it must not linger here unseen by the others.
+                let gone = if d.kind == b'r' {
+                    d.mine
+                        .then_some(d.except)
+                        .flatten()
+                        .and_then(|c| room.members.iter().position(|m| m.conn == c))
+                } else if d.mine && d.except.is_none() {
+                    room.members
+                        .iter()
+                        .position(|m| room.shown(&m.peer_id) == d.from)
+                } else {
+                    None
+                };
+                if let Some(i) = gone {
+                    let m = room.members.remove(i);
+                    except = Some(m.conn);
+                    if d.kind == b'r' {
+                        fx.push(Effect::Send(
+                            m.conn,
+                            error_frame("Replaced by a newer connection"),
+                        ));
+                        fx.push(Effect::Close(
+                            m.conn,
+                            ws::close::NORMAL,
+                            "Replaced by a newer connection",
+                        ));
+                    } else {
+                        fx.push(Effect::Close(
+                            m.conn,
+                            ws::close::TRY_AGAIN_LATER,
+                            "Try again later",
+                        ));
+                    }
+                }
+                if room.members.is_empty() && room.remote.is_empty() && room.empty_since.is_none() {
+                    room.empty_since = Some(now);
+                    fx.push(Effect::Persist(r));
+                    self.arm_expiry(r, now, fx);
+                }
+            }
+            _ => return,
+        }
+        fx.push(Effect::Fanout {
+            room: r,
+            except,
+            frame,
+        });
     }
 
     /// Asks the shell for an expiry timer at `since + idle_timeout` unless
@@ -929,7 +1233,8 @@ impl Rooms {
             return false;
         };
         room.expiry_armed = false;
-        let Some(since) = room.empty_since.filter(|_| room.members.is_empty()) else {
+        let empty = room.members.is_empty() && room.remote.is_empty();
+        let Some(since) = room.empty_since.filter(|_| empty) else {
             // Occupied: the next leave that empties it arms a timer.
             return false;
         };
@@ -976,6 +1281,36 @@ fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
 }
 
 /// Closes a stream event's JSON object with its number.
+/// A stream event: fanned out at once, or in cluster mode published
+/// (`what` is built only then: a single node pays nothing for it).
+fn stream(
+    cluster: bool,
+    fx: &mut Vec<Effect>,
+    room: RoomRef,
+    except: Option<ConnRef>,
+    what: impl FnOnce() -> Published,
+    frame: Frame,
+) {
+    if cluster {
+        fx.push(Effect::Publish {
+            room,
+            except,
+            what: what(),
+            frame,
+        });
+    } else {
+        fx.push(Effect::Fanout {
+            room,
+            except,
+            frame,
+        });
+    }
+}
+
+/// The closing bytes of an event frame built in cluster mode, replaced by
+/// the real number on delivery.
+pub const SEQ_PLACEHOLDER: &[u8] = br#","seq":0}"#;
+
 fn end_seq(b: &mut Vec<u8>, seq: u64) {
     let _ = write!(b, r#","seq":{seq}}}"#);
 }
@@ -1123,6 +1458,9 @@ mod tests {
                     }
                     Effect::ExpireAt(..) => out.push("-:expire".into()),
                     Effect::Persist(..) => {}
+                    Effect::Publish { frame, .. } => {
+                        out.push(format!("publish:{}", payload(&frame)))
+                    }
                 }
             }
             out
@@ -1174,6 +1512,100 @@ mod tests {
                 format!("{to}:{t}")
             })
             .collect()
+    }
+
+    /// Cluster mode: events are published, not fanned out; what comes back
+    /// numbered is delivered to the local members, and peers of other nodes
+    /// are part of the room.
+    #[test]
+    fn cluster_mode_publishes_and_delivers_what_comes_back() {
+        let mut w = World::new();
+        w.rooms.set_cluster(true);
+        w.create("R1", "h");
+        let out = w.join(c(1), "R1", "p1", false);
+        assert_eq!(
+            kinds(&out),
+            ["publish:peer_joined", "1:room_info", "1:connected"]
+        );
+        assert!(out[0].ends_with(r#","seq":0}"#), "{}", out[0]);
+        let (r, _) = w.rooms.find("R1").unwrap();
+        let mut fx = Vec::new();
+        w.rooms.cluster_start(
+            r,
+            "ep",
+            7,
+            vec![(
+                "far".into(),
+                r#"{"id":"far","joined_at":"x","is_host":false,"metadata":null}"#.into(),
+            )],
+            w.now,
+            &mut fx,
+        );
+        assert!(w.rooms.get(r).unwrap().synced());
+        assert_eq!(w.rooms.get(r).unwrap().peer_count(), 2);
+        // A broadcast is published only; the sender's own copy comes back
+        // from Redis and is not delivered to it.
+        assert_eq!(kinds(&w.say(c(1), "hi")), ["publish:data"]);
+        let deliver = |w: &mut World, seq, d: Delivery<'_>| {
+            let mut fx = Vec::new();
+            w.rooms.deliver("R1", seq, d, w.now, &mut fx);
+            w.render(fx)
+        };
+        let body = br#"{"type":"data","from":"p1","data":"hi""#;
+        let mine = Delivery {
+            kind: b'd',
+            mine: true,
+            except: Some(c(1)),
+            from: "p1",
+            body,
+        };
+        assert!(deliver(&mut w, 8, mine).is_empty());
+        // Another node's peer speaks: delivered with its number.
+        let body = br#"{"type":"data","from":"far","data":"yo""#;
+        let theirs = Delivery {
+            kind: b'd',
+            mine: false,
+            except: Some(c(1)),
+            from: "far",
+            body,
+        };
+        assert_eq!(
+            deliver(&mut w, 9, theirs),
+            [r#"1:{"type":"data","from":"far","data":"yo","seq":9}"#]
+        );
+        // It leaves: gone from the room's peers.
+        let body = br#"{"type":"peer_left","peer_id":"far""#;
+        let left = Delivery {
+            kind: b'l',
+            mine: false,
+            except: None,
+            from: "far",
+            body,
+        };
+        assert_eq!(kinds(&deliver(&mut w, 10, left)), ["1:peer_left"]);
+        assert_eq!(w.rooms.get(r).unwrap().peer_count(), 1);
+        assert_eq!(w.rooms.get(r).unwrap().seq(), 10);
+        // The same peer id joined on another node: the local one is closed.
+        let body = br#"{"type":"peer_left","peer_id":"p1""#;
+        let replaced = Delivery {
+            kind: b'r',
+            mine: true,
+            except: Some(c(1)),
+            from: "p1",
+            body,
+        };
+        assert_eq!(
+            kinds(&deliver(&mut w, 11, replaced)),
+            ["1:error", "1:close 1000"]
+        );
+        assert_eq!(w.rooms.get(r).unwrap().peer_count(), 0);
+        // A gap that cannot be filled: members re-join (1013).
+        w.join(c(2), "R1", "p2", false);
+        let mut fx = Vec::new();
+        w.rooms.cluster_reset("R1", w.now, &mut fx);
+        let out = w.render(fx);
+        assert_eq!(kinds(&out), ["2:close 1013", "publish:peer_left"]);
+        assert!(!w.rooms.get(r).unwrap().synced());
     }
 
     #[test]

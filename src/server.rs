@@ -45,6 +45,10 @@ use std::time::{Duration, Instant};
 #[path = "ops/shell.rs"]
 mod ops_shell;
 
+// Cluster mode (`REDIS_URL`): the loop's side.
+#[path = "cluster/shell.rs"]
+mod cluster_shell;
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
@@ -94,6 +98,8 @@ enum Timer {
     Room(RoomRef),
     AcceptRetry,
     Shutdown,
+    /// The drain after SIGTERM in cluster mode is over.
+    Drained,
     Housekeeping,
     /// A connection over its message rate may be read again.
     Resume(ConnRef),
@@ -263,9 +269,12 @@ pub struct Server {
     accounts: Option<Accounts>,
     store: RoomStore,
     shutting_down: Option<Instant>,
+    /// Cluster mode: a SIGTERM's drain ends then (readyz is 503 already).
+    draining: Option<Instant>,
     memguard: crate::memguard::MemGuard,
     metrics: Metrics,
     ops: ops_shell::OpsState,
+    cluster: Option<cluster_shell::ClusterState>,
 }
 
 impl Server {
@@ -325,6 +334,13 @@ impl Server {
         };
         let store = RoomStore::open(&cfg.room_store, cfg.room_idle_timeout, waker.clone())
             .map_err(io::Error::other)?;
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(
+                cluster_shell::ClusterState::start(c.clone(), cfg.history.per_room, waker.clone())
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -333,6 +349,7 @@ impl Server {
             rooms: {
                 let mut rooms = Rooms::new(cfg.room_idle_timeout);
                 rooms.set_history_limits(cfg.history);
+                rooms.set_cluster(cluster.is_some());
                 rooms
             },
             timers: Timers::default(),
@@ -355,9 +372,11 @@ impl Server {
             accounts,
             store,
             shutting_down: None,
+            draining: None,
             memguard: crate::memguard::MemGuard::from_system(),
             metrics: Metrics::default(),
             ops: ops_shell::OpsState::new(&cfg),
+            cluster,
             cfg,
         })
     }
@@ -391,6 +410,9 @@ impl Server {
                 timeout = timeout.min(next_watchdog.saturating_duration_since(now));
             }
             if let Some(at) = self.store.next_deadline() {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
+            if let Some(at) = self.cluster.as_ref().and_then(|c| c.next_deadline()) {
                 timeout = timeout.min(at.saturating_duration_since(now));
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -452,6 +474,10 @@ impl Server {
                 }
             }
             self.fire_timers(Instant::now());
+            if self.cluster.is_some() {
+                self.cluster_tick(Instant::now());
+                self.reap();
+            }
             self.store.tick(&self.rooms, Instant::now());
             self.flush_dirty();
             if let Some(deadline) = self.shutting_down {
@@ -465,6 +491,9 @@ impl Server {
                     }
                     let store = std::mem::replace(&mut self.store, RoomStore::memory());
                     store.shutdown();
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.shutdown();
+                    }
                     return Ok(());
                 }
             }
@@ -827,6 +856,20 @@ impl Server {
                 }
             }
         }
+        // Cluster mode: a room's peers are those of every node, known once
+        // this node follows the room's stream.
+        if self.cluster.is_some() && req.path.starts_with("/api/rooms/") {
+            if let Some(code) = api::room_code_of(&req) {
+                if self.rooms.find(&code).is_some_and(|(_, r)| !r.synced()) {
+                    let pending = Pending::Rest {
+                        req: Box::new(req),
+                        keep_alive,
+                    };
+                    self.cluster_wait_for_snapshot(cref, &code, pending);
+                    return;
+                }
+            }
+        }
         let Some(c) = self.conn(cref) else { return };
         let peer = c.peer;
         let route = crate::ops::route_class(req.method(), &req.path);
@@ -850,6 +893,7 @@ impl Server {
             store,
             admit_new_rooms,
             room_store: self.store.health(now),
+            cluster: self.cluster.as_ref().map(|c| c.health()),
         };
         let routed = api::route(
             &self.cfg,
@@ -1172,6 +1216,9 @@ impl Server {
         let mut replies = Vec::new();
         if let Some(a) = &self.accounts {
             a.drain(|tag, reply| replies.push((tag, reply)));
+        }
+        if self.cluster.is_some() {
+            self.cluster_replies();
         }
         for (tag, reply) in replies {
             let (key, seq) = (tag as u32, (tag >> 32) as u32);
@@ -1516,6 +1563,20 @@ impl Server {
         if let Some(room) = ws.session.room {
             self.ops.touch(room, now);
         }
+        // Cluster mode: what needs the room's stream waits for nothing when
+        // Redis is not there (or too much is on its way to it).
+        let streams = matches!(
+            action,
+            Action::Join { .. } | Action::Broadcast { .. } | Action::SyncDocument { .. }
+        );
+        if streams && self.cluster.as_ref().is_some_and(|c| !c.accepts()) {
+            self.send(cref, rooms::error_frame(crate::cluster::UNAVAILABLE));
+            return;
+        }
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let Phase::Ws(ws) = &mut c.phase else { return };
         match action {
             Action::Ping => self.send(cref, rooms::pong_frame()),
             Action::Join {
@@ -1573,6 +1634,25 @@ impl Server {
                     debug!("[{}] join refused: lookup budget spent", cref.key);
                     let text = api::lookups_limited_text(wait);
                     self.send(cref, rooms::error_frame(&text));
+                    return;
+                }
+                // Cluster mode: the room's stream is followed from a
+                // snapshot before anyone joins it here.
+                if self.cluster.is_some()
+                    && self
+                        .rooms
+                        .find(&room_code)
+                        .is_some_and(|(_, r)| !r.synced())
+                {
+                    let Phase::Ws(ws) = std::mem::replace(&mut c.phase, Phase::Closing) else {
+                        unreachable!()
+                    };
+                    let pending = Pending::Join {
+                        ws,
+                        message: text.to_owned(),
+                        authorized: authorized.cloned(),
+                    };
+                    self.cluster_wait_for_snapshot(cref, &room_code, pending);
                     return;
                 }
                 // REQUIRE_AUTH binds the host role to the creator's account
@@ -1727,6 +1807,12 @@ impl Server {
                         self.store.changed(r.code(), Instant::now());
                     }
                 }
+                Effect::Publish {
+                    room,
+                    except,
+                    what,
+                    frame,
+                } => self.cluster_publish(room, except, what, frame),
             }
         }
         debug_assert!(self.fx.is_empty());
@@ -2020,6 +2106,7 @@ impl Server {
                         debug!("room removed after idle timeout");
                         if let Some(code) = code {
                             self.store.deleted(&code, now);
+                            self.cluster_forget(&code);
                         }
                     }
                     // A room emptied again since: its timer, re-armed later.
@@ -2037,6 +2124,7 @@ impl Server {
                         self.read(cref, true);
                     }
                 }
+                Timer::Drained => self.shut_down(),
                 Timer::Housekeeping => {
                     self.housekeeping();
                     self.timers.arm(now + HOUSEKEEPING, Timer::Housekeeping);
@@ -2083,6 +2171,27 @@ impl Server {
             stop = true;
         }
         if !stop || self.shutting_down.is_some() {
+            return;
+        }
+        // Cluster mode: /readyz says 503 first and the node keeps serving
+        // for a short drain, so the load balancer stops sending clients
+        // here before the sockets are closed.
+        if let Some(c) = self.cluster.as_ref() {
+            if self.draining.is_none() {
+                let at = Instant::now() + c.cfg.grace;
+                info!("draining for {:?} before closing", c.cfg.grace);
+                self.draining = Some(at);
+                self.timers.arm(at, Timer::Drained);
+                return;
+            }
+        }
+        self.shut_down();
+    }
+
+    /// Stops accepting, says goodbye to every socket and writes every
+    /// unsaved room; the loop exits when that is done or after the grace.
+    fn shut_down(&mut self) {
+        if self.shutting_down.is_some() {
             return;
         }
         crate::notify::stopping();

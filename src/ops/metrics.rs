@@ -334,6 +334,20 @@ pub struct Gauges {
     /// What the replay history of the numbered stream holds (§6).
     pub history_bytes: u64,
     pub history_events: u64,
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// Cluster mode's figures (`REDIS_URL`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterGauges {
+    pub redis_up: bool,
+    pub published: u64,
+    pub publish_failed: u64,
+    pub delivered_events: u64,
+    pub gap_reads: u64,
+    pub resets: u64,
+    pub reaped_peers: u64,
+    pub in_flight: u64,
 }
 
 struct Out(String);
@@ -583,6 +597,61 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
             "Time from queueing an accounts job to its reply.",
             &a.jobs,
         );
+    }
+    if let Some(c) = &g.cluster {
+        let rows: [(&str, &str, &str, u64); 8] = [
+            (
+                "cluster_redis_up",
+                "gauge",
+                "1 when both Redis connections are up and this node's presence there is known.",
+                c.redis_up as u64,
+            ),
+            (
+                "cluster_published_total",
+                "counter",
+                "Room events this node published through Redis.",
+                c.published,
+            ),
+            (
+                "cluster_publish_failures_total",
+                "counter",
+                "Room events that could not be published (answered Service unavailable).",
+                c.publish_failed,
+            ),
+            (
+                "cluster_delivered_events_total",
+                "counter",
+                "Numbered room events this node delivered from Redis, in order.",
+                c.delivered_events,
+            ),
+            (
+                "cluster_gap_reads_total",
+                "counter",
+                "Reads of a room's stream to fill a gap or catch up.",
+                c.gap_reads,
+            ),
+            (
+                "cluster_room_resets_total",
+                "counter",
+                "Rooms whose local members were closed (1013) because a gap could not be filled.",
+                c.resets,
+            ),
+            (
+                "cluster_reaped_peers_total",
+                "counter",
+                "Peers of dead nodes this node removed.",
+                c.reaped_peers,
+            ),
+            (
+                "cluster_publishes_in_flight",
+                "gauge",
+                "Publishes handed to Redis and not yet answered.",
+                c.in_flight,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            o.single(name, kind, help, v);
+        }
     }
     o.0
 }

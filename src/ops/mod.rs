@@ -204,6 +204,9 @@ pub struct Readiness {
     pub accounts_up: Option<bool>,
     /// `None` without a durable room store; else whether it answers.
     pub store_up: Option<bool>,
+    /// `None` outside cluster mode; else whether both Redis connections
+    /// are up (and this node's presence there is known).
+    pub redis_up: Option<bool>,
 }
 
 /// `/readyz`: 200 when every configured dependency answers, the server is
@@ -213,24 +216,27 @@ pub fn readyz(r: Readiness) -> OpsAnswer {
     let ok = !r.draining
         && !r.memory_guard_engaged
         && r.accounts_up != Some(false)
-        && r.store_up != Some(false);
+        && r.store_up != Some(false)
+        && r.redis_up != Some(false);
     let word = |up: Option<bool>| match up {
         None => "disabled",
         Some(true) => "ok",
         Some(false) => "unavailable",
     };
-    OpsAnswer::json(
-        if ok { 200 } else { 503 },
-        &serde_json::json!({
-            "status": if ok { "ready" } else { "not_ready" },
-            "checks": {
-                "draining": r.draining,
-                "memory_guard": if r.memory_guard_engaged { "engaged" } else { "ok" },
-                "accounts": word(r.accounts_up),
-                "room_store": word(r.store_up),
-            },
-        }),
-    )
+    let mut body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": {
+            "draining": r.draining,
+            "memory_guard": if r.memory_guard_engaged { "engaged" } else { "ok" },
+            "accounts": word(r.accounts_up),
+            "room_store": word(r.store_up),
+        },
+    });
+    // Only in cluster mode: a single node's answer stays as it was.
+    if r.redis_up.is_some() {
+        body["checks"]["redis"] = word(r.redis_up).into();
+    }
+    OpsAnswer::json(if ok { 200 } else { 503 }, &body)
 }
 
 #[cfg(test)]
@@ -284,7 +290,24 @@ mod tests {
             memory_guard_engaged: false,
             accounts_up: None,
             store_up: None,
+            redis_up: None,
         };
+        assert_eq!(
+            readyz(Readiness {
+                redis_up: Some(true),
+                ..base
+            })
+            .status,
+            200
+        );
+        assert_eq!(
+            readyz(Readiness {
+                redis_up: Some(false),
+                ..base
+            })
+            .status,
+            503
+        );
         assert_eq!(readyz(base).status, 200);
         assert_eq!(
             readyz(Readiness {

@@ -85,13 +85,14 @@ impl Server {
                 // figures even when no upgrade asks.
                 self.memguard.allow_new_websocket(now);
                 ops::readyz(Readiness {
-                    draining: self.shutting_down.is_some(),
+                    draining: self.shutting_down.is_some() || self.draining.is_some(),
                     memory_guard_engaged: self.memguard.engaged(),
                     accounts_up: self.accounts.as_ref().map(|a| a.store_status() == "ok"),
                     store_up: self
                         .store
                         .enabled()
                         .then(|| self.store.health(now).status == "ok"),
+                    redis_up: self.cluster.as_ref().map(|c| c.up()),
                 })
             }
             Route::Metrics => {
@@ -128,7 +129,7 @@ impl Server {
             memory_guard_engaged: self.memguard.engaged(),
             memory_limit_bytes: self.memguard.limit().unwrap_or(0),
             resident_memory_bytes: crate::memguard::own_rss_bytes(),
-            draining: self.shutting_down.is_some(),
+            draining: self.shutting_down.is_some() || self.draining.is_some(),
             accounts: self.accounts.as_ref().map(|a| a.figures()),
             store: self.store.save_latency().map(|saves| {
                 let h = self.store.health(now);
@@ -141,6 +142,7 @@ impl Server {
             }),
             history_bytes: self.rooms.history_usage().0 as u64,
             history_events: self.rooms.history_usage().1 as u64,
+            cluster: self.cluster.as_ref().map(|c| c.gauges()),
         }
     }
 

@@ -126,6 +126,7 @@ pub fn run(data: &[u8]) -> String {
         store: "disabled",
         admit_new_rooms: mode & 16 == 0,
         room_store: sync_server::store::RoomStore::memory().health(now),
+        cluster: None,
     };
 
     let mut outcomes = Vec::new();

@@ -475,6 +475,7 @@ impl World {
                     }
                     self.doom(to, code);
                 }
+                Effect::Publish { .. } => unreachable!("the fuzzed server is not in cluster mode"),
                 Effect::ExpireAt(room, at) => {
                     assert!(at >= self.now);
                     self.timers.arm(at, room);

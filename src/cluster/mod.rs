@@ -1,0 +1,296 @@
+//! Cluster mode (`REDIS_URL`): several nodes serve the same rooms, one
+//! ordered stream per room through Redis.
+//!
+//! Owns the cluster's configuration, the wire form of a room event in Redis
+//! ([`Message`]), the order state ([`order`]) and the broker's threads
+//! ([`broker`]); the mio shell drives them (`src/server.rs`).
+//!
+//! Invariants:
+//! * In cluster mode no stream event is fanned out where it happened: it is
+//!   published (one Lua script numbers it, appends it to the room's capped
+//!   stream and publishes it), and every node, the publishing one too,
+//!   delivers only what comes back from Redis, in `seq` order
+//!   ([`order::Order`]).
+//! * A node follows a room's stream from a snapshot (epoch, seq, presence
+//!   taken in one script); until then a join waits, and a room it cannot
+//!   follow without a gap has its local members closed with 1013.
+//! * Work handed to Redis is bounded ([`broker::COMMAND_QUEUE`] and
+//!   [`MAX_IN_FLIGHT`]); past the bound, or while the command connection is
+//!   down, stream actions are answered `Service unavailable`.
+
+pub mod broker;
+pub mod order;
+pub mod scripts;
+
+use crate::rooms::ConnRef;
+use std::time::Duration;
+
+/// Every key and channel of the server in Redis starts with this.
+pub const PREFIX: &str = "kp:";
+
+/// The text of every answer to an action that needs Redis while it is not
+/// there.
+pub const UNAVAILABLE: &str = "Service unavailable";
+
+/// Publishes handed to the broker and not yet answered, at most.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// How long a stream read may take before the room is given up.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a join waits for the room's snapshot.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    pub node_id: String,
+    pub node_ttl: Duration,
+    /// How long members stay while Redis is unreachable before they are
+    /// closed with 1013.
+    pub grace: Duration,
+}
+
+/// Whether `id` can name a node: it goes into keys and messages between
+/// `|` separators.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl ClusterConfig {
+    /// `REDIS_URL`, `NODE_ID`, `NODE_TTL_SECONDS`; `None` without
+    /// `REDIS_URL`. `store_kind` is the configured `ROOM_STORE`: cluster
+    /// mode needs the shared one.
+    pub fn from_lookup(
+        get: &dyn Fn(&str) -> Option<String>,
+        store_kind: &str,
+    ) -> Result<Option<ClusterConfig>, String> {
+        let Some(url) = get("REDIS_URL") else {
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            return Err(format!(
+                "REDIS_URL must be a redis:// (or unix://) URL, got {url:?}"
+            ));
+        }
+        if store_kind != "mongodb" {
+            return Err(format!(
+                "REDIS_URL (cluster mode) needs ROOM_STORE=mongodb, the room store every \
+                 node shares; ROOM_STORE is {store_kind}"
+            ));
+        }
+        let node_id = match get("NODE_ID") {
+            Some(id) if valid_node_id(&id) => id,
+            Some(id) => {
+                return Err(format!(
+                    "NODE_ID must be 1-64 characters of A-Z a-z 0-9 _ - ., got {id:?}"
+                ))
+            }
+            None => format!(
+                "node-{}",
+                crate::util::random_string(
+                    b"abcdefghijklmnopqrstuvwxyz0123456789",
+                    10,
+                    &mut crate::util::fill_random
+                )
+            ),
+        };
+        let ttl = match get("NODE_TTL_SECONDS") {
+            None => 15,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (3..=3600).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "NODE_TTL_SECONDS must be a whole number from 3 to 3600, got {v:?}"
+                    ))
+                }
+            },
+        };
+        let node_ttl = Duration::from_secs(ttl);
+        Ok(Some(ClusterConfig {
+            redis_url: url,
+            node_id,
+            node_ttl,
+            // Well inside the TTL: members here are closed before the other
+            // nodes could remove this node's peers.
+            grace: node_ttl / 3,
+        }))
+    }
+}
+
+/// One room event as it comes back from Redis:
+/// `<seq>|<epoch>|<node>|<conn or ->|<kind>|<from>\n<body>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub seq: u64,
+    pub epoch: Box<str>,
+    pub node: Box<str>,
+    pub except: Option<ConnRef>,
+    pub kind: u8,
+    pub from: Box<str>,
+    pub body: bytes::Bytes,
+    /// A document entry read from the stream whose bytes Redis no longer
+    /// holds (a later document replaced them).
+    pub missing_body: bool,
+}
+
+/// `key.gen` of a connection in messages and presence values.
+pub fn conn_text(c: ConnRef) -> String {
+    format!("{}.{}", c.key, c.gen)
+}
+
+fn parse_conn(s: &str) -> Option<ConnRef> {
+    let (k, g) = s.split_once('.')?;
+    Some(ConnRef {
+        key: k.parse().ok()?,
+        gen: g.parse().ok()?,
+    })
+}
+
+impl Message {
+    /// Parses a message; `None` for anything malformed (never a panic on
+    /// what Redis hands over).
+    pub fn parse(raw: Vec<u8>) -> Option<Message> {
+        let nl = raw.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&raw[..nl]).ok()?;
+        let mut parts = head.splitn(6, '|');
+        let seq = parts.next()?.parse().ok()?;
+        let epoch = parts.next()?.into();
+        let node = parts.next()?.into();
+        let except = match parts.next()? {
+            "-" => None,
+            c => Some(parse_conn(c)?),
+        };
+        let kind = *parts.next()?.as_bytes().first()?;
+        let from = parts.next()?.into();
+        let mut body = bytes::Bytes::from(raw).slice(nl + 1..);
+        let mut missing_body = false;
+        if kind == b's' && body.last() == Some(&0) && body.len() == 1 {
+            missing_body = true;
+            body = bytes::Bytes::new();
+        }
+        Some(Message {
+            seq,
+            epoch,
+            node,
+            except,
+            kind,
+            from,
+            body,
+            missing_body,
+        })
+    }
+}
+
+/// The head of a published event (after `<seq>|<epoch>|`, which the
+/// script adds).
+pub fn head(node: &str, except: Option<ConnRef>, kind: u8, from: &str) -> String {
+    let except = except.map_or_else(|| "-".to_owned(), conn_text);
+    format!("{node}|{except}|{}|{from}\n", kind as char)
+}
+
+/// The JSON of a frame built with the placeholder `"seq":0`, without its
+/// closing `,"seq":0}`; `None` when the frame does not end so.
+pub fn body_of(frame: &crate::ws::Frame) -> Option<bytes::Bytes> {
+    let b = frame.get(1).copied()? & 0x7f;
+    let header = match b {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payload = frame.slice(header.min(frame.len())..);
+    let tail = crate::rooms::SEQ_PLACEHOLDER;
+    payload
+        .ends_with(tail)
+        .then(|| payload.slice(..payload.len() - tail.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn cluster_mode_needs_the_shared_store() {
+        assert_eq!(ClusterConfig::from_lookup(&get(&[]), "file"), Ok(None));
+        let e = ClusterConfig::from_lookup(&get(&[("REDIS_URL", "redis://127.0.0.1/")]), "file")
+            .unwrap_err();
+        assert!(
+            e.contains("REDIS_URL") && e.contains("ROOM_STORE=mongodb"),
+            "{e}"
+        );
+        let c = ClusterConfig::from_lookup(
+            &get(&[("REDIS_URL", "redis://127.0.0.1/"), ("NODE_ID", "a-1")]),
+            "mongodb",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.node_id, "a-1");
+        assert_eq!(c.node_ttl, Duration::from_secs(15));
+        for bad in [
+            ("NODE_ID", "a|b"),
+            ("NODE_TTL_SECONDS", "1"),
+            ("REDIS_URL", "http://x"),
+        ] {
+            let mut vars = vec![("REDIS_URL", "redis://127.0.0.1/")];
+            vars.retain(|(k, _)| *k != bad.0);
+            vars.push(bad);
+            let e = ClusterConfig::from_lookup(&get(&vars), "mongodb").unwrap_err();
+            assert!(e.contains(bad.0), "{e}");
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let c = ConnRef { key: 7, gen: 9 };
+        let mut raw = b"12|ep|".to_vec();
+        raw.extend_from_slice(head("n1", Some(c), b'd', "peer|x").as_bytes());
+        raw.extend_from_slice(br#"{"type":"data","from":"p","data":"x""#);
+        let m = Message::parse(raw).unwrap();
+        assert_eq!(m.seq, 12);
+        assert_eq!(&*m.epoch, "ep");
+        assert_eq!(&*m.node, "n1");
+        assert_eq!(m.except, Some(c));
+        assert_eq!(m.kind, b'd');
+        assert_eq!(&*m.from, "peer|x");
+        assert_eq!(&m.body[..], br#"{"type":"data","from":"p","data":"x""#);
+        for bad in [
+            &b""[..],
+            b"x|e|n|-|d|p\n",
+            b"1|e|n|zz|d|p\n",
+            b"1|e|n|-|d|p",
+            b"1|e\n",
+        ] {
+            assert_eq!(Message::parse(bad.to_vec()), None);
+        }
+        let m = Message::parse(b"3|e|n|-|s|h\n\0".to_vec()).unwrap();
+        assert!(m.missing_body);
+    }
+
+    #[test]
+    fn a_placeholder_frame_gives_its_body() {
+        let f = crate::ws::text(br#"{"type":"peer_left","peer_id":"a","seq":0}"#);
+        assert_eq!(
+            &body_of(&f).unwrap()[..],
+            br#"{"type":"peer_left","peer_id":"a""#
+        );
+        let big = format!(
+            r#"{{"type":"data","data":"{}","seq":0}}"#,
+            "x".repeat(70_000)
+        );
+        let f = crate::ws::text(big.as_bytes());
+        assert_eq!(body_of(&f).unwrap().len(), big.len() - 9);
+        assert_eq!(body_of(&crate::ws::text(b"{}")), None);
+    }
+}

@@ -1,0 +1,520 @@
+//! One order per room across nodes: the sans-io core that turns what comes
+//! back from Redis (pub/sub messages and stream reads, each numbered by the
+//! room's `seq`) into deliveries in `seq` order.
+//!
+//! Plain functions of input and `now`; the shell feeds it and carries out
+//! what it returns ([`Out`]).
+//!
+//! Invariants:
+//! * For a tracked room, deliveries are exactly `last+1, last+2, …` of one
+//!   epoch: never a skip, never a repeat, never another order.
+//! * An event ahead of `last+1` is held (at most `limit` per room) and the
+//!   missing range is asked for from the room's stream ([`Out::Fetch`]), one
+//!   read at a time per room.
+//! * When the gap cannot be filled (the stream no longer holds it, the read
+//!   failed or took longer than `fetch_timeout`, too much is held, or the
+//!   epoch changed because Redis lost the room's keys), the room is given up
+//!   ([`Out::Reset`]): the shell closes its local members with 1013 so they
+//!   re-join, and the room is no longer tracked until it is started again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// What the shell must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Out<E> {
+    /// Deliver this event of the room to the local members now.
+    Deliver { room: Box<str>, seq: u64, ev: E },
+    /// Read the room's stream from `from` on (inclusive) and hand the answer
+    /// to [`Order::fetched`] (or [`Order::fetch_failed`]).
+    Fetch { room: Box<str>, from: u64 },
+    /// The room's order cannot be continued without a gap: close its local
+    /// members (1013); it is no longer tracked.
+    Reset { room: Box<str> },
+}
+
+struct Track<E> {
+    epoch: Box<str>,
+    last: u64,
+    held: BTreeMap<u64, E>,
+    /// A stream read is outstanding since then.
+    fetching: Option<Instant>,
+}
+
+/// The order state of every room this node follows.
+pub struct Order<E> {
+    rooms: HashMap<Box<str>, Track<E>>,
+    limit: usize,
+    fetch_timeout: Duration,
+}
+
+impl<E> Order<E> {
+    /// `limit`: events held ahead of a gap per room; `fetch_timeout`: how
+    /// long a stream read may take.
+    pub fn new(limit: usize, fetch_timeout: Duration) -> Order<E> {
+        Order {
+            rooms: HashMap::new(),
+            limit: limit.max(1),
+            fetch_timeout,
+        }
+    }
+
+    /// Follows `room` from the snapshot point `(epoch, last)`: the next
+    /// delivery is `last + 1`. Replaces any earlier state of the room.
+    pub fn start(&mut self, room: &str, epoch: &str, last: u64) {
+        self.rooms.insert(
+            room.into(),
+            Track {
+                epoch: epoch.into(),
+                last,
+                held: BTreeMap::new(),
+                fetching: None,
+            },
+        );
+    }
+
+    /// Stops following `room` (gone from memory).
+    pub fn forget(&mut self, room: &str) {
+        self.rooms.remove(room);
+    }
+
+    pub fn tracking(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// The room's epoch and last delivered `seq`.
+    pub fn position(&self, room: &str) -> Option<(&str, u64)> {
+        self.rooms.get(room).map(|t| (&*t.epoch, t.last))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Events held ahead of a gap, over all rooms.
+    pub fn held(&self) -> usize {
+        self.rooms.values().map(|t| t.held.len()).sum()
+    }
+
+    fn reset(&mut self, room: &str, out: &mut Vec<Out<E>>) {
+        if self.rooms.remove(room).is_some() {
+            out.push(Out::Reset { room: room.into() });
+        }
+    }
+
+    /// Delivers what is now contiguous.
+    fn drain(room: &str, t: &mut Track<E>, out: &mut Vec<Out<E>>) {
+        while let Some(ev) = t.held.remove(&(t.last + 1)) {
+            t.last += 1;
+            out.push(Out::Deliver {
+                room: room.into(),
+                seq: t.last,
+                ev,
+            });
+        }
+        // Anything at or below `last` can no longer be delivered.
+        while let Some((&s, _)) = t.held.first_key_value() {
+            if s > t.last {
+                break;
+            }
+            t.held.pop_first();
+        }
+    }
+
+    /// One event as published (pub/sub). Events of rooms not followed are
+    /// ignored.
+    pub fn event(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        seq: u64,
+        ev: E,
+        now: Instant,
+        out: &mut Vec<Out<E>>,
+    ) {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if *t.epoch != *epoch {
+            self.reset(room, out);
+            return;
+        }
+        if seq <= t.last {
+            return;
+        }
+        t.held.insert(seq, ev);
+        Self::drain(room, t, out);
+        if t.held.is_empty() {
+            return;
+        }
+        if t.held.len() > self.limit {
+            self.reset(room, out);
+            return;
+        }
+        if t.fetching.is_none() {
+            t.fetching = Some(now);
+            out.push(Out::Fetch {
+                room: room.into(),
+                from: t.last + 1,
+            });
+        }
+    }
+
+    /// The answer to a [`Out::Fetch`]: the room's epoch and `seq` now
+    /// (`None`: Redis holds no stream for it), and the stream's events from
+    /// the asked position on, in order (possibly cut short by a count).
+    pub fn fetched(
+        &mut self,
+        room: &str,
+        epoch: Option<&str>,
+        current: u64,
+        events: Vec<(u64, E)>,
+        now: Instant,
+        out: &mut Vec<Out<E>>,
+    ) {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return;
+        };
+        t.fetching = None;
+        match epoch {
+            Some(e) if *e == *t.epoch => {}
+            // Nothing was ever published (the snapshot made the epoch, then
+            // Redis lost it) and nothing is awaited: still no gap.
+            None if current == 0 && t.held.is_empty() && t.last == 0 => return,
+            _ => {
+                self.reset(room, out);
+                return;
+            }
+        }
+        let before = t.last;
+        let mut first = None;
+        for (seq, ev) in events {
+            first.get_or_insert(seq);
+            if seq > t.last {
+                t.held.entry(seq).or_insert(ev);
+            }
+        }
+        Self::drain(room, t, out);
+        let wanted = current.max(t.held.last_key_value().map_or(0, |(&s, _)| s));
+        if t.last >= wanted {
+            return;
+        }
+        // The stream did not start where we asked: what we need is gone.
+        if first.map_or(true, |f| f > before + 1) || t.last == before {
+            self.reset(room, out);
+            return;
+        }
+        // Progress, but a count cut the read short: read on.
+        t.fetching = Some(now);
+        out.push(Out::Fetch {
+            room: room.into(),
+            from: t.last + 1,
+        });
+    }
+
+    /// A stream read failed: the gap cannot be filled.
+    pub fn fetch_failed(&mut self, room: &str, out: &mut Vec<Out<E>>) {
+        self.reset(room, out);
+    }
+
+    /// After the subscriber (re)connected: messages may have been missed
+    /// while it was down, so every followed room reads its stream from
+    /// `last + 1` (a read that finds nothing new is no gap).
+    pub fn catch_up(&mut self, now: Instant, out: &mut Vec<Out<E>>) {
+        for (room, t) in &mut self.rooms {
+            if t.fetching.is_none() {
+                t.fetching = Some(now);
+                out.push(Out::Fetch {
+                    room: room.clone(),
+                    from: t.last + 1,
+                });
+            }
+        }
+    }
+
+    /// Reads the room's stream from `last + 1` unless a read is under way
+    /// (events published around the snapshot may have been passed over).
+    pub fn check(&mut self, room: &str, now: Instant, out: &mut Vec<Out<E>>) {
+        if let Some(t) = self.rooms.get_mut(room) {
+            if t.fetching.is_none() {
+                t.fetching = Some(now);
+                out.push(Out::Fetch {
+                    room: room.into(),
+                    from: t.last + 1,
+                });
+            }
+        }
+    }
+
+    /// Gives up on reads that took too long.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Out<E>>) {
+        let late: Vec<Box<str>> = self
+            .rooms
+            .iter()
+            .filter(|(_, t)| {
+                t.fetching
+                    .is_some_and(|at| now.saturating_duration_since(at) >= self.fetch_timeout)
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in late {
+            self.reset(&r, out);
+        }
+    }
+
+    /// The earliest instant [`Order::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.rooms
+            .values()
+            .filter_map(|t| t.fetching.map(|at| at + self.fetch_timeout))
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn delivered(out: &[Out<u64>]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Deliver { seq, ev, .. } => {
+                    assert_eq!(seq, ev);
+                    Some(*seq)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn order() -> Order<u64> {
+        let mut o = Order::new(100, Duration::from_secs(2));
+        o.start("R", "e1", 10);
+        o
+    }
+
+    #[test]
+    fn in_order_events_are_delivered_at_once() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in 11..=13 {
+            o.event("R", "e1", s, s, now, &mut out);
+        }
+        assert_eq!(delivered(&out), [11, 12, 13]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(o.position("R"), Some(("e1", 13)));
+    }
+
+    #[test]
+    fn old_and_duplicate_events_are_ignored() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 9, 9, now, &mut out);
+        o.event("R", "e1", 10, 10, now, &mut out);
+        o.event("R", "e1", 11, 11, now, &mut out);
+        o.event("R", "e1", 11, 11, now, &mut out);
+        assert_eq!(delivered(&out), [11]);
+    }
+
+    #[test]
+    fn a_gap_is_read_from_the_stream_then_delivered_in_order() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 13, 13, now, &mut out);
+        o.event("R", "e1", 14, 14, now, &mut out);
+        assert_eq!(
+            out,
+            [Out::Fetch {
+                room: "R".into(),
+                from: 11
+            }]
+        );
+        out.clear();
+        o.fetched(
+            "R",
+            Some("e1"),
+            14,
+            vec![(11, 11), (12, 12), (13, 13)],
+            now,
+            &mut out,
+        );
+        assert_eq!(delivered(&out), [11, 12, 13, 14]);
+        assert_eq!(o.held(), 0);
+    }
+
+    #[test]
+    fn a_gap_the_stream_no_longer_holds_resets_the_room() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 20, 20, now, &mut out);
+        out.clear();
+        // The stream was trimmed: it starts at 15.
+        o.fetched("R", Some("e1"), 20, vec![(15, 15), (16, 16)], now, &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+        assert!(!o.tracking("R"));
+        out.clear();
+        o.event("R", "e1", 21, 21, now, &mut out);
+        assert!(out.is_empty(), "an untracked room delivers nothing");
+    }
+
+    #[test]
+    fn another_epoch_resets_the_room() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e2", 1, 1, now, &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+    }
+
+    #[test]
+    fn a_slow_or_failed_read_resets_the_room() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 12, 12, now, &mut out);
+        assert_eq!(o.next_deadline(), Some(now + Duration::from_secs(2)));
+        out.clear();
+        o.tick(now + Duration::from_secs(1), &mut out);
+        assert!(out.is_empty());
+        o.tick(now + Duration::from_secs(2), &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+
+        let mut o = order();
+        out.clear();
+        o.event("R", "e1", 12, 12, now, &mut out);
+        out.clear();
+        o.fetch_failed("R", &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+    }
+
+    #[test]
+    fn catch_up_finding_nothing_new_is_no_gap() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.catch_up(now, &mut out);
+        assert_eq!(
+            out,
+            [Out::Fetch {
+                room: "R".into(),
+                from: 11
+            }]
+        );
+        out.clear();
+        o.fetched("R", Some("e1"), 10, vec![], now, &mut out);
+        assert!(out.is_empty());
+        assert!(o.tracking("R"));
+        // Missed while the subscriber was away, still in the stream.
+        o.catch_up(now, &mut out);
+        out.clear();
+        o.fetched("R", Some("e1"), 12, vec![(11, 11), (12, 12)], now, &mut out);
+        assert_eq!(delivered(&out), [11, 12]);
+        // Missed and no longer in the stream.
+        o.catch_up(now, &mut out);
+        out.clear();
+        o.fetched("R", Some("e1"), 30, vec![(25, 25)], now, &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+    }
+
+    #[test]
+    fn a_read_cut_short_reads_on() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 15, 15, now, &mut out);
+        out.clear();
+        o.fetched("R", Some("e1"), 15, vec![(11, 11), (12, 12)], now, &mut out);
+        assert_eq!(delivered(&out), [11, 12]);
+        assert_eq!(
+            out.last(),
+            Some(&Out::Fetch {
+                room: "R".into(),
+                from: 13
+            })
+        );
+    }
+
+    #[test]
+    fn too_much_held_resets_the_room() {
+        let mut o = Order::new(3, Duration::from_secs(2));
+        o.start("R", "e1", 0);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in 2..=5 {
+            o.event("R", "e1", s, s, now, &mut out);
+        }
+        assert_eq!(out.last(), Some(&Out::Reset { room: "R".into() }));
+    }
+
+    proptest! {
+        /// Whatever pub/sub loses, repeats or reorders, and however much the
+        /// stream has been trimmed, a room's deliveries are a contiguous run
+        /// after the start point, and the room is either caught up with
+        /// everything published or was reset.
+        #[test]
+        fn deliveries_are_contiguous_or_the_room_resets(
+            total in 1u64..60,
+            kept in 0u64..60,
+            fates in proptest::collection::vec(0u8..6, 60),
+            swaps in proptest::collection::vec((0usize..60, 0usize..60), 0..20),
+        ) {
+            let now = Instant::now();
+            let mut o: Order<u64> = Order::new(1000, Duration::from_secs(2));
+            o.start("R", "e", 0);
+            // The stream holds the last `kept` events.
+            let floor = total.saturating_sub(kept);
+            let mut arrivals = Vec::new();
+            for s in 1..=total {
+                match fates[(s - 1) as usize] {
+                    0 => {}                                  // lost
+                    1 => { arrivals.push(s); arrivals.push(s) } // twice
+                    _ => arrivals.push(s),
+                }
+            }
+            for (a, b) in swaps {
+                if a < arrivals.len() && b < arrivals.len() {
+                    arrivals.swap(a, b);
+                }
+            }
+            let mut out = Vec::new();
+            let mut seen = Vec::new();
+            let mut reset = false;
+            let step = |o: &mut Order<u64>, out: &mut Vec<Out<u64>>, seen: &mut Vec<u64>, reset: &mut bool| {
+                while let Some(x) = (!out.is_empty()).then(|| out.remove(0)) {
+                    match x {
+                        Out::Deliver { seq, .. } => seen.push(seq),
+                        Out::Reset { .. } => *reset = true,
+                        Out::Fetch { from, .. } => {
+                            let events: Vec<(u64, u64)> = (from.max(floor + 1)..=total)
+                                .take(7)
+                                .map(|s| (s, s))
+                                .collect();
+                            let mut more = Vec::new();
+                            o.fetched("R", Some("e"), total, events, now, &mut more);
+                            out.extend(more);
+                        }
+                    }
+                }
+            };
+            for s in arrivals {
+                o.event("R", "e", s, s, now, &mut out);
+                step(&mut o, &mut out, &mut seen, &mut reset);
+            }
+            // The subscriber's reconnect check finds whatever is left.
+            o.catch_up(now, &mut out);
+            step(&mut o, &mut out, &mut seen, &mut reset);
+            let want: Vec<u64> = (1..=seen.len() as u64).collect();
+            prop_assert_eq!(&seen, &want);
+            prop_assert!(reset || seen.len() as u64 == total);
+        }
+    }
+}
