@@ -3,8 +3,10 @@
 
 pub mod doc;
 pub mod fanout;
+pub mod flood;
 pub mod idle;
 pub mod joinstorm;
+pub mod probe;
 pub mod reconnect;
 pub mod scrape;
 pub mod slow;
