@@ -11,7 +11,7 @@
 #
 # Usage: [BENCH_ROOM_STORE=file|memory] tools/bench.sh [scenario ...]
 #   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
-#              reconnect scrape flood flooddoc
+#              reconnect scrape flood flooddoc linger
 #   (default: all). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -111,7 +111,7 @@ run() {
 }
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect scrape flood flooddoc)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect scrape flood flooddoc linger)
 
 for s in "${SCENARIOS[@]}"; do
     case "$s" in
@@ -188,6 +188,13 @@ for s in "${SCENARIOS[@]}"; do
         # probes (every 5 ms) count while a document is on its way.
         run flooddoc -- --label "flooddoc: 16 MiB document to 50 peers (3 rounds)" \
             flooddoc --peers 50 --rounds 3 --interval-ms 5 ;;
+    linger)
+        # 30 peers keep their side open after the server closed its own
+        # (Connection: close, HTTP/1.0, a 400); the server's CPU over 2 s
+        # must be that of an idle server (was tests/http_api.rs's tick
+        # ceiling).
+        run linger -- --label "linger: 30 half-closed peers, server CPU over 2 s" \
+            linger --conns 30 --secs 2 ;;
     *)
         echo "bench: unknown scenario $s" >&2
         exit 2 ;;

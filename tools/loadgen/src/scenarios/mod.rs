@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod flood;
 pub mod idle;
 pub mod joinstorm;
+pub mod linger;
 pub mod probe;
 pub mod reconnect;
 pub mod scrape;
