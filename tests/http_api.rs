@@ -609,17 +609,13 @@ fn near_the_memory_limit_new_rooms_and_websockets_get_503() {
     assert_eq!(h.json()["rooms"], 0);
 }
 
-/// The server's user + system CPU time so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = stat.rsplit_once(") ").unwrap().1;
-    let f: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state field (3).
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
+/// Peers that keep their side open after the server closed its own get
+/// their answer, then the end of the stream, and the server goes on. What
+/// such peers cost in CPU (an idle server sleeps in epoll; a spin on the
+/// half-closed socket would burn a core) is measured by
+/// `tools/bench.sh linger`, not here.
 #[test]
-fn a_peer_that_lingers_after_our_close_costs_no_cpu() {
+fn a_peer_that_lingers_after_our_close_gets_its_answer_then_eof() {
     let s = TestServer::start(&[]);
     // The server closes its side (Connection: close, and a 400) while the
     // clients keep theirs open and never read again.
@@ -633,15 +629,19 @@ fn a_peer_that_lingers_after_our_close_costs_no_cpu() {
         c.write_all(req).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert!(read_response(&mut c).is_some());
+        // Nothing follows the answer: the server's side is closed.
+        let mut rest = [0u8; 64];
+        assert_eq!(
+            c.read(&mut rest).unwrap(),
+            0,
+            "end of stream after the answer"
+        );
         held.push(c);
     }
-    let pid = s.child.id();
-    let before = cpu_ticks(pid);
-    std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(pid) - before;
-    // Idle, the server sleeps in epoll; a write-shutdown loop would burn
-    // the two seconds whole (about 200 ticks).
-    assert!(used < 40, "server used {used} ticks of CPU while idle");
+    // With the three held, the server answers everybody else.
+    for _ in 0..3 {
+        assert_eq!(http(s.addr, "GET", "/health", &[], b"").status, 200);
+    }
     drop(held);
 }
 

@@ -751,29 +751,25 @@ fn a_fin_right_after_a_bad_request_still_gets_its_answer() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
+/// A peer that pipelines far more than the server will hold for it, behind
+/// a 4 KiB receive window, still gets every answer: the server stops
+/// reading it while its answers wait, rather than dropping or buffering
+/// them. What such peers cost in memory is measured under a real
+/// 100 MiB cgroup by `tools/memcap.sh --attack pipeline`, not here.
 #[test]
-fn a_pipelining_peer_that_does_not_read_is_held_back_not_buffered() {
+fn a_pipelining_peer_behind_a_small_window_gets_every_answer() {
     let s = TestServer::start(&[]);
     const N: usize = 100_000;
     let mut c = small_window_socket(s.addr);
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let before = rss_kib(s.child.id());
-    // 3.4 MB of requests whose answers (about 25 MB) nobody reads yet.
+    // 3.4 MB of requests, about 25 MB of answers.
     let mut w = c.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let reqs = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(N);
         w.write_all(&reqs).unwrap();
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let grown = rss_kib(s.child.id()).saturating_sub(before);
-    assert!(grown < 8 * 1024, "server RSS grew {grown} KiB");
-    // Reading now, every request gets its answer.
+    // Every request gets its answer, read 4 KiB of window at a time while
+    // the writer is still pushing: the server keeps stopping and resuming.
     let status = b"HTTP/1.1 ";
     let (mut answered, mut ok) = (0, 0);
     let mut buf = vec![0u8; 256 * 1024];

@@ -11,7 +11,7 @@
 #
 # Usage: [BENCH_ROOM_STORE=file|memory] tools/bench.sh [scenario ...]
 #   scenarios: idle idle20k fanout latency overload doc joinstorm slow stall
-#              reconnect scrape
+#              reconnect scrape flood flooddoc linger
 #   (default: all). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -111,7 +111,7 @@ run() {
 }
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect scrape)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(idle idle20k fanout latency overload doc joinstorm slow stall reconnect scrape flood flooddoc linger)
 
 for s in "${SCENARIOS[@]}"; do
     case "$s" in
@@ -174,6 +174,27 @@ for s in "${SCENARIOS[@]}"; do
             --token bench-admin-token-0123456789abcdefgh ;;
     stall)
         run stall -- --label "stall: joiner stops halfway through 10 MiB" stall --size 10485760 ;;
+    flood)
+        # Issue 15, fairness: one client keeps its socket full of tiny
+        # broadcasts (8 receivers read them) for 1 + 10 s; a ping probe in
+        # another room and GET /health, each every 10 ms on their own
+        # threads, are timed over the last 10 s. The server's defaults
+        # (MESSAGE_RATE, MAX_MESSAGES_PER_TURN) apply.
+        run flood -- --label "flood: one client broadcasts 32 B as fast as it can, 8 receivers" \
+            flood --receivers 8 --bytes 32 --duration 10 --interval-ms 10 ;;
+    flooddoc)
+        # A 16 MiB document (the largest sync_document the default
+        # MAX_MESSAGE_BYTES lets through) to 50 peers, three times; the
+        # probes (every 5 ms) count while a document is on its way.
+        run flooddoc -- --label "flooddoc: 16 MiB document to 50 peers (3 rounds)" \
+            flooddoc --peers 50 --rounds 3 --interval-ms 5 ;;
+    linger)
+        # 30 peers keep their side open after the server closed its own
+        # (Connection: close, HTTP/1.0, a 400); the server's CPU over 2 s
+        # must be that of an idle server (was tests/http_api.rs's tick
+        # ceiling).
+        run linger -- --label "linger: 30 half-closed peers, server CPU over 2 s" \
+            linger --conns 30 --secs 2 ;;
     *)
         echo "bench: unknown scenario $s" >&2
         exit 2 ;;

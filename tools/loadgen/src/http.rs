@@ -247,6 +247,10 @@ pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
 pub struct HealthLog {
     /// Latency of each answered check, ns.
     pub latencies: Vec<u64>,
+    /// When each answered check was sent ([`crate::net::now_ns`] clock),
+    /// in the order of `latencies`, so a scenario can keep the checks of
+    /// one phase.
+    pub sent_at: Vec<u64>,
     /// Checks that failed or timed out.
     pub failed: u64,
 }
@@ -273,9 +277,11 @@ impl HealthPoller {
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
+                let sent = crate::net::now_ns();
                 match client.request("GET", "/health", None) {
                     Ok(r) if r.status == 200 => {
                         log.latencies.push(t0.elapsed().as_nanos() as u64);
+                        log.sent_at.push(sent);
                         if let Some(v) = scan::field(&r.body, b"\"connections\"") {
                             let digits: Vec<u8> =
                                 v.iter().copied().take_while(u8::is_ascii_digit).collect();

@@ -17,6 +17,9 @@
 //! loadgen --port 3001 --server-pid 1234 scrape --conns 10000 --peers 10
 //! loadgen --port 3001 --server-pid 1234 slow
 //! loadgen --port 3001 --server-pid 1234 stall
+//! loadgen --port 3001 --server-pid 1234 flood --receivers 8
+//! loadgen --port 3001 --server-pid 1234 flooddoc --peers 50
+//! loadgen --port 3001 --server-pid 1234 linger
 //! ```
 //!
 //! Traffic goes only to loopback addresses: anything else is refused.
@@ -88,6 +91,12 @@ enum Cmd {
     Slow(scenarios::slow::SlowArgs),
     /// A joiner stalls mid-document: pings and /health must stay on time.
     Stall(scenarios::stall::StallArgs),
+    /// One client broadcasts as fast as it can: pings elsewhere and /health must stay on time.
+    Flood(scenarios::flood::FloodArgs),
+    /// A 16 MiB document to 50 peers: pings elsewhere and /health must stay on time.
+    Flooddoc(scenarios::flood::FloodDocArgs),
+    /// Peers hold half-closed HTTP connections: the server must stay idle.
+    Linger(scenarios::linger::LingerArgs),
     /// Print a free loopback TCP port (for scripts).
     FreePort,
     /// Wait until GET /health answers 200 (for scripts).
@@ -156,6 +165,9 @@ fn main() -> ExitCode {
         Cmd::Scrape(a) => ("scrape", scenarios::scrape::run(&ctx, a)),
         Cmd::Slow(a) => ("slow", scenarios::slow::run(&ctx, a)),
         Cmd::Stall(a) => ("stall", scenarios::stall::run(&ctx, a)),
+        Cmd::Flood(a) => ("flood", scenarios::flood::run(&ctx, a)),
+        Cmd::Flooddoc(a) => ("flooddoc", scenarios::flood::run_doc(&ctx, a)),
+        Cmd::Linger(a) => ("linger", scenarios::linger::run(&ctx, a)),
         Cmd::FreePort | Cmd::WaitReady { .. } => unreachable!("handled above"),
     };
     match result {

@@ -3,8 +3,11 @@
 
 pub mod doc;
 pub mod fanout;
+pub mod flood;
 pub mod idle;
 pub mod joinstorm;
+pub mod linger;
+pub mod probe;
 pub mod reconnect;
 pub mod scrape;
 pub mod slow;
