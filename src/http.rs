@@ -17,7 +17,8 @@
 //! Responses are written by [`write_response`] into a caller-owned buffer;
 //! every response carries CORS headers and, except 101/204, a JSON body.
 
-use crate::config::MAX_HEADER_BYTES;
+/// Largest HTTP request head (request line plus headers); beyond it: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Most headers a request may carry; more is answered like an oversized head.
 const MAX_HEADERS: usize = 64;

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod outq;
 pub mod protocol;
 pub mod ratelimit;
+pub mod refs;
 pub mod rooms;
 pub mod server;
 pub mod store;

@@ -51,10 +51,11 @@ pub enum Access {
 }
 
 impl Access {
-    pub fn of(cfg: &crate::config::Config) -> Access {
-        if cfg.accounts.is_some() {
+    /// `accounts`: whether the accounts service is configured.
+    pub fn of(accounts: bool, ops: &super::OpsConfig) -> Access {
+        if accounts {
             Access::Accounts
-        } else if cfg.ops.admin_token.is_some() {
+        } else if ops.admin_token.is_some() {
             Access::Token
         } else {
             Access::Off
