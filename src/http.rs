@@ -450,6 +450,25 @@ fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)
     Ok(Some((body, pos + used)))
 }
 
+/// Whether an answer with this status ends the connection (400, 408, 413,
+/// 431): after them the peer and the server may no longer agree where the
+/// next request starts.
+pub fn closes_connection(status: u16) -> bool {
+    matches!(status, 400 | 408 | 413 | 431)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme in any
+/// case, token trimmed); `None` for another scheme or an empty token.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, rest) = h.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    (!t.is_empty()).then_some(t)
+}
+
 /// The percent-decoded value of `name` in a raw query string.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
@@ -509,6 +528,40 @@ pub fn reason(status: u16) -> &'static str {
         501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
+    }
+}
+
+/// A finished HTTP answer, as [`write_response`] writes it: every route
+/// answers with one (the accounts workers' `HttpReply` converts into it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub allow: Option<&'static str>,
+    pub retry_after: Option<u64>,
+    /// A CORS preflight (adds the `Access-Control-Allow-*` set).
+    pub preflight: bool,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Answer {
+        Answer {
+            status,
+            body: error_body(message),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
     }
 }
 
@@ -593,6 +646,18 @@ pub fn error_body(message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("bearer   abc ")), Some("abc"));
+        assert_eq!(bearer(Some("BEARER abc")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(Some("Bearer")), None);
+        assert_eq!(bearer(None), None);
+    }
 
     const GET: &[u8] =
         b"GET /api/rooms/ABC?x=1 HTTP/1.1\r\nHost: example.org\r\nOrigin: http://a\r\n\r\n";

@@ -36,8 +36,10 @@ use super::password;
 use super::ratelimit::{ip_key, Limiter};
 use super::revoked::{self, Revocations};
 use super::store::{Health, Store, StoreError};
-use super::token::{bearer, Keys, TOKEN_LIFETIME_SECS};
+use super::token::{Keys, TOKEN_LIFETIME_SECS};
 use super::{AuthRequest, HttpReply, Job, Principal, Reply};
+use crate::http::bearer;
+use crate::util::constant_time_eq;
 
 /// Buckets kept per limiter before pruning.
 const MAX_LIMITER_KEYS: usize = 100_000;
@@ -91,22 +93,24 @@ impl From<StoreError> for Fail {
 
 type Answer = Result<Value, Fail>;
 
-fn reply_json(status: u16, v: &Value) -> HttpReply {
-    HttpReply {
-        status,
-        body: v.to_string().into_bytes(),
-        retry_after: None,
-        allow: None,
+impl From<Fail> for HttpReply {
+    fn from(f: Fail) -> HttpReply {
+        crate::http::Answer {
+            retry_after: f.retry_after,
+            allow: f.allow,
+            ..crate::http::Answer::error(f.status, &f.msg)
+        }
+        .into()
     }
 }
 
 /// The 503 of a job that was not run because nobody waits for it any more.
 pub fn unavailable_reply() -> HttpReply {
-    reply_json(503, &json!({"success": false, "error": MSG_UNAVAILABLE}))
+    fail(503, MSG_UNAVAILABLE).into()
 }
 
 pub fn internal_error() -> HttpReply {
-    reply_json(500, &json!({"success": false, "error": "Internal error"}))
+    fail(500, "Internal error").into()
 }
 
 pub struct Service {
@@ -374,15 +378,8 @@ impl Service {
 
     fn http(&self, req: &AuthRequest) -> HttpReply {
         match self.route(req) {
-            Ok(v) => reply_json(200, &v),
-            Err(f) => HttpReply {
-                status: f.status,
-                body: json!({"success": false, "error": f.msg})
-                    .to_string()
-                    .into_bytes(),
-                retry_after: f.retry_after,
-                allow: f.allow,
-            },
+            Ok(v) => crate::http::Answer::json(200, v).into(),
+            Err(f) => f.into(),
         }
     }
 
@@ -976,10 +973,7 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Fail> {
         return Err(fail(400, "A JSON request body is required"));
     }
     serde_json::from_slice(body).map_err(|e| {
-        // serde's message names the field and the expected type; the column
-        // is noise for a client.
-        let msg = e.to_string();
-        let msg = msg.split(" at line ").next().unwrap_or(&msg);
+        let msg = crate::protocol::detail(e);
         fail(400, format!("Invalid request body: {msg}"))
     })
 }
@@ -1012,19 +1006,6 @@ fn profile_updates(p: &ProfilePatch) -> Result<Document, Fail> {
 }
 
 // ----- small helpers ---------------------------------------------------------
-
-/// Compares two byte strings in time that depends only on their lengths
-/// (and leaks nothing about where they differ).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len().max(b.len());
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..n {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
-}
 
 fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];

@@ -131,8 +131,7 @@ pub fn asset(target: &Target, access: Access) -> Option<OpsAnswer> {
 /// Whether `given` is the configured token, in time that does not depend
 /// on where they differ.
 pub fn token_matches(given: &str, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    given.as_bytes().ct_eq(expected.as_bytes()).into()
+    crate::util::constant_time_eq(given.as_bytes(), expected.as_bytes())
 }
 
 /// When each room last saw a message or a member come or go, kept by the
