@@ -648,6 +648,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queries() {
+        assert_eq!(
+            query_param(Some("token=abc"), "token").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            query_param(Some("x=1&token=a%2Bb+c"), "token").as_deref(),
+            Some("a+b c")
+        );
+        assert_eq!(query_param(Some("tokens=1"), "token"), None);
+        assert_eq!(query_param(Some("token"), "token").as_deref(), Some(""));
+        assert_eq!(query_param(Some("token=%zz"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+
+    #[test]
     fn bearer_parsing() {
         assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
         assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
