@@ -13,6 +13,8 @@ pub mod healthcheck;
 pub mod history;
 pub mod http;
 pub mod memguard;
+#[cfg(feature = "accounts")]
+pub mod mongo;
 pub mod notify;
 pub mod ops;
 pub mod outq;

@@ -24,6 +24,32 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Joins worker threads that each send one message on `exited` as they
+/// end, waiting `wait` at most. Returns how many were still running; those
+/// are left detached (a thread stuck in a blocking call must not hold up
+/// the process's exit).
+pub fn join_within<T>(
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+    exited: &std::sync::mpsc::Receiver<T>,
+    wait: std::time::Duration,
+) -> usize {
+    let deadline = std::time::Instant::now() + wait;
+    let mut left = threads.len();
+    while left > 0 {
+        let now = std::time::Instant::now();
+        if now >= deadline || exited.recv_timeout(deadline - now).is_err() {
+            break;
+        }
+        left -= 1;
+    }
+    if left == 0 {
+        for t in threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+    left
+}
+
 /// Fills `buf` from the operating system's generator.
 ///
 /// Failure here means the OS cannot give randomness at all; identifiers
@@ -74,6 +100,42 @@ pub fn json_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_within_waits_for_the_quick_and_leaves_the_stuck() {
+        use std::sync::mpsc;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let mut threads: Vec<_> = (0..3)
+            .map(|_| {
+                let tx = exit_tx.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(());
+                })
+            })
+            .collect();
+        assert_eq!(
+            join_within(&mut threads, &exit_rx, Duration::from_secs(30)),
+            0
+        );
+        assert!(threads.is_empty());
+
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let tx = exit_tx.clone();
+        let mut stuck = vec![std::thread::spawn(move || {
+            let _ = release_rx.recv();
+            let _ = tx.send(());
+        })];
+        assert_eq!(
+            join_within(&mut stuck, &exit_rx, Duration::from_millis(20)),
+            1
+        );
+        assert_eq!(stuck.len(), 1, "a busy thread is left, not joined");
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            join_within(&mut stuck, &exit_rx, Duration::from_secs(30)),
+            0
+        );
+    }
 
     #[test]
     fn constant_time_compare() {
