@@ -5,7 +5,11 @@
 //! sockets; the answers' JSON bodies are built here too.
 
 use crate::config::Config;
-use crate::http::{error_body, Method, Request};
+/// Re-exported: the shell and the fuzzers name it from here.
+pub use crate::http::bearer;
+/// Re-exported: the shell names the answer type from here.
+pub use crate::http::Answer;
+use crate::http::{Method, Request};
 use crate::ratelimit::{retry_after_secs, RateLimiter};
 use crate::rooms::{CreateError, Rooms};
 use crate::util::rfc3339;
@@ -14,39 +18,6 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
-
-/// A finished HTTP answer.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub allow: Option<&'static str>,
-    pub retry_after: Option<u64>,
-    /// A CORS preflight (adds the `Access-Control-Allow-*` set).
-    pub preflight: bool,
-}
-
-impl Answer {
-    pub fn json(status: u16, body: serde_json::Value) -> Answer {
-        Answer {
-            status,
-            body: serde_json::to_vec(&body).unwrap_or_default(),
-            allow: None,
-            retry_after: None,
-            preflight: false,
-        }
-    }
-
-    pub fn error(status: u16, message: &str) -> Answer {
-        Answer {
-            status,
-            body: error_body(message),
-            allow: None,
-            retry_after: None,
-            preflight: false,
-        }
-    }
-}
 
 /// What the shell must do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -391,10 +362,7 @@ pub fn create_room(
         match serde_json::from_slice::<CreateBody>(&req.body) {
             Ok(b) => b,
             Err(e) => {
-                let mut detail = e.to_string();
-                if let Some(i) = detail.find(" at line ") {
-                    detail.truncate(i);
-                }
+                let detail = crate::protocol::detail(e);
                 return Answer::error(400, &format!("Invalid request body: {detail}"));
             }
         }
@@ -474,13 +442,6 @@ pub fn create_room(
     Answer::json(200, body)
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer(header: Option<&str>) -> Option<&str> {
-    let h = header?.trim();
-    let (scheme, token) = h.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
-}
-
 fn valid_ws_key(k: &str) -> bool {
     // 16 random bytes in base64: 22 significant characters plus "==".
     k.len() == 24
@@ -553,15 +514,6 @@ mod tests {
             r#"{"desired_room_code":"MINE"}"#,
         );
         assert_eq!(c["room_code"], "MINE");
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer(Some("Basic abc")), None);
-        assert_eq!(bearer(Some("Bearer ")), None);
-        assert_eq!(bearer(None), None);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Largest HTTP request head (request line plus headers); beyond it: 431.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest HTTP request head; owned by the HTTP core, named here too
+/// because it is part of the server's fixed limits.
+pub use crate::http::MAX_HEADER_BYTES;
 
 /// Upper bound for every `*_SECONDS` setting: one year.
 pub const MAX_TIMER_SECONDS: u64 = 365 * 24 * 3600;

@@ -16,7 +16,7 @@
 //!   server first. The ledger's queue of positions holds at most about twice
 //!   the live events (stale positions are compacted away).
 
-use crate::rooms::RoomRef;
+use crate::refs::RoomRef;
 use crate::ws::{self, Frame};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

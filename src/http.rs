@@ -17,7 +17,8 @@
 //! Responses are written by [`write_response`] into a caller-owned buffer;
 //! every response carries CORS headers and, except 101/204, a JSON body.
 
-use crate::config::MAX_HEADER_BYTES;
+/// Largest HTTP request head (request line plus headers); beyond it: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Most headers a request may carry; more is answered like an oversized head.
 const MAX_HEADERS: usize = 64;
@@ -449,6 +450,25 @@ fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)
     Ok(Some((body, pos + used)))
 }
 
+/// Whether an answer with this status ends the connection (400, 408, 413,
+/// 431): after them the peer and the server may no longer agree where the
+/// next request starts.
+pub fn closes_connection(status: u16) -> bool {
+    matches!(status, 400 | 408 | 413 | 431)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme in any
+/// case, token trimmed); `None` for another scheme or an empty token.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, rest) = h.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    (!t.is_empty()).then_some(t)
+}
+
 /// The percent-decoded value of `name` in a raw query string.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
@@ -508,6 +528,40 @@ pub fn reason(status: u16) -> &'static str {
         501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
+    }
+}
+
+/// A finished HTTP answer, as [`write_response`] writes it: every route
+/// answers with one (the accounts workers' `HttpReply` converts into it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub allow: Option<&'static str>,
+    pub retry_after: Option<u64>,
+    /// A CORS preflight (adds the `Access-Control-Allow-*` set).
+    pub preflight: bool,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Answer {
+        Answer {
+            status,
+            body: error_body(message),
+            allow: None,
+            retry_after: None,
+            preflight: false,
+        }
     }
 }
 
@@ -592,6 +646,34 @@ pub fn error_body(message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries() {
+        assert_eq!(
+            query_param(Some("token=abc"), "token").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            query_param(Some("x=1&token=a%2Bb+c"), "token").as_deref(),
+            Some("a+b c")
+        );
+        assert_eq!(query_param(Some("tokens=1"), "token"), None);
+        assert_eq!(query_param(Some("token"), "token").as_deref(), Some(""));
+        assert_eq!(query_param(Some("token=%zz"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("bearer   abc ")), Some("abc"));
+        assert_eq!(bearer(Some("BEARER abc")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(Some("Bearer")), None);
+        assert_eq!(bearer(None), None);
+    }
 
     const GET: &[u8] =
         b"GET /api/rooms/ABC?x=1 HTTP/1.1\r\nHost: example.org\r\nOrigin: http://a\r\n\r\n";

@@ -14,11 +14,14 @@ pub mod healthcheck;
 pub mod history;
 pub mod http;
 pub mod memguard;
+#[cfg(feature = "accounts")]
+pub mod mongo;
 pub mod notify;
 pub mod ops;
 pub mod outq;
 pub mod protocol;
 pub mod ratelimit;
+pub mod refs;
 pub mod rooms;
 pub mod server;
 pub mod store;

@@ -76,8 +76,9 @@ struct Wire<'a> {
 }
 
 /// serde's message without its position suffix, which is noise to a
-/// browser developer when the message is one line.
-fn detail(e: serde_json::Error) -> String {
+/// browser developer when the message is one line. Every JSON body and
+/// message the server reads reports its errors through this.
+pub fn detail(e: serde_json::Error) -> String {
     let mut s = e.to_string();
     if let Some(i) = s.find(" at line ") {
         s.truncate(i);

@@ -1,20 +1,68 @@
-//! Sans-io token buckets keyed by client address.
+//! Sans-io token buckets: one [`TokenBucket`] (a connection's message rate)
+//! and [`RateLimiter`], a bounded map of buckets per key (client addresses
+//! for room creation and lookups, admin failures, and the accounts' login
+//! and setup limits through `accounts::ratelimit`).
 //!
-//! Each client gets `burst` tokens that refill at `rate` per second. The map
-//! is bounded: when it reaches its capacity, buckets that have refilled
-//! completely (and so carry no information) are dropped first; if every
-//! bucket is still draining, the whole map is cleared rather than growing
-//! (a flood of distinct addresses is itself the attack the limit can no
-//! longer tell apart).
+//! A bucket holds up to `burst` tokens and regains `rate` per second. The
+//! map is bounded: when it reaches its capacity, buckets that have refilled
+//! completely (and so carry no information) are dropped first; if it is
+//! still full of draining buckets, the least recently used half goes. A
+//! client with that many addresses gains a few attempts; the alternative,
+//! unbounded memory, is worse.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// How long until `tokens` reach one at `rate` per second. A tiny
+/// configured rate makes the wait too long for a `Duration`
+/// (`from_secs_f64` would panic): cap it.
+fn wait_for_token(tokens: f64, rate: f64) -> Duration {
+    Duration::try_from_secs_f64((1.0 - tokens) / rate).unwrap_or(Duration::MAX)
+}
+
+/// One token bucket on its own: `burst` tokens refilled at `rate` per
+/// second, both given on each call (the caller's configuration owns them).
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub struct TokenBucket {
     tokens: f64,
     updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst.max(1.0),
+            updated: now,
+        }
+    }
+
+    /// The tokens there would be at `now`, without changing anything.
+    fn level(&self, rate: f64, burst: f64, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        (self.tokens + elapsed * rate).min(burst.max(1.0))
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        self.tokens = self.level(rate, burst, now);
+        self.updated = now;
+    }
+
+    /// Whether a token is there; `Err(wait)` until one will be.
+    pub fn check(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, burst, now);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(wait_for_token(self.tokens, rate))
+        }
+    }
+
+    /// Spends a token (after a successful [`Self::check`]).
+    pub fn take(&mut self) {
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
 }
 
 /// A set of per-key token buckets.
@@ -23,7 +71,7 @@ pub struct RateLimiter<K> {
     rate: f64,
     burst: f64,
     capacity: usize,
-    buckets: HashMap<K, Bucket>,
+    buckets: HashMap<K, TokenBucket>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -36,29 +84,25 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
-    /// Takes one token for `key`. `Err(wait)` says how long until one is
-    /// available.
-    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+    /// The bucket of `key`, a full one if it has none (making room first).
+    fn bucket(&mut self, key: &K, now: Instant) -> &mut TokenBucket {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.capacity {
             self.prune(now);
         }
+        let burst = self.burst;
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(burst, now))
+    }
+
+    /// Takes one token for `key`. `Err(wait)` says how long until one is
+    /// available.
+    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         let (rate, burst) = (self.rate, self.burst);
-        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.updated = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            // A tiny configured rate makes the wait too long for a
-            // `Duration` (`from_secs_f64` would panic): cap it.
-            let wait = Duration::try_from_secs_f64((1.0 - b.tokens) / rate);
-            Err(wait.unwrap_or(Duration::MAX))
-        }
+        let b = self.bucket(key, now);
+        b.check(rate, burst, now)?;
+        b.take();
+        Ok(())
     }
 
     /// Whether `key` has a token, without taking it. A key without a bucket
@@ -67,13 +111,35 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let Some(b) = self.buckets.get(key) else {
             return Ok(());
         };
-        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-        let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        let tokens = b.level(self.rate, self.burst, now);
         if tokens >= 1.0 {
             Ok(())
         } else {
-            let wait = Duration::try_from_secs_f64((1.0 - tokens) / self.rate);
-            Err(wait.unwrap_or(Duration::MAX))
+            Err(wait_for_token(tokens, self.rate))
+        }
+    }
+
+    /// Spends one token for `key` whether or not there is one (after a
+    /// successful [`Self::peek`], when several limits must all agree
+    /// before any is spent).
+    pub fn spend(&mut self, key: &K, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        let b = self.bucket(key, now);
+        b.refill(rate, burst, now);
+        b.take();
+    }
+
+    /// Gives back one token spent earlier (capped at the burst), for an
+    /// attempt that turned out not to count. A bucket that is full again
+    /// carries no information and is dropped.
+    pub fn refund(&mut self, key: &K, now: Instant) {
+        let Some(b) = self.buckets.get_mut(key) else {
+            return;
+        };
+        b.refill(self.rate, self.burst, now);
+        b.tokens += 1.0;
+        if b.tokens >= self.burst {
+            self.buckets.remove(key);
         }
     }
 
@@ -91,12 +157,26 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     fn prune(&mut self, now: Instant) {
         let (rate, burst) = (self.rate, self.burst);
-        self.buckets.retain(|_, b| {
-            let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-            b.tokens + elapsed * rate < burst
-        });
+        self.buckets
+            .retain(|_, b| b.level(rate, burst, now) < burst);
         if self.buckets.len() >= self.capacity {
-            self.buckets.clear();
+            // Still full of live buckets: forget the least recently used
+            // half (a linear-time selection, not a sort: this can run on
+            // the loop with a large map).
+            let mut ages: Vec<Instant> = self.buckets.values().map(|b| b.updated).collect();
+            let half = self.capacity / 2;
+            if half == 0 {
+                self.buckets.clear();
+                return;
+            }
+            let (_, cut, _) = ages.select_nth_unstable(half - 1);
+            let cut = *cut;
+            let mut dropped = 0;
+            self.buckets.retain(|_, b| {
+                let old = b.updated <= cut && dropped < half;
+                dropped += old as usize;
+                !old
+            });
         }
     }
 
@@ -106,46 +186,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
-    }
-}
-
-/// One token bucket on its own (a connection's message rate): `burst`
-/// tokens refilled at `rate` per second.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenBucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(burst: f64, now: Instant) -> TokenBucket {
-        TokenBucket {
-            tokens: burst.max(1.0),
-            updated: now,
-        }
-    }
-
-    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst.max(1.0));
-        self.updated = now;
-    }
-
-    /// Whether a token is there; `Err(wait)` until one will be.
-    pub fn check(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
-        self.refill(rate, burst, now);
-        if self.tokens >= 1.0 {
-            Ok(())
-        } else {
-            let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / rate);
-            Err(wait.unwrap_or(Duration::MAX))
-        }
-    }
-
-    /// Spends a token (after a successful [`Self::check`]).
-    pub fn take(&mut self) {
-        self.tokens = (self.tokens - 1.0).max(0.0);
     }
 }
 

@@ -42,20 +42,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Names a connection across events: slab key plus generation, since slab
-/// keys are reused after a connection closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnRef {
-    pub key: u32,
-    pub gen: u32,
-}
-
-/// Names a room the same way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomRef {
-    pub key: u32,
-    pub gen: u32,
-}
+pub use crate::refs::{ConnRef, RoomRef};
 
 /// Per-connection room state, stored by the shell next to the socket.
 #[derive(Debug, Default)]

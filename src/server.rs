@@ -979,7 +979,7 @@ impl Server {
                 retry_after: a.retry_after,
                 cors_origin: cors,
                 preflight: a.preflight,
-                close: close || matches!(a.status, 400 | 408 | 413 | 431),
+                close: close || http::closes_connection(a.status),
                 head,
             },
         );
@@ -1005,9 +1005,7 @@ impl Server {
         keep_alive: bool,
         head: bool,
     ) {
-        let keep = keep_alive
-            && self.shutting_down.is_none()
-            && !matches!(a.status, 400 | 408 | 413 | 431);
+        let keep = keep_alive && self.shutting_down.is_none() && !http::closes_connection(a.status);
         self.respond_full(cref, a, origin, !keep, head);
         self.after_response(cref, keep);
     }
@@ -1237,13 +1235,7 @@ impl Server {
                         503 => self.metrics.rejected(Reject::AccountsUnavailable),
                         _ => {}
                     }
-                    let a = Answer {
-                        status: r.status,
-                        body: r.body,
-                        allow: r.allow,
-                        retry_after: r.retry_after,
-                        preflight: false,
-                    };
+                    let a = Answer::from(r);
                     self.answer(cref, &a, origin.as_deref(), keep_alive, false);
                 }
                 (Pending::CreateRoom { req, origin }, Reply::Authorized(who)) => {

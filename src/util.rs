@@ -4,34 +4,50 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Formats a wall-clock time as RFC 3339 in UTC with millisecond precision,
-/// e.g. `2026-11-22T04:12:00.123Z`.
+/// e.g. `2026-11-22T04:12:00.123Z` (always three digits, unlike `time`'s
+/// `Rfc3339`, which drops trailing zeros). Times before 1970 read as 1970.
 pub fn rfc3339(t: SystemTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let millis = d.subsec_millis();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp_nanos(d.as_nanos() as i128)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_default()
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// Compares two byte strings in time that depends only on their lengths
+/// (and leaks nothing about where they differ), for secrets a client sends.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
+/// Joins worker threads that each send one message on `exited` as they
+/// end, waiting `wait` at most. Returns how many were still running; those
+/// are left detached (a thread stuck in a blocking call must not hold up
+/// the process's exit).
+pub fn join_within<T>(
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+    exited: &std::sync::mpsc::Receiver<T>,
+    wait: std::time::Duration,
+) -> usize {
+    let deadline = std::time::Instant::now() + wait;
+    let mut left = threads.len();
+    while left > 0 {
+        let now = std::time::Instant::now();
+        if now >= deadline || exited.recv_timeout(deadline - now).is_err() {
+            break;
+        }
+        left -= 1;
+    }
+    if left == 0 {
+        for t in threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+    left
 }
 
 /// Fills `buf` from the operating system's generator.
@@ -84,6 +100,53 @@ pub fn json_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_within_waits_for_the_quick_and_leaves_the_stuck() {
+        use std::sync::mpsc;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let mut threads: Vec<_> = (0..3)
+            .map(|_| {
+                let tx = exit_tx.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(());
+                })
+            })
+            .collect();
+        assert_eq!(
+            join_within(&mut threads, &exit_rx, Duration::from_secs(30)),
+            0
+        );
+        assert!(threads.is_empty());
+
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let tx = exit_tx.clone();
+        let mut stuck = vec![std::thread::spawn(move || {
+            let _ = release_rx.recv();
+            let _ = tx.send(());
+        })];
+        assert_eq!(
+            join_within(&mut stuck, &exit_rx, Duration::from_millis(20)),
+            1
+        );
+        assert_eq!(stuck.len(), 1, "a busy thread is left, not joined");
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            join_within(&mut stuck, &exit_rx, Duration::from_secs(30)),
+            0
+        );
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+        // Length difference that is a multiple of 256 must still differ.
+        assert!(!constant_time_eq(&[0u8; 256], b""));
+    }
     use std::time::Duration;
 
     #[test]
@@ -93,6 +156,11 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-22T04:32:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        // Trailing zeros stay; sub-millisecond digits are cut, not rounded.
+        let t = UNIX_EPOCH + Duration::from_nanos(1_795_321_920_120_999_999);
+        assert_eq!(rfc3339(t), "2026-11-22T04:32:00.120Z");
+        let before = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

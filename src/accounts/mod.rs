@@ -90,6 +90,29 @@ pub struct HttpReply {
     pub allow: Option<&'static str>,
 }
 
+impl From<crate::http::Answer> for HttpReply {
+    fn from(a: crate::http::Answer) -> HttpReply {
+        HttpReply {
+            status: a.status,
+            body: a.body,
+            retry_after: a.retry_after,
+            allow: a.allow,
+        }
+    }
+}
+
+impl From<HttpReply> for crate::http::Answer {
+    fn from(r: HttpReply) -> crate::http::Answer {
+        crate::http::Answer {
+            status: r.status,
+            body: r.body,
+            allow: r.allow,
+            retry_after: r.retry_after,
+            preflight: false,
+        }
+    }
+}
+
 /// Work for the pool.
 #[derive(Debug, Clone)]
 pub enum Job {

@@ -16,7 +16,7 @@
 //! database call after that is left to die with the process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,23 +148,8 @@ impl Pool {
     pub fn shutdown(mut self) {
         self.jobs = None;
         self.stop_maintenance = None;
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
-        let mut left = self.threads.len();
-        while left > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match self.exited.recv_timeout(deadline - now) {
-                Ok(_) => left -= 1,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        if left == 0 {
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
-        } else {
+        let left = crate::util::join_within(&mut self.threads, &self.exited, SHUTDOWN_WAIT);
+        if left > 0 {
             log::warn!("accounts: {left} thread(s) still busy at shutdown; not waiting for them");
         }
     }

@@ -5,98 +5,50 @@
 //! login is refunded: only failures count against a client, so an office
 //! behind one address can log in all at once.
 //!
-//! Owns the buckets and their memory bound. A bucket holds up to `burst`
+//! The buckets are the server's ([`crate::ratelimit::RateLimiter`]); this
+//! module says them in the accounts' terms. A bucket holds up to `burst`
 //! attempts and regains one every `refill`; an attempt on an empty bucket is
 //! refused with the number of whole seconds until the next attempt would be
 //! allowed (the `Retry-After` value). IPv6 clients are keyed by their /64,
 //! the block one subscriber usually gets, so rotating addresses inside it does
-//! not buy fresh attempts. Memory is bounded: full buckets carry no
-//! information and are pruned, and past `max_keys` live buckets the oldest
-//! ones are dropped.
+//! not buy fresh attempts. Memory is bounded by `max_keys` live buckets.
 
-use std::collections::HashMap;
+use crate::ratelimit::{retry_after_secs, RateLimiter};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 #[derive(Debug)]
 pub struct Limiter<K> {
-    burst: f64,
-    refill: Duration,
-    max_keys: usize,
-    buckets: HashMap<K, Bucket>,
+    buckets: RateLimiter<K>,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(burst: u32, refill: Duration, max_keys: usize) -> Limiter<K> {
+        let refill = refill.max(Duration::from_millis(1));
         Limiter {
-            burst: burst.max(1) as f64,
-            refill: refill.max(Duration::from_millis(1)),
-            max_keys: max_keys.max(16),
-            buckets: HashMap::new(),
+            buckets: RateLimiter::new(
+                1.0 / refill.as_secs_f64(),
+                burst.max(1) as f64,
+                max_keys.max(16),
+            ),
         }
-    }
-
-    fn refilled(&self, b: &Bucket, now: Instant) -> f64 {
-        let gained =
-            now.saturating_duration_since(b.last).as_secs_f64() / self.refill.as_secs_f64();
-        (b.tokens + gained).min(self.burst)
     }
 
     /// Would an attempt be allowed now? Does not spend anything.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
-        match self.buckets.get(key) {
-            None => Ok(()),
-            Some(b) => {
-                let tokens = self.refilled(b, now);
-                if tokens >= 1.0 {
-                    Ok(())
-                } else {
-                    let wait = (1.0 - tokens) * self.refill.as_secs_f64();
-                    Err((wait.ceil() as u64).max(1))
-                }
-            }
-        }
+        self.buckets.peek(key, now).map_err(retry_after_secs)
     }
 
     /// Spends one attempt (after a successful [`check`](Self::check)).
     pub fn spend(&mut self, key: &K, now: Instant) {
-        let tokens = match self.buckets.get(key) {
-            Some(b) => self.refilled(b, now),
-            None => self.burst,
-        };
-        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
-            self.prune(now);
-        }
-        self.buckets.insert(
-            key.clone(),
-            Bucket {
-                tokens: (tokens - 1.0).max(0.0),
-                last: now,
-            },
-        );
+        self.buckets.spend(key, now);
     }
 
     /// Gives back one attempt spent earlier (capped at the burst), for an
-    /// attempt that turned out not to count. A bucket that is full again
-    /// carries no information and is dropped.
+    /// attempt that turned out not to count.
     pub fn refund(&mut self, key: &K, now: Instant) {
-        let Some(b) = self.buckets.get(key) else {
-            return;
-        };
-        let tokens = self.refilled(b, now) + 1.0;
-        if tokens >= self.burst {
-            self.buckets.remove(key);
-        } else {
-            self.buckets
-                .insert(key.clone(), Bucket { tokens, last: now });
-        }
+        self.buckets.refund(key, now);
     }
 
     /// `check` then `spend`.
@@ -105,29 +57,6 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         self.check(key, now)?;
         self.spend(key, now);
         Ok(())
-    }
-
-    fn prune(&mut self, now: Instant) {
-        let burst = self.burst;
-        let refill = self.refill.as_secs_f64();
-        self.buckets.retain(|_, b| {
-            let t = b.tokens + now.saturating_duration_since(b.last).as_secs_f64() / refill;
-            t < burst
-        });
-        if self.buckets.len() >= self.max_keys {
-            // Still full of live buckets: forget the least recently used half.
-            // An attacker with that many addresses gains a few attempts; the
-            // alternative, unbounded memory, is worse.
-            let mut by_age: Vec<(Instant, K)> = self
-                .buckets
-                .iter()
-                .map(|(k, b)| (b.last, k.clone()))
-                .collect();
-            by_age.sort_by_key(|(t, _)| *t);
-            for (_, k) in by_age.into_iter().take(self.max_keys / 2) {
-                self.buckets.remove(&k);
-            }
-        }
     }
 
     #[cfg(test)]

@@ -18,16 +18,15 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use crate::mongo::short;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
-use mongodb::sync::{Client, Collection, Database};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::sync::{Collection, Database};
 use mongodb::IndexModel;
 
 use super::model::User;
 
-pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_millis(2000);
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Enough for every listing the admin page needs; keeps one request bounded.
 pub const MAX_LISTED_USERS: i64 = 10_000;
 
@@ -116,41 +115,12 @@ fn classify(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// A one-line description of a driver error for the log. Server-side
-/// errors are reduced to their code: their messages can quote document
-/// values (a duplicate key names the email). Connection-level messages name
-/// hosts and error kinds only.
-fn short(e: &mongodb::error::Error) -> String {
-    match &*e.kind {
-        ErrorKind::Command(c) => format!("server error {} ({})", c.code, c.code_name),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("write error {}", w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
-            format!("write concern error {}", w.code)
-        }
-        _ => {
-            let s = e.kind.to_string();
-            let s = s.lines().next().unwrap_or("");
-            let mut end = s.len().min(300);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s[..end].to_string()
-        }
-    }
-}
-
 impl Store {
     /// Builds the client. For `mongodb://` this does no I/O; for
     /// `mongodb+srv://` it resolves DNS, which is why only the maintenance
     /// thread calls it.
     pub fn connect(uri: &str, db_name: &str) -> Result<Store, StoreError> {
-        let mut opts = ClientOptions::parse(uri).run().map_err(classify)?;
-        opts.server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        opts.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-        opts.app_name
-            .get_or_insert_with(|| "khun-phaen-sync-server".to_string());
-        let client = Client::with_options(opts).map_err(classify)?;
+        let client = crate::mongo::client(uri).map_err(classify)?;
         let db = client.database(db_name);
         let users = db.collection::<User>("users");
         let meta = db.collection::<Document>("meta");

@@ -80,18 +80,6 @@ impl Keys {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header value. The scheme
-/// is case-insensitive (RFC 7235); anything else is `None`.
-pub fn bearer(header: Option<&str>) -> Option<&str> {
-    let h = header?.trim();
-    let (scheme, rest) = h.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let t = rest.trim();
-    (!t.is_empty()).then_some(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,16 +238,5 @@ mod tests {
         )
         .unwrap();
         assert!(k.verify(&t).is_none());
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(Some("bearer   abc ")), Some("abc"));
-        assert_eq!(bearer(Some("BEARER abc")), Some("abc"));
-        assert_eq!(bearer(Some("Basic abc")), None);
-        assert_eq!(bearer(Some("Bearer ")), None);
-        assert_eq!(bearer(Some("Bearer")), None);
-        assert_eq!(bearer(None), None);
     }
 }

@@ -51,10 +51,11 @@ pub enum Access {
 }
 
 impl Access {
-    pub fn of(cfg: &crate::config::Config) -> Access {
-        if cfg.accounts.is_some() {
+    /// `accounts`: whether the accounts service is configured.
+    pub fn of(accounts: bool, ops: &super::OpsConfig) -> Access {
+        if accounts {
             Access::Accounts
-        } else if cfg.ops.admin_token.is_some() {
+        } else if ops.admin_token.is_some() {
             Access::Token
         } else {
             Access::Off
@@ -130,8 +131,7 @@ pub fn asset(target: &Target, access: Access) -> Option<OpsAnswer> {
 /// Whether `given` is the configured token, in time that does not depend
 /// on where they differ.
 pub fn token_matches(given: &str, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    given.as_bytes().ct_eq(expected.as_bytes()).into()
+    crate::util::constant_time_eq(given.as_bytes(), expected.as_bytes())
 }
 
 /// When each room last saw a message or a member come or go, kept by the

@@ -23,7 +23,7 @@ pub(super) struct OpsState {
 impl OpsState {
     pub(super) fn new(cfg: &Config) -> OpsState {
         OpsState {
-            access: Access::of(cfg),
+            access: Access::of(cfg.accounts.is_some(), &cfg.ops),
             activity: RoomActivity::default(),
             failures: RateLimiter::new(admin::FAIL_RATE_PER_SEC, admin::FAIL_BURST, 10_000),
             started_wall: SystemTime::now(),

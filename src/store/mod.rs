@@ -32,7 +32,7 @@ use policy::{Op, Policy, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -314,23 +314,8 @@ impl Workers {
     fn shutdown(mut self) {
         self.writes = None;
         self.reads = None;
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
-        let mut left = self.threads.len();
-        while left > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match self.exited.recv_timeout(deadline - now) {
-                Ok(()) => left -= 1,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        if left == 0 {
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
-        } else {
+        let left = crate::util::join_within(&mut self.threads, &self.exited, SHUTDOWN_WAIT);
+        if left > 0 {
             log::warn!("room store: {left} thread(s) still busy at shutdown; not waiting");
         }
     }

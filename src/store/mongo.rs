@@ -24,10 +24,11 @@
 //! database that is down fails calls quickly and they are retried.
 
 use super::{Backend, RoomRecord, WriteOp};
+use crate::mongo::short;
 use bytes::Bytes;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::sync::{Client, Collection};
+use mongodb::options::IndexOptions;
+use mongodb::sync::Collection;
 use mongodb::IndexModel;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,9 +37,6 @@ use std::time::Duration;
 pub const INLINE: usize = 8 << 20;
 /// Size of one piece of a larger document.
 pub const CHUNK: usize = 8 << 20;
-
-const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_millis(2000);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 #[derive(Clone)]
 struct Colls {
@@ -51,20 +49,6 @@ pub struct MongoStore {
     db_name: String,
     idle_timeout: Option<Duration>,
     colls: Mutex<Option<Colls>>,
-}
-
-fn short(e: &mongodb::error::Error) -> String {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    // Server messages can quote values; codes say enough for the log.
-    match &*e.kind {
-        ErrorKind::Command(c) => format!("server error {} ({})", c.code, c.code_name),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("write error {}", w.code),
-        _ => {
-            let s = e.kind.to_string();
-            let s = s.lines().next().unwrap_or("").to_string();
-            s.chars().take(300).collect()
-        }
-    }
 }
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
@@ -102,13 +86,7 @@ impl MongoStore {
         if let Some(c) = &*guard {
             return Ok(c.clone());
         }
-        let mut opts = m(ClientOptions::parse(&self.uri).run())?;
-        opts.server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        opts.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-        opts.app_name
-            .get_or_insert_with(|| "khun-phaen-sync-server".to_string());
-        let client = m(Client::with_options(opts))?;
+        let client = m(crate::mongo::client(&self.uri))?;
         let db = client.database(&self.db_name);
         let c = Colls {
             rooms: db.collection("rooms"),

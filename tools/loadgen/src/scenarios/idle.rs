@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{check_fds, create_rooms, idle_for, join_all, Ctx, Member};
-use crate::net::ConnOpts;
+use super::{check_fds, idle_for, join_all, members_in_rooms, Ctx};
 use crate::report::{mib, thousands, Report};
 
 #[derive(Args, Debug, Clone)]
@@ -35,15 +34,7 @@ pub fn run(ctx: &Ctx, a: &IdleArgs) -> Result<Report, String> {
     check_fds(a.conns)?;
     let peers = a.peers.max(1);
     let before = ctx.mem();
-    let rooms = create_rooms(ctx, "i", a.conns.div_ceil(peers))?;
-    let members: Vec<Member> = (0..a.conns)
-        .map(|i| Member {
-            room: rooms[i / peers].clone(),
-            peer_id: format!("p{i}"),
-            is_host: false,
-            opts: ConnOpts::default(),
-        })
-        .collect();
+    let members = members_in_rooms(ctx, "i", a.conns, peers)?;
     let mut net = ctx.net()?;
     let joined = join_all(
         &mut net,

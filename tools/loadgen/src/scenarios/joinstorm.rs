@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{check_fds, create_rooms, join_all, Ctx, Member};
-use crate::net::ConnOpts;
+use super::{check_fds, join_all, members_in_rooms, Ctx};
 use crate::report::{thousands, Report};
 use crate::stats::{ms, Histogram};
 
@@ -34,15 +33,7 @@ const TARGET: f64 = 20_000.0;
 pub fn run(ctx: &Ctx, a: &JoinstormArgs) -> Result<Report, String> {
     check_fds(a.conns)?;
     let peers = a.peers.max(1);
-    let rooms = create_rooms(ctx, "j", a.conns.div_ceil(peers))?;
-    let members: Vec<Member> = (0..a.conns)
-        .map(|i| Member {
-            room: rooms[i / peers].clone(),
-            peer_id: format!("p{i}"),
-            is_host: false,
-            opts: ConnOpts::default(),
-        })
-        .collect();
+    let members = members_in_rooms(ctx, "j", a.conns, peers)?;
     let mut net = ctx.net()?;
     let cpu0 = ctx.proc.cpu_secs();
     let own = crate::procfs::Proc::own();

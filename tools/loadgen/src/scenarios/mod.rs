@@ -86,6 +86,25 @@ pub struct Member {
     pub opts: ConnOpts,
 }
 
+/// `conns` plain members (`p<i>`, not hosts) in fresh rooms of `peers`
+/// each, the rooms named after `what`.
+pub fn members_in_rooms(
+    ctx: &Ctx,
+    what: &str,
+    conns: usize,
+    peers: usize,
+) -> Result<Vec<Member>, String> {
+    let rooms = create_rooms(ctx, what, conns.div_ceil(peers))?;
+    Ok((0..conns)
+        .map(|i| Member {
+            room: rooms[i / peers].clone(),
+            peer_id: format!("p{i}"),
+            is_host: false,
+            opts: ConnOpts::default(),
+        })
+        .collect())
+}
+
 /// The join message of a member.
 pub fn join_message(m: &Member) -> String {
     format!(

@@ -109,13 +109,7 @@ pub fn run(ctx: &Ctx, a: &ReconnectArgs) -> Result<Report, String> {
     let mut next = 0usize;
     while joined < total {
         while next < total && next - joined < a.concurrency {
-            let id = net
-                .connect(ConnOpts::default())
-                .map_err(|e| format!("connect: {e}"))?;
-            if owner.len() <= id {
-                owner.resize(id + 1, usize::MAX);
-            }
-            owner[id] = next;
+            let id = connect_for(&mut net, &mut owner, next)?;
             conn_of[next] = id;
             next += 1;
         }
@@ -182,13 +176,7 @@ pub fn run(ctx: &Ctx, a: &ReconnectArgs) -> Result<Report, String> {
     while complete < listeners.len() {
         while next < listeners.len() && in_flight < a.concurrency {
             let i = listeners[next];
-            let id = net
-                .connect(ConnOpts::default())
-                .map_err(|e| format!("connect: {e}"))?;
-            if owner.len() <= id {
-                owner.resize(id + 1, usize::MAX);
-            }
-            owner[id] = i;
+            connect_for(&mut net, &mut owner, i)?;
             next += 1;
             in_flight += 1;
         }
@@ -279,6 +267,19 @@ pub fn run(ctx: &Ctx, a: &ReconnectArgs) -> Result<Report, String> {
         Some(not_recovered == 0),
     );
     Ok(r)
+}
+
+/// Opens a connection for peer `peer`, noting it in `owner` (connection
+/// id to peer).
+fn connect_for(net: &mut Net, owner: &mut Vec<usize>, peer: usize) -> Result<usize, String> {
+    let id = net
+        .connect(ConnOpts::default())
+        .map_err(|e| format!("connect: {e}"))?;
+    if owner.len() <= id {
+        owner.resize(id + 1, usize::MAX);
+    }
+    owner[id] = peer;
+    Ok(id)
 }
 
 /// One turn of the engine. `h` gets `None` when a connection of a peer

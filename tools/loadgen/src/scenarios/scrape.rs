@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::{check_fds, create_rooms, idle_for, join_all, Ctx, Member};
+use super::{check_fds, idle_for, join_all, members_in_rooms, Ctx};
 use crate::http;
-use crate::net::{now_ns, ConnOpts, Ev};
+use crate::net::{now_ns, Ev};
 use crate::report::{thousands, Report};
 use crate::scan::{self, Kind};
 use crate::stats::{ms, Histogram};
@@ -92,15 +92,7 @@ fn scraper(
 pub fn run(ctx: &Ctx, a: &ScrapeArgs) -> Result<Report, String> {
     check_fds(a.conns + 4)?;
     let peers = a.peers.max(1);
-    let rooms = create_rooms(ctx, "s", a.conns.div_ceil(peers))?;
-    let members: Vec<Member> = (0..a.conns)
-        .map(|i| Member {
-            room: rooms[i / peers].clone(),
-            peer_id: format!("p{i}"),
-            is_host: false,
-            opts: ConnOpts::default(),
-        })
-        .collect();
+    let members = members_in_rooms(ctx, "s", a.conns, peers)?;
     let mut net = ctx.net()?;
     let joined = join_all(&mut net, &members, 128, Duration::from_secs(120), false)?;
     // Let the join storm's aftermath (allocator trims, housekeeping) pass
@@ -183,7 +175,7 @@ pub fn run(ctx: &Ctx, a: &ScrapeArgs) -> Result<Report, String> {
     let mut r = Report::new("scrape", label);
     let l = &scraped.latency;
     r.set("conns", a.conns)
-        .set("rooms", rooms.len())
+        .set("rooms", a.conns.div_ceil(peers))
         .set("scrapes", l.count())
         .set("scrape_failures", scraped.failures)
         .set("scrape_body_bytes", scraped.bytes)
@@ -203,7 +195,7 @@ pub fn run(ctx: &Ctx, a: &ScrapeArgs) -> Result<Report, String> {
         a.path,
         scraped.bytes,
         thousands(a.conns as u64),
-        rooms.len(),
+        a.conns.div_ceil(peers),
         ms(l.quantile(0.5)),
         ms(l.quantile(0.99)),
         ms(l.max()),
