@@ -125,8 +125,12 @@ fn mongo_uri() -> String {
 }
 
 fn node(redis: &Redis, db: &str, id: &str, host: &str) -> TestServer {
+    node_with_ttl(redis, db, id, host, TTL)
+}
+
+fn node_with_ttl(redis: &Redis, db: &str, id: &str, host: &str, ttl: u64) -> TestServer {
     let url = redis.url();
-    let ttl = TTL.to_string();
+    let ttl = ttl.to_string();
     let mongo = mongo_uri();
     TestServer::start(&[
         ("HOST", host),
@@ -446,7 +450,10 @@ fn a_graceful_stop_removes_its_peers_at_once() {
 fn while_redis_is_away_stream_actions_are_refused_then_members_closed() {
     let mut redis = Redis::start();
     let db = unique_db("t");
-    let a = node(&redis, &db, "out-a", "127.0.0.1");
+    // A grace period (NODE_TTL_SECONDS / 3) long enough that a loaded
+    // machine sends and reads the refused broadcast inside it.
+    const OUT_TTL: u64 = 12;
+    let a = node_with_ttl(&redis, &db, "out-a", "127.0.0.1", OUT_TTL);
     wait_ready(&[&a]);
     create("OUT1", "host-out", &a, &[]);
     let mut m = a.ws();
@@ -459,7 +466,7 @@ fn while_redis_is_away_stream_actions_are_refused_then_members_closed() {
     let e = recv_until(&mut m, "error", |v| v["type"] == "error");
     assert_eq!(e["message"], "Service unavailable");
     // The grace period (NODE_TTL_SECONDS / 3) runs out: 1013.
-    m.timeout(Duration::from_secs(TTL + 5));
+    m.timeout(Duration::from_secs(OUT_TTL + 5));
     assert_eq!(m.expect_close(), Some(1013));
     // Redis back (empty: no persistence): the node serves again.
     redis.spawn();
