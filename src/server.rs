@@ -57,6 +57,12 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const READ_BUDGET: usize = 256 * 1024;
 /// Bytes written to one connection per turn.
 const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// Bytes all sockets together are handed in one turn. A big fan-out (a
+/// 16 MiB document to 50 peers is 800 MiB) would otherwise hold the loop
+/// for hundreds of milliseconds in one flush while pings and `/health` in
+/// other rooms wait; past this the rest is written next turn, the ones left
+/// waiting first, right after that turn's events.
+const TURN_WRITE_BUDGET: usize = 4 * 1024 * 1024;
 /// Connections accepted per turn.
 const ACCEPT_BUDGET: usize = 512;
 /// Shared read buffer; data lands here first so idle connections hold none.
@@ -1824,11 +1830,17 @@ impl Server {
 
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
+        let mut left = TURN_WRITE_BUDGET;
         for cref in dirty.drain(..) {
+            if left == 0 {
+                // Still marked dirty: first in line next turn.
+                self.dirty.push(cref);
+                continue;
+            }
             if let Some(c) = live(&mut self.conns, cref) {
                 c.dirty = false;
             }
-            self.flush(cref);
+            left = left.saturating_sub(self.flush(cref, left.min(WRITE_BUDGET)));
         }
         self.reap();
         if self.dirty.is_empty() {
@@ -1836,13 +1848,16 @@ impl Server {
         }
     }
 
-    fn flush(&mut self, cref: ConnRef) {
+    /// Writes up to about `budget` bytes of the connection's queue; returns
+    /// what the socket took.
+    fn flush(&mut self, cref: ConnRef, budget: usize) -> usize {
         let Some(c) = live(&mut self.conns, cref) else {
-            return;
+            return 0;
         };
         let queued = c.out.len();
-        let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
-        self.metrics.bytes_sent += queued.saturating_sub(c.out.len()) as u64;
+        let result = c.out.flush_to(&mut c.sock, budget);
+        let written = queued.saturating_sub(c.out.len());
+        self.metrics.bytes_sent += written as u64;
         count_http(&mut self.http_backlog, c);
         if c.held && c.out.len() < queued {
             // The peer is reading what it asked for: the wait is ours, so
@@ -1865,7 +1880,8 @@ impl Server {
             self.again.push(cref);
             self.arm_request_timer(cref, at);
         }
-        self.flush_result(cref, result)
+        self.flush_result(cref, result);
+        written
     }
 
     fn flush_result(&mut self, cref: ConnRef, result: io::Result<Flush>) {
