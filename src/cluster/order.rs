@@ -221,6 +221,16 @@ impl<E> Order<E> {
         self.reset(room, out);
     }
 
+    /// A read that failed because Redis is out of reach: the room keeps
+    /// what it holds and waits. [`Order::catch_up`] reads again once the
+    /// subscriber is back; if Redis stays away, the outage's grace period
+    /// closes the members instead (the shell's job). Nothing is skipped.
+    pub fn fetch_deferred(&mut self, room: &str) {
+        if let Some(t) = self.rooms.get_mut(room) {
+            t.fetching = None;
+        }
+    }
+
     /// After the subscriber (re)connected: messages may have been missed
     /// while it was down, so every followed room reads its stream from
     /// `last + 1` (a read that finds nothing new is no gap).
@@ -321,6 +331,32 @@ mod tests {
         o.event("R", "e1", 11, 11, now, &mut out);
         o.event("R", "e1", 11, 11, now, &mut out);
         assert_eq!(delivered(&out), [11]);
+    }
+
+    #[test]
+    fn a_read_deferred_by_an_outage_keeps_the_room_and_is_retried() {
+        let mut o = order();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 13, 13, now, &mut out);
+        assert!(matches!(out.as_slice(), [Out::Fetch { from: 11, .. }]));
+        out.clear();
+        // Redis went away: no reset, the held event stays held.
+        o.fetch_deferred("R");
+        assert!(out.is_empty());
+        assert_eq!(o.position("R"), Some(("e1", 10)));
+        // The subscriber is back: the gap is read again, then filled.
+        o.catch_up(now, &mut out);
+        assert_eq!(
+            out,
+            [Out::Fetch {
+                room: "R".into(),
+                from: 11
+            }]
+        );
+        out.clear();
+        o.fetched("R", Some("e1"), 13, vec![(11, 11), (12, 12)], now, &mut out);
+        assert_eq!(delivered(&out), [11, 12, 13]);
     }
 
     #[test]

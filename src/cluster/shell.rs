@@ -448,6 +448,9 @@ impl Server {
                         let epoch = (!epoch.is_empty()).then_some(epoch.as_str());
                         cl.order.fetched(&code, epoch, seq, events, now, &mut out);
                     }
+                    // Redis went away meanwhile: wait for it (or for the
+                    // outage's grace period) rather than reset at once.
+                    None if !(cl.commands_up && cl.subscriber_up) => cl.order.fetch_deferred(&code),
                     None => cl.order.fetch_failed(&code, &mut out),
                 }
             }
@@ -495,13 +498,18 @@ impl Server {
                     self.apply_effects();
                 }
                 Out::Fetch { room, from } => {
+                    let up = cl.commands_up && cl.subscriber_up;
                     if !cl.submit(Cmd::Fetch {
                         code: room.clone(),
                         from,
                     }) {
-                        let mut more = Vec::new();
-                        cl.order.fetch_failed(&room, &mut more);
-                        queue.extend(more);
+                        if up {
+                            let mut more = Vec::new();
+                            cl.order.fetch_failed(&room, &mut more);
+                            queue.extend(more);
+                        } else {
+                            cl.order.fetch_deferred(&room);
+                        }
                     }
                 }
                 Out::Reset { room } => {
