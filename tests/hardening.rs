@@ -4,6 +4,11 @@
 mod common;
 
 use common::{http, read_response, Client, Response, TestServer};
+
+/// A masked client frame.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    common::client_frame(opcode, fin, payload, [0x37, 0xfa, 0x21, 0x3d])
+}
 use serde_json::json;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -189,26 +194,6 @@ fn guessing_room_codes_is_rate_limited_per_client() {
     );
     let r = http_from("127.0.0.4", s.addr, "GET", "/api/rooms/NOPE4", "");
     assert_eq!(r.status, 429);
-}
-
-/// A masked client frame.
-fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n < 65536 => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
 }
 
 /// Reads until the close frame; returns its code and reason.

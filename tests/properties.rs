@@ -16,6 +16,8 @@
 #[path = "../tools/fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "common/mod.rs"]
+mod test_common;
 
 use harness::ws_client_message::{World, CONNS};
 use proptest::prelude::*;
@@ -185,24 +187,6 @@ proptest! {
 
 // ---- WebSocket -------------------------------------------------------------
 
-fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n < 65536 => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -231,9 +215,9 @@ proptest! {
             let last = parts.len() - 1;
             for (k, part) in parts.iter().enumerate() {
                 let opcode = if k == 0 { 1 } else { 0 };
-                stream.extend(client_frame(opcode, k == last, part, mask));
+                stream.extend(test_common::client_frame(opcode, k == last, part, mask));
                 if *ping && k < last {
-                    stream.extend(client_frame(9, true, b"hb", mask));
+                    stream.extend(test_common::client_frame(9, true, b"hb", mask));
                 }
             }
         }
