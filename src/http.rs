@@ -638,6 +638,21 @@ pub fn write_cors(out: &mut Vec<u8>, origin: Option<&str>, preflight: Option<&st
     }
 }
 
+/// The `101 Switching Protocols` that opens a WebSocket for the client key
+/// `key`. The contract puts CORS headers on every response; browsers do not
+/// check them on an upgrade, other clients may.
+pub fn write_switching(out: &mut Vec<u8>, key: &str, cors_origin: Option<&str>) {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
+    out.extend_from_slice(b"Sec-WebSocket-Accept: ");
+    out.extend_from_slice(accept.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    write_cors(out, cors_origin, None);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `{"success":false,"error":"..."}` for any error sentence.
 pub fn error_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"success": false, "error": message})).unwrap_or_default()

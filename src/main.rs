@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let server = match sync_server::server::Server::bind(cfg.clone()) {
+    let server = match sync_server::shell::Server::bind(cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start on {}:{}: {e}", cfg.host, cfg.port);

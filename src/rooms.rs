@@ -66,13 +66,9 @@ impl Session {
 pub enum Effect {
     /// Queue `frame` for one connection.
     Send(ConnRef, Frame),
-    /// Queue `frame` for every member of `room` except `except`, in join
-    /// order.
-    Fanout {
-        room: RoomRef,
-        except: Option<ConnRef>,
-        frame: Frame,
-    },
+    /// Queue one shared `frame` for each of `to` (a room's members at the
+    /// time, in join order).
+    Fanout { to: Vec<ConnRef>, frame: Frame },
     /// Close a connection with a WebSocket close code; its session must be
     /// treated as having no room (the room already forgot it).
     Close(ConnRef, u16, &'static str),
@@ -358,6 +354,12 @@ impl Room {
         }
         s.push(']');
         s
+    }
+    /// Who hears an event: the members in join order, but `except`.
+    fn recipients(&self, except: Option<ConnRef>) -> Vec<ConnRef> {
+        let mut to = Vec::with_capacity(self.members.len());
+        to.extend(self.member_conns().filter(|&m| Some(m) != except));
+        to
     }
     /// The members' connections in join order.
     pub fn member_conns(&self) -> impl Iterator<Item = ConnRef> + '_ {
@@ -675,7 +677,7 @@ impl Rooms {
                 conn: old.conn,
                 shown: shown.into(),
             };
-            stream(self.cluster, fx, target, Some(conn), what, frame);
+            stream(self.cluster, fx, room, target, Some(conn), what, frame);
         }
 
         let id_json = json_str(peer_id);
@@ -698,7 +700,15 @@ impl Rooms {
             shown: room.shown(peer_id).into(),
             peer_json: peer_json.as_str().into(),
         };
-        stream(self.cluster, fx, target, Some(conn), what, joined_frame);
+        stream(
+            self.cluster,
+            fx,
+            room,
+            target,
+            Some(conn),
+            what,
+            joined_frame,
+        );
         room.members.push(Member {
             conn,
             peer_id: peer_id.into(),
@@ -809,7 +819,7 @@ impl Rooms {
         if self.cluster {
             // Held when it comes back numbered.
             let what = || Published::Data;
-            stream(true, fx, r, Some(conn), what, frame);
+            stream(true, fx, room, r, Some(conn), what, frame);
             return;
         }
         // The room's log is taken out for the call so that the total bound
@@ -817,10 +827,10 @@ impl Rooms {
         let mut log = std::mem::take(&mut room.log);
         self.ledger
             .hold(r, &mut log, seq, &frame, now, &mut self.rooms);
-        self.rooms[r.key as usize].log = log;
+        let room = &mut self.rooms[r.key as usize];
+        room.log = log;
         fx.push(Effect::Fanout {
-            room: r,
-            except: Some(conn),
+            to: room.recipients(Some(conn)),
             frame,
         });
     }
@@ -862,6 +872,7 @@ impl Rooms {
         stream(
             self.cluster,
             fx,
+            room,
             r,
             Some(conn),
             || Published::Document,
@@ -915,7 +926,7 @@ impl Rooms {
             conn,
             shown: shown.into(),
         };
-        stream(self.cluster, fx, r, Some(conn), what, frame);
+        stream(self.cluster, fx, room, r, Some(conn), what, frame);
         if room.members.is_empty() && room.remote.is_empty() {
             room.empty_since = Some(now);
             fx.push(Effect::Persist(r));
@@ -1046,7 +1057,7 @@ impl Rooms {
                 conn: m.conn,
                 shown: shown.into(),
             };
-            stream(true, fx, r, Some(m.conn), what, frame);
+            stream(true, fx, room, r, Some(m.conn), what, frame);
         }
         room.empty_since.get_or_insert(now);
         self.arm_expiry(r, now, fx);
@@ -1176,8 +1187,7 @@ impl Rooms {
             _ => return,
         }
         fx.push(Effect::Fanout {
-            room: r,
-            except,
+            to: self.rooms[r.key as usize].recipients(except),
             frame,
         });
     }
@@ -1273,6 +1283,7 @@ fn build(f: impl FnOnce(&mut Vec<u8>)) -> Frame {
 fn stream(
     cluster: bool,
     fx: &mut Vec<Effect>,
+    members: &Room,
     room: RoomRef,
     except: Option<ConnRef>,
     what: impl FnOnce() -> Published,
@@ -1287,8 +1298,7 @@ fn stream(
         });
     } else {
         fx.push(Effect::Fanout {
-            room,
-            except,
+            to: members.recipients(except),
             frame,
         });
     }
@@ -1428,15 +1438,9 @@ mod tests {
             for e in fx {
                 match e {
                     Effect::Send(to, f) => out.push(format!("{}:{}", to.key, payload(&f))),
-                    Effect::Fanout {
-                        room,
-                        except,
-                        frame,
-                    } => {
-                        for m in self.rooms.get(room).unwrap().member_conns() {
-                            if Some(m) != except {
-                                out.push(format!("{}:{}", m.key, payload(&frame)));
-                            }
+                    Effect::Fanout { to, frame } => {
+                        for m in to {
+                            out.push(format!("{}:{}", m.key, payload(&frame)));
                         }
                     }
                     Effect::Close(to, code, _) => {

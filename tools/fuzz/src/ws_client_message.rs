@@ -452,20 +452,9 @@ impl World {
         for e in fx {
             match e {
                 Effect::Send(to, frame) => self.send(to, frame),
-                Effect::Fanout {
-                    room,
-                    except,
-                    frame,
-                } => {
-                    let members: Vec<ConnRef> = self
-                        .rooms
-                        .get(room)
-                        .map(|r| r.member_conns().collect())
-                        .unwrap_or_default();
-                    for to in members {
-                        if Some(to) != except {
-                            self.send(to, frame.clone());
-                        }
+                Effect::Fanout { to, frame } => {
+                    for to in to {
+                        self.send(to, frame.clone());
                     }
                 }
                 Effect::Close(to, code, _) => {

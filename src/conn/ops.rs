@@ -2,11 +2,12 @@
 //! `/metrics` and the admin paths from the loop's own state, and parks an
 //! admin request on the accounts workers while its token is checked.
 //!
-//! A child module of `server`, so it reads the loop's private state without
-//! widening it. Everything here runs on the loop and does no I/O beyond the
+//! A child module of the engine, so it reads the engine's private state
+//! without widening it. Everything here runs on the loop and does no I/O beyond the
 //! connection's queue (RSS comes from `/proc`, as the memory guard reads it).
 
 use super::*;
+use crate::accounts::Job;
 use crate::ops::admin::{self, Access, RoomActivity, Target};
 use crate::ops::{self, OpsAnswer, Readiness};
 use std::time::SystemTime;
@@ -44,7 +45,7 @@ pub(super) struct AdminPending {
     head: bool,
 }
 
-impl Server {
+impl Engine {
     /// Answers the ops routes; `false` for any other route (the caller
     /// routes it as before).
     pub(super) fn ops_request(
@@ -74,7 +75,7 @@ impl Server {
             self.ops_answer(cref, &a, keep_alive, head, origin);
             return true;
         }
-        let now = Instant::now();
+        let now = self.now;
         let mut a = match route {
             Route::Livez => ops::livez(
                 self.metrics.loop_turns,
@@ -176,18 +177,7 @@ impl Server {
         cors_origin: Option<&str>,
     ) {
         let keep = keep_alive && self.shutting_down.is_none();
-        let Some(c) = live(&mut self.conns, cref) else {
-            return;
-        };
-        self.metrics.http_answer(c.route, a.status);
-        let mut buf = Vec::with_capacity(256 + a.body.len());
-        a.write(&mut buf, !keep, head, cors_origin);
-        // As `respond_full`: an exact-size buffer, counted into the total
-        // of queued HTTP answers.
-        buf.shrink_to_fit();
-        c.out.push(Frame::from(buf));
-        count_http(&mut self.http_backlog, c);
-        self.mark_dirty(cref);
+        self.queue_answer(cref, a.status, |buf| a.write(buf, !keep, head, cors_origin));
         self.after_response(cref, keep);
     }
 
@@ -209,7 +199,7 @@ impl Server {
             }
             return true;
         }
-        let now = Instant::now();
+        let now = self.now;
         let Some(peer) = self.conn(cref).map(|c| c.peer) else {
             return true;
         };
@@ -261,7 +251,7 @@ impl Server {
 
     /// Answers an admin request once its credential has been judged.
     pub(super) fn admin_authorized(&mut self, cref: ConnRef, p: AdminPending, ok: bool) {
-        let now = Instant::now();
+        let now = self.now;
         let a = if !ok {
             let _ = self.ops.failures.check(&p.ip, now);
             OpsAnswer::error(401, "Invalid or expired admin credential")

@@ -15,7 +15,7 @@ use super::*;
 use crate::cluster::broker::{Broker, BrokerConfig, Cmd, Pub, Reply};
 use crate::cluster::order::{Order, Out};
 use crate::cluster::{self, ClusterConfig, Message};
-use crate::rooms::{Delivery, Published};
+use crate::rooms::{self, Delivery, Published};
 use std::collections::{HashMap, HashSet};
 
 /// Events held ahead of a gap per room before the room is given up.
@@ -170,7 +170,7 @@ impl ClusterState {
     }
 }
 
-impl Server {
+impl Engine {
     /// Cluster mode: a stream event goes to Redis to be numbered.
     pub(super) fn cluster_publish(
         &mut self,
@@ -273,7 +273,10 @@ impl Server {
                 cl.presence_dirty = true;
                 if let (b'j', Some(c)) = (kind, conn) {
                     self.send(c, rooms::error_frame(cluster::UNAVAILABLE));
-                    self.request_close(c, Close::Ws(ws::close::TRY_AGAIN_LATER, "Try again later"));
+                    self.doom(
+                        c,
+                        Close::Ws(crate::ws::close::TRY_AGAIN_LATER, "Try again later"),
+                    );
                 }
             }
         }
@@ -291,7 +294,7 @@ impl Server {
         let Some(cl) = self.cluster.as_mut() else {
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         self.next_job = self.next_job.wrapping_add(1);
         let seq = self.next_job;
         let asked = match cl.snapshots.get_mut(code) {
@@ -313,10 +316,7 @@ impl Server {
             self.give_up(cref, pending, cluster::UNAVAILABLE);
             return;
         }
-        if let Some(c) = self.conn(cref) {
-            c.phase = Phase::Waiting(Box::new(pending));
-            c.job = seq;
-        }
+        self.park(cref, seq, pending);
     }
 
     /// Everything the broker's threads sent back.
@@ -339,7 +339,7 @@ impl Server {
     }
 
     fn cluster_reply(&mut self, reply: Reply) {
-        let now = Instant::now();
+        let now = self.now;
         let Some(cl) = self.cluster.as_mut() else {
             return;
         };
@@ -417,21 +417,10 @@ impl Server {
                     let Some(pending) = self.take_pending(cref, seq) else {
                         continue;
                     };
-                    match pending {
-                        Pending::Join {
-                            ws,
-                            message,
-                            authorized,
-                        } if started => {
-                            if let Some(c) = self.conn(cref) {
-                                c.phase = Phase::Ws(ws);
-                            }
-                            self.ws_text(cref, &message, authorized.as_ref(), true);
-                        }
-                        Pending::Rest { req, keep_alive } if started => {
-                            self.handle_request(cref, *req, keep_alive, true);
-                        }
-                        other => self.give_up(cref, other, cluster::UNAVAILABLE),
+                    if started {
+                        self.carry_on(cref, pending, cluster::UNAVAILABLE);
+                    } else {
+                        self.give_up(cref, pending, cluster::UNAVAILABLE);
                     }
                     self.resume(cref);
                 }
