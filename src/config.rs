@@ -55,7 +55,7 @@ pub struct Config {
     pub cors_allowed_origins: Option<Vec<String>>,
     /// Replay history bounds (`ROOM_HISTORY_SIZE`, `ROOM_HISTORY_SECONDS`,
     /// `HISTORY_MEMORY_BYTES`).
-    pub history: crate::history::Limits,
+    pub history: crate::rooms::history::Limits,
     /// Accounts are enabled when `MONGODB_URI` is set; `REQUIRE_AUTH` lives
     /// in there too.
     pub accounts: Option<crate::accounts::AccountsConfig>,
@@ -200,7 +200,7 @@ impl Config {
             room_miss_burst: float("ROOM_MISS_BURST", 20.0)?,
             trust_proxy,
             cors_allowed_origins: cors,
-            history: crate::history::Limits {
+            history: crate::rooms::history::Limits {
                 per_room: num("ROOM_HISTORY_SIZE", 200, 0)? as usize,
                 max_age: Duration::from_secs(secs("ROOM_HISTORY_SECONDS", 300, 0)?),
                 total_bytes: num("HISTORY_MEMORY_BYTES", 8 * 1024 * 1024, 0)? as usize,

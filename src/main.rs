@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match args.next().as_deref() {
         None => {}
         Some("healthcheck") => {
-            return ExitCode::from(sync_server::healthcheck::run_from_env() as u8)
+            return ExitCode::from(sync_server::ops::healthcheck::run_from_env() as u8)
         }
         Some("--version" | "-V") => {
             println!("sync-server {}", env!("CARGO_PKG_VERSION"));

@@ -3,7 +3,7 @@
 //!
 //! Owns the cluster's configuration, the wire form of a room event in Redis
 //! ([`Message`]), the order state ([`order`]) and the broker's threads
-//! ([`broker`]); the mio shell drives them (`src/server.rs`).
+//! ([`broker`]); the connection engine drives them (`src/conn/cluster.rs`).
 //!
 //! Invariants:
 //! * In cluster mode no stream event is fanned out where it happened: it is

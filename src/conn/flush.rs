@@ -9,7 +9,7 @@
 //! a burst fanned out in one turn.
 
 use super::*;
-use crate::outq::Flush;
+use crate::conn::outq::Flush;
 
 /// Where the flush writes: the shell's sockets, or in tests and fuzz
 /// targets in-memory streams.

@@ -129,7 +129,7 @@ impl Engine {
             start_time_seconds: start.as_secs_f64(),
             memory_guard_engaged: self.memguard.engaged(),
             memory_limit_bytes: self.memguard.limit().unwrap_or(0),
-            resident_memory_bytes: crate::memguard::own_rss_bytes(),
+            resident_memory_bytes: crate::ops::memguard::own_rss_bytes(),
             draining: self.shutting_down.is_some() || self.draining.is_some(),
             accounts: self.accounts.as_ref().map(|a| a.figures()),
             store: self.store.save_latency().map(|saves| {
@@ -158,7 +158,7 @@ impl Engine {
             "connections": self.conns.len(),
             "websockets": self.metrics.websockets_accepted.saturating_sub(self.metrics.websockets_closed),
             "rooms": self.rooms.len(),
-            "rss_bytes": crate::memguard::own_rss_bytes(),
+            "rss_bytes": crate::ops::memguard::own_rss_bytes(),
             "memory_limit_bytes": self.memguard.limit(),
             "memory_guard": if self.memguard.engaged() { "engaged" } else { "ok" },
             "accounts": accounts,

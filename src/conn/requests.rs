@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::accounts::{AuthRequest, Job};
-use crate::api::{Routed, Stats};
+use crate::http::api::{Routed, Stats};
 use crate::http::Method;
 
 impl Engine {

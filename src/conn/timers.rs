@@ -147,8 +147,8 @@ impl Engine {
         }
         // Many small frames freed at once (a drained queue of a million
         // pongs, say) leave free memory that glibc keeps unless asked.
-        if trim || crate::memguard::free_heap_bytes() > TRIM_SLACK_BYTES {
-            crate::memguard::release_free_memory();
+        if trim || crate::ops::memguard::free_heap_bytes() > TRIM_SLACK_BYTES {
+            crate::ops::memguard::release_free_memory();
         }
     }
 }

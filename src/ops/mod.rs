@@ -4,9 +4,11 @@
 //! This module owns the pure parts: route classes, the counters and their
 //! rendering ([`metrics`]), the admin API's access rules and answers
 //! ([`admin`]), the JSON logger ([`logjson`]) and the operator settings
-//! ([`OpsConfig`]). The loop's side (reading its own state, parking an admin
-//! request on the accounts workers) is `server`'s child module in
-//! `ops/shell.rs`, so that it can see the loop's private state without
+//! ([`OpsConfig`]), the memory guard ([`memguard`]), the service manager's
+//! notifications ([`notify`]) and the `healthcheck` subcommand
+//! ([`healthcheck`]). The engine's side (reading its own state, parking an
+//! admin request on the accounts workers) is the engine's child module
+//! `conn/ops.rs`, so that it can see the engine's private state without
 //! widening it.
 //!
 //! Invariants: nothing here names a room, peer or token in a metric label;
@@ -15,8 +17,11 @@
 //! headers (operators' routes are not part of the CORS contract).
 
 pub mod admin;
+pub mod healthcheck;
 pub mod logjson;
+pub mod memguard;
 pub mod metrics;
+pub mod notify;
 
 use crate::http::Method;
 pub use metrics::Route;

@@ -182,9 +182,9 @@ impl Server {
     /// Runs until a signal and a drained (or timed-out) shutdown.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let watchdog = crate::notify::watchdog_interval();
+        let watchdog = crate::ops::notify::watchdog_interval();
         let mut next_watchdog = Instant::now();
-        crate::notify::ready();
+        crate::ops::notify::ready();
         loop {
             let now = Instant::now();
             self.engine.set_now(now);
@@ -208,7 +208,7 @@ impl Server {
             self.engine.count_turn();
             if let Some(w) = watchdog {
                 if Instant::now() >= next_watchdog {
-                    crate::notify::watchdog();
+                    crate::ops::notify::watchdog();
                     next_watchdog = Instant::now() + w;
                 }
             }
@@ -277,7 +277,7 @@ impl Server {
                     }
                 }
                 Io::StopListening => {
-                    crate::notify::stopping();
+                    crate::ops::notify::stopping();
                     if let Some(mut l) = self.listener.take() {
                         let _ = self.poll.registry().deregister(&mut l);
                     }

@@ -17,7 +17,7 @@
 //!   `seq` when its frame is built, so every member sees one numbering in one
 //!   order. Snapshots (`room_info`, a joiner's or `request_sync`'s
 //!   `document_sync`) carry no `seq` of their own. Recent `data` events are
-//!   held for replay ([`crate::history`]).
+//!   held for replay ([`crate::rooms::history`]).
 //! * The host id a room's creator received is a secret capability: only a
 //!   join with it may be the host. Every message other peers see names the
 //!   host by the room's `host_public_id` instead (peers lists, `room_info`,
@@ -32,7 +32,9 @@
 //! * Every change to what the room store keeps (creation, document, the
 //!   room emptying or filling) emits [`Effect::Persist`].
 
-use crate::history::{self, Ledger, Log, Logs};
+pub mod history;
+
+use self::history::{Ledger, Log, Logs};
 use crate::protocol::{Since, MAX_METADATA_BYTES};
 use crate::util::{json_str, random_string, rfc3339, uuid_v4};
 use crate::ws::{self, Frame, HEADROOM};
