@@ -16,6 +16,7 @@
 //!   against two accounts with one address.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::mongo::short;
@@ -75,7 +76,10 @@ impl Health {
     }
 }
 
+/// The accounts collections, and the reachability every call through it
+/// records (shared with `/health`, which asks without a query).
 pub struct Store {
+    health: Arc<Health>,
     db: Database,
     users: Collection<User>,
     /// Small bookkeeping documents; today only the first-user claim.
@@ -119,15 +123,21 @@ impl Store {
     /// Builds the client. For `mongodb://` this does no I/O; for
     /// `mongodb+srv://` it resolves DNS, which is why only the maintenance
     /// thread calls it.
-    pub fn connect(uri: &str, db_name: &str) -> Result<Store, StoreError> {
+    pub fn connect(uri: &str, db_name: &str, health: Arc<Health>) -> Result<Store, StoreError> {
         let client = crate::mongo::client(uri).map_err(classify)?;
         let db = client.database(db_name);
         let users = db.collection::<User>("users");
         let meta = db.collection::<Document>("meta");
-        Ok(Store { db, users, meta })
+        Ok(Store {
+            health,
+            db,
+            users,
+            meta,
+        })
     }
 
-    fn track<T>(&self, health: &Health, r: mongodb::error::Result<T>) -> Result<T, StoreError> {
+    fn track<T>(&self, r: mongodb::error::Result<T>) -> Result<T, StoreError> {
+        let health = &self.health;
         match r {
             Ok(v) => {
                 health.set_ok();
@@ -145,15 +155,15 @@ impl Store {
         }
     }
 
-    pub fn ping(&self, h: &Health) -> Result<(), StoreError> {
+    pub fn ping(&self) -> Result<(), StoreError> {
         let r = self.db.run_command(doc! { "ping": 1 }).run();
-        self.track(h, r).map(|_| ())
+        self.track(r).map(|_| ())
     }
 
     /// Unique index on the normalised email, plain index on the setup token.
     /// Creating an index that already exists with the same definition is a
     /// no-op, so this runs at every start.
-    pub fn ensure_indexes(&self, h: &Health) -> Result<(), StoreError> {
+    pub fn ensure_indexes(&self) -> Result<(), StoreError> {
         let email = IndexModel::builder()
             .keys(doc! { "email": 1 })
             .options(
@@ -172,12 +182,12 @@ impl Store {
             )
             .build();
         let r = self.users.create_indexes([email, setup]).run();
-        self.track(h, r).map(|_| ())
+        self.track(r).map(|_| ())
     }
 
-    pub fn any_users(&self, h: &Health) -> Result<bool, StoreError> {
+    pub fn any_users(&self) -> Result<bool, StoreError> {
         let r = self.users.count_documents(doc! {}).limit(1).run();
-        self.track(h, r).map(|n| n > 0)
+        self.track(r).map(|n| n > 0)
     }
 
     /// Claims the right to create the first user; `false` when someone else
@@ -186,10 +196,10 @@ impl Store {
     /// could both pass the check; only one can insert the claim, because
     /// `_id` is unique. The claim is never released after a user was
     /// created: a slow rival that saw "no users" must still lose.
-    pub fn claim_first_user(&self, h: &Health) -> Result<bool, StoreError> {
+    pub fn claim_first_user(&self) -> Result<bool, StoreError> {
         let now = mongodb::bson::DateTime::now();
         let claim = doc! { "_id": FIRST_USER_CLAIM, "at": now };
-        match self.track(h, self.meta.insert_one(claim.clone()).run()) {
+        match self.track(self.meta.insert_one(claim.clone()).run()) {
             Ok(_) => return Ok(true),
             Err(StoreError::Duplicate) => {}
             Err(e) => return Err(e),
@@ -201,10 +211,10 @@ impl Store {
             .meta
             .delete_one(doc! { "_id": FIRST_USER_CLAIM, "at": { "$lt": cutoff } })
             .run();
-        if self.track(h, r)?.deleted_count == 0 {
+        if self.track(r)?.deleted_count == 0 {
             return Ok(false);
         }
-        match self.track(h, self.meta.insert_one(claim).run()) {
+        match self.track(self.meta.insert_one(claim).run()) {
             Ok(_) => Ok(true),
             Err(StoreError::Duplicate) => Ok(false),
             Err(e) => Err(e),
@@ -213,87 +223,81 @@ impl Store {
 
     /// Gives a claim back after the first user could not be created, so
     /// that a retry does not wait for it to go stale.
-    pub fn release_first_user(&self, h: &Health) -> Result<(), StoreError> {
+    pub fn release_first_user(&self) -> Result<(), StoreError> {
         let r = self.meta.delete_one(doc! { "_id": FIRST_USER_CLAIM }).run();
-        self.track(h, r).map(|_| ())
+        self.track(r).map(|_| ())
     }
 
     /// Whether any user has an active account.
-    pub fn any_active_users(&self, h: &Health) -> Result<bool, StoreError> {
+    pub fn any_active_users(&self) -> Result<bool, StoreError> {
         let r = self
             .users
             .count_documents(doc! { "is_active": true })
             .limit(1)
             .run();
-        self.track(h, r).map(|n| n > 0)
+        self.track(r).map(|n| n > 0)
     }
 
     /// One user that has not activated, if any.
-    pub fn find_pending(&self, h: &Health) -> Result<Option<User>, StoreError> {
+    pub fn find_pending(&self) -> Result<Option<User>, StoreError> {
         let r = self.users.find_one(doc! { "is_active": false }).run();
-        self.track(h, r)
+        self.track(r)
     }
 
     /// Replaces the stored user with `user`'s `_id`, if it is still
     /// inactive; `false` when it is not (activated or gone meanwhile).
-    pub fn replace_pending(&self, h: &Health, user: &User) -> Result<bool, StoreError> {
+    pub fn replace_pending(&self, user: &User) -> Result<bool, StoreError> {
         let r = self
             .users
             .replace_one(doc! { "_id": user.id, "is_active": false }, user)
             .run();
-        self.track(h, r).map(|r| r.matched_count > 0)
+        self.track(r).map(|r| r.matched_count > 0)
     }
 
-    pub fn insert(&self, h: &Health, user: &User) -> Result<(), StoreError> {
+    pub fn insert(&self, user: &User) -> Result<(), StoreError> {
         let r = self.users.insert_one(user).run();
-        self.track(h, r).map(|_| ())
+        self.track(r).map(|_| ())
     }
 
-    pub fn find_by_email(&self, h: &Health, email: &str) -> Result<Option<User>, StoreError> {
+    pub fn find_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let r = self.users.find_one(doc! { "email": email }).run();
-        self.track(h, r)
+        self.track(r)
     }
 
-    pub fn find_by_id(&self, h: &Health, id: ObjectId) -> Result<Option<User>, StoreError> {
+    pub fn find_by_id(&self, id: ObjectId) -> Result<Option<User>, StoreError> {
         let r = self.users.find_one(doc! { "_id": id }).run();
-        self.track(h, r)
+        self.track(r)
     }
 
-    pub fn find_by_setup_token(&self, h: &Health, token: &str) -> Result<Option<User>, StoreError> {
+    pub fn find_by_setup_token(&self, token: &str) -> Result<Option<User>, StoreError> {
         let r = self.users.find_one(doc! { "setup_token": token }).run();
-        self.track(h, r)
+        self.track(r)
     }
 
-    pub fn list(&self, h: &Health) -> Result<Vec<User>, StoreError> {
+    pub fn list(&self) -> Result<Vec<User>, StoreError> {
         let cursor = self
             .users
             .find(doc! {})
             .sort(doc! { "created_at": 1, "_id": 1 })
             .limit(MAX_LISTED_USERS)
             .run();
-        let cursor = self.track(h, cursor)?;
+        let cursor = self.track(cursor)?;
         let mut out = Vec::new();
         for u in cursor {
-            out.push(self.track(h, u)?);
+            out.push(self.track(u)?);
         }
         Ok(out)
     }
 
     /// `update_one`; `Ok(false)` when nothing matched `filter`.
-    pub fn update(
-        &self,
-        h: &Health,
-        filter: Document,
-        update: Document,
-    ) -> Result<bool, StoreError> {
+    pub fn update(&self, filter: Document, update: Document) -> Result<bool, StoreError> {
         let r = self.users.update_one(filter, update).run();
-        self.track(h, r).map(|r| r.matched_count > 0)
+        self.track(r).map(|r| r.matched_count > 0)
     }
 
     /// Atomic update returning the new document; `None` when nothing matched.
     pub fn find_and_update(
         &self,
-        h: &Health,
         filter: Document,
         update: Document,
     ) -> Result<Option<User>, StoreError> {
@@ -302,24 +306,20 @@ impl Store {
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)
             .run();
-        self.track(h, r)
+        self.track(r)
     }
 
-    pub fn delete(&self, h: &Health, id: ObjectId) -> Result<bool, StoreError> {
+    pub fn delete(&self, id: ObjectId) -> Result<bool, StoreError> {
         let r = self.users.delete_one(doc! { "_id": id }).run();
-        self.track(h, r).map(|r| r.deleted_count > 0)
+        self.track(r).map(|r| r.deleted_count > 0)
     }
 
     /// Active admins other than `except`.
-    pub fn count_other_active_admins(
-        &self,
-        h: &Health,
-        except: ObjectId,
-    ) -> Result<u64, StoreError> {
+    pub fn count_other_active_admins(&self, except: ObjectId) -> Result<u64, StoreError> {
         let r = self
             .users
             .count_documents(doc! { "role": "admin", "is_active": true, "_id": { "$ne": except } })
             .run();
-        self.track(h, r)
+        self.track(r)
     }
 }

@@ -37,7 +37,7 @@ impl Service {
             Some(s) if self.ready.load(Ordering::Acquire) && self.health.is_ok() => s,
             _ => return remembered(),
         };
-        match store.find_by_id(&self.health, id) {
+        match store.find_by_id(id) {
             Ok(Some(u)) => {
                 self.seen(&u);
                 (u.is_active && u.token_version == claims.ver).then(|| Principal {
@@ -60,7 +60,7 @@ impl Service {
         let claims = self.keys.verify(token)?;
         let id = ObjectId::parse_str(&claims.sub).ok()?;
         let store = self.store().ok()?;
-        match store.find_by_id(&self.health, id) {
+        match store.find_by_id(id) {
             Ok(Some(u)) => {
                 self.seen(&u);
                 (u.is_active && u.token_version == claims.ver && u.is_admin()).then(|| Principal {
@@ -80,7 +80,7 @@ impl Service {
             .verify(token)
             .ok_or_else(|| fail(401, MSG_BAD_TOKEN))?;
         let id = ObjectId::parse_str(&claims.sub).map_err(|_| fail(401, MSG_BAD_TOKEN))?;
-        match store.find_by_id(&self.health, id)? {
+        match store.find_by_id(id)? {
             Some(u) => {
                 self.seen(&u);
                 if u.is_active && u.token_version == claims.ver {

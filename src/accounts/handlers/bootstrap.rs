@@ -38,7 +38,11 @@ impl Service {
     pub(super) fn maintenance_round(&self) {
         let store = match self.store.get() {
             Some(s) => s,
-            None => match Store::connect(&self.cfg.mongodb_uri, &self.cfg.db_name) {
+            None => match Store::connect(
+                &self.cfg.mongodb_uri,
+                &self.cfg.db_name,
+                self.health.clone(),
+            ) {
                 Ok(s) => self.store.get_or_init(|| s),
                 Err(e) => {
                     let why = match e {
@@ -51,7 +55,7 @@ impl Service {
                 }
             },
         };
-        if store.ping(&self.health).is_err() {
+        if store.ping().is_err() {
             return;
         }
         if !self.ready.load(Ordering::Acquire) {
@@ -71,11 +75,11 @@ impl Service {
 
     /// Indexes, then the `INITIAL_ADMIN_*` user if there are no users.
     pub(super) fn prepare(&self, store: &Store) -> Result<(), StoreError> {
-        store.ensure_indexes(&self.health)?;
+        store.ensure_indexes()?;
         let Some(admin) = &self.cfg.initial_admin else {
             return Ok(());
         };
-        if store.any_users(&self.health)? {
+        if store.any_users()? {
             return Ok(());
         }
         let hash = password::hash(&admin.password).map_err(StoreError::Other)?;
@@ -93,16 +97,16 @@ impl Service {
         );
         // Someone (another instance, a setup-token invite) may be faster;
         // then there is nothing left to do.
-        if !store.claim_first_user(&self.health)? || store.any_users(&self.health)? {
+        if !store.claim_first_user()? || store.any_users()? {
             return Ok(());
         }
-        match store.insert(&self.health, &user) {
+        match store.insert(&user) {
             Ok(()) => {
                 log::info!("accounts: created the initial admin (id {})", user.id_hex());
                 Ok(())
             }
             Err(e) => {
-                let _ = store.release_first_user(&self.health);
+                let _ = store.release_first_user();
                 Err(e)
             }
         }

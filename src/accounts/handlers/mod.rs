@@ -40,7 +40,7 @@ pub use answers::{internal_error, unavailable_reply};
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::oid::ObjectId;
@@ -64,7 +64,7 @@ const MAX_REVOCATIONS: usize = 100_000;
 pub struct Service {
     cfg: AccountsConfig,
     keys: Keys,
-    health: Health,
+    health: Arc<Health>,
     store: OnceLock<Store>,
     /// Indexes exist and the bootstrap admin has been handled.
     ready: AtomicBool,
@@ -86,7 +86,7 @@ impl Service {
         let l = cfg.login_limits;
         Service {
             keys: Keys::new(&cfg.jwt_secret),
-            health: Health::default(),
+            health: Arc::default(),
             store: OnceLock::new(),
             ready: AtomicBool::new(false),
             ip_limiter: Mutex::new(Limiter::new(

@@ -30,7 +30,7 @@ impl Service {
         self.rate_limit(req.client_ip, &email_key)?;
 
         let user = match &email {
-            Some(e) => store.find_by_email(&self.health, e)?,
+            Some(e) => store.find_by_email(e)?,
             None => None,
         };
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
@@ -99,7 +99,6 @@ impl Service {
         // Conditional on the version we saw: a concurrent revocation has
         // already done the job.
         store.update(
-            &self.health,
             doc! { "_id": user.id, "token_version": user.token_version },
             doc! { "$inc": { "token_version": 1_i64 }, "$set": { "updated_at": DateTime::now() } },
         )?;

@@ -20,7 +20,7 @@ use crate::util::constant_time_eq;
 
 impl Service {
     pub(super) fn invite(&self, store: &Store, req: &AuthRequest) -> Answer {
-        let first_user = !store.any_users(&self.health)?;
+        let first_user = !store.any_users()?;
         // While the first user has not activated (invited without a
         // password, its link lost or expired), nobody can log in to invite
         // anyone: the setup token may invite the first user again, and the
@@ -28,9 +28,9 @@ impl Service {
         let mut replaces = None;
         if first_user {
             self.check_setup_token(req)?;
-        } else if req.setup_token.is_some() && !store.any_active_users(&self.health)? {
+        } else if req.setup_token.is_some() && !store.any_active_users()? {
             self.check_setup_token(req)?;
-            let pending = store.find_pending(&self.health)?;
+            let pending = store.find_pending()?;
             replaces = Some(pending.ok_or_else(|| fail(409, MSG_FIRST_USER_TAKEN))?);
         } else if req.setup_token.is_some() && req.authorization.is_none() {
             // A first-user request that lost (a rival's invite, concurrent
@@ -64,7 +64,7 @@ impl Service {
         }
         // Cheap early answer before spending a hash; the unique index is
         // still what guarantees it.
-        if let Some(other) = store.find_by_email(&self.health, &email)? {
+        if let Some(other) = store.find_by_email(&email)? {
             if replaces.as_ref().map(|p| p.id) != Some(other.id) {
                 return Err(fail(409, MSG_DUPLICATE));
             }
@@ -81,13 +81,13 @@ impl Service {
             // Tokens are never issued to an inactive user, but a bump keeps
             // "a new version revokes the old" true of every rewrite.
             user.token_version = pending.token_version + 1;
-            if !store.replace_pending(&self.health, &user)? {
+            if !store.replace_pending(&user)? {
                 return Err(fail(409, MSG_FIRST_USER_TAKEN));
             }
         } else if first_user {
             self.insert_first_user(store, &user)?;
         } else {
-            store.insert(&self.health, &user)?;
+            store.insert(&user)?;
         }
         log::info!(
             "accounts: user {} invited ({})",
@@ -118,11 +118,11 @@ impl Service {
     /// [`Store::claim_first_user`]); the loser hears 409, as a second
     /// invite for one email would.
     pub(super) fn insert_first_user(&self, store: &Store, user: &User) -> Result<(), Fail> {
-        if !store.claim_first_user(&self.health)? || store.any_users(&self.health)? {
+        if !store.claim_first_user()? || store.any_users()? {
             return Err(fail(409, MSG_FIRST_USER_TAKEN));
         }
-        if let Err(e) = store.insert(&self.health, user) {
-            let _ = store.release_first_user(&self.health);
+        if let Err(e) = store.insert(user) {
+            let _ = store.release_first_user();
             return Err(e.into());
         }
         Ok(())
@@ -179,7 +179,7 @@ impl Service {
         let token = query_param(req.query.as_deref(), "token")
             .filter(|t| !t.is_empty())
             .ok_or_else(|| fail(400, "The token query parameter is required"))?;
-        match store.find_by_setup_token(&self.health, &token)? {
+        match store.find_by_setup_token(&token)? {
             Some(u) if u.setup_token_live(DateTime::now()) => {
                 Ok(json!({"success": true, "email": u.email}))
             }
@@ -195,7 +195,7 @@ impl Service {
         model::validate_password(&body.password).map_err(|e| fail(400, e))?;
         // Look first, so a bad token costs no hash.
         let Some(user) = store
-            .find_by_setup_token(&self.health, &body.token)?
+            .find_by_setup_token(&body.token)?
             .filter(|u| u.setup_token_live(DateTime::now()))
         else {
             return Err(fail(404, MSG_BAD_SETUP_TOKEN));
@@ -204,7 +204,6 @@ impl Service {
         // The token in the filter makes it single-use even against a
         // concurrent request with the same token.
         let updated = store.find_and_update(
-            &self.health,
             doc! { "_id": user.id, "setup_token": &body.token },
             doc! {
                 "$set": { "password_hash": hash, "is_active": true, "updated_at": DateTime::now() },

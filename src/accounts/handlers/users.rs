@@ -28,7 +28,7 @@ impl Service {
         }
         set.insert("updated_at", DateTime::now());
         update.insert("$set", set);
-        let updated = store.find_and_update(&self.health, doc! { "_id": user.id }, update)?;
+        let updated = store.find_and_update(doc! { "_id": user.id }, update)?;
         let Some(updated) = updated else {
             return Err(fail(401, MSG_BAD_TOKEN));
         };
@@ -48,11 +48,7 @@ impl Service {
 
     pub(super) fn list_users(&self, store: &Store, req: &AuthRequest) -> Answer {
         self.require_admin(store, req)?;
-        let users: Vec<Value> = store
-            .list(&self.health)?
-            .iter()
-            .map(User::admin_list_json)
-            .collect();
+        let users: Vec<Value> = store.list()?.iter().map(User::admin_list_json).collect();
         Ok(json!({"success": true, "users": users}))
     }
 
@@ -74,7 +70,7 @@ impl Service {
 
         let _guard = self.admin_lock.lock().unwrap_or_else(|e| e.into_inner());
         let target = store
-            .find_by_id(&self.health, id)?
+            .find_by_id(id)?
             .ok_or_else(|| fail(404, MSG_NO_USER))?;
         let stays_admin = role
             .as_deref()
@@ -83,7 +79,7 @@ impl Service {
         if target.is_admin()
             && target.is_active
             && !(stays_admin && stays_active)
-            && store.count_other_active_admins(&self.health, id)? == 0
+            && store.count_other_active_admins(id)? == 0
         {
             return Err(fail(409, "The last admin cannot be demoted or deactivated"));
         }
@@ -101,7 +97,7 @@ impl Service {
         if revoke {
             update.insert("$inc", doc! { "token_version": 1_i64 });
         }
-        if !store.update(&self.health, doc! { "_id": id }, update)? {
+        if !store.update(doc! { "_id": id }, update)? {
             return Err(fail(404, MSG_NO_USER));
         }
         if revoke {
@@ -115,15 +111,12 @@ impl Service {
         let id = ObjectId::parse_str(id).map_err(|_| fail(404, MSG_NO_USER))?;
         let _guard = self.admin_lock.lock().unwrap_or_else(|e| e.into_inner());
         let target = store
-            .find_by_id(&self.health, id)?
+            .find_by_id(id)?
             .ok_or_else(|| fail(404, MSG_NO_USER))?;
-        if target.is_admin()
-            && target.is_active
-            && store.count_other_active_admins(&self.health, id)? == 0
-        {
+        if target.is_admin() && target.is_active && store.count_other_active_admins(id)? == 0 {
             return Err(fail(409, "The last admin cannot be deleted"));
         }
-        if !store.delete(&self.health, id)? {
+        if !store.delete(id)? {
             return Err(fail(404, MSG_NO_USER));
         }
         self.revoke_below(id, revoked::ALL);
