@@ -54,7 +54,18 @@ fn main() -> ExitCode {
         }
     }
 
-    let server = match sync_server::shell::Server::bind(cfg.clone()) {
+    let inherited = match sync_server::ops::notify::inherited_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sync-server: cannot use the socket handed over: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = match inherited {
+        Some(listener) => sync_server::shell::Server::on(listener, cfg.clone()),
+        None => sync_server::shell::Server::bind(cfg.clone()),
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start on {}:{}: {e}", cfg.host, cfg.port);

@@ -17,6 +17,43 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+/// A listening socket the service manager handed over (socket activation:
+/// `LISTEN_PID` names this process and `LISTEN_FDS` counts the sockets
+/// from fd 3; `sd-notify` checks both and clears them). The first one is
+/// served; `HOST` and `PORT` are then not used. Anything handed over that
+/// is not a listening TCP socket is an error, not a silent fallback.
+pub fn inherited_listener() -> io::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    let Some(fd) = sd_notify::listen_fds()?.next() else {
+        return Ok(None);
+    };
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ACCEPTCONN writes one int into `listening`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "LISTEN_FDS: fd 3 is not a listening socket",
+        ));
+    }
+    // SAFETY: the service manager gave this descriptor to this process
+    // (LISTEN_PID), and nothing else here owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener.local_addr()?;
+    // SAFETY: F_SETFD on an open descriptor: not inherited by children.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(Some(listener))
+}
+
 /// Tells the service manager that start-up is complete (after the listener is
 /// bound). systemd moves the unit to "active" on this.
 pub fn ready() {

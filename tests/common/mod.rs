@@ -52,15 +52,21 @@ impl Drop for TempDir {
 }
 
 impl TestServer {
-    /// Starts the binary with `HOST=127.0.0.1 PORT=0` plus `env`, and waits
-    /// for its `listening on` line. Unless `env` names `DATA_DIR` or
-    /// `ROOM_STORE`, the default (file) room store gets a fresh directory of
-    /// its own, removed on drop.
+    /// Starts the binary on a listener bound here to port 0 of `HOST` (from
+    /// `env`, else 127.0.0.1) and handed over as systemd does
+    /// (`LISTEN_FDS`), so the address is known before the server runs; then
+    /// waits until it says it serves. Unless `env`
+    /// names `DATA_DIR` or `ROOM_STORE`, the default (file) room store gets
+    /// a fresh directory of its own, removed on drop.
     pub fn start(env: &[(&str, &str)]) -> TestServer {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-server"));
+        let host = env
+            .iter()
+            .find(|(k, _)| *k == "HOST")
+            .map_or("127.0.0.1", |(_, v)| *v);
+        let listener = std::net::TcpListener::bind((host, 0)).expect("bind a loopback port");
+        let addr = listener.local_addr().unwrap();
+        let mut cmd = listening_command(env!("CARGO_BIN_EXE_sync-server"), &listener);
         cmd.env_clear()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -76,6 +82,8 @@ impl TestServer {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn sync-server");
+        // The child has its own copy; ours would keep the port open after it.
+        drop(listener);
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -84,14 +92,10 @@ impl TestServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on ") {
-                    let addr = line[i + 13..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .to_string();
+                // Serving: its signal handlers and workers are in place.
+                if line.contains("listening on ") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
+                        let _ = tx.send(());
                     }
                 }
                 let mut l = log2.lock().unwrap();
@@ -99,13 +103,10 @@ impl TestServer {
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start; log:\n{}", log.lock().unwrap());
-            }
-        };
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("server did not start; log:\n{}", log.lock().unwrap());
+        }
         TestServer {
             addr,
             child,
@@ -160,6 +161,35 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command that runs `bin` with `listener` handed over the way systemd
+/// does it: as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` naming the
+/// process (set by a shell that then `exec`s the binary, keeping its pid).
+pub fn listening_command(bin: &str, listener: &std::net::TcpListener) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$0""#)
+        .arg(bin);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// A parsed HTTP response.
