@@ -534,3 +534,64 @@ fn a_connection_over_its_message_rate_is_slowed_not_dropped() {
     tx.send(json!({"action":"ping"}));
     assert_eq!(tx.recv_type(), "pong");
 }
+
+/// Requests whose bodies are still arriving count toward the same total as
+/// unfinished WebSocket messages: past it, a body in progress gets 503 and
+/// its connection closes; requests within their head are never refused,
+/// and the memory comes back when a request completes or goes.
+#[test]
+fn half_received_request_bodies_have_a_total_bound() {
+    let s = TestServer::start(&[
+        ("MAX_REASSEMBLY_BYTES", "100000"),
+        ("MAX_BODY_BYTES", "1000000"),
+    ]);
+    let head = b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n";
+    let body = vec![b' '; 60_000];
+    // The first one's 60 KB fit the total.
+    let mut a = TcpStream::connect(s.addr).unwrap();
+    a.write_all(head).unwrap();
+    a.write_all(&body).unwrap();
+    // Until the server has read them, the second could be counted first:
+    // wait for the fact (a health check on another connection is answered
+    // after every event before it).
+    let mut probe = TcpStream::connect(s.addr).unwrap();
+    probe
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut probe).unwrap().status, 200);
+    // The second one's would pass it.
+    let mut b = TcpStream::connect(s.addr).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.write_all(head).unwrap();
+    b.write_all(&body).unwrap();
+    let r = read_response(&mut b).expect("an answer before the close");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("unfinished request data"), "{}", r.text());
+    assert_eq!(r.header("Connection"), Some("close"));
+    // Small requests go on meanwhile.
+    let r = http(s.addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 200);
+    // When `a` goes, its share comes back: another body fits.
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        c.write_all(head).unwrap();
+        c.write_all(&body).unwrap();
+        // Still reading the body, not refused: no answer comes.
+        match read_response(&mut c) {
+            None => break,
+            Some(r) => {
+                assert_eq!(r.status, 503);
+                assert!(std::time::Instant::now() < deadline, "share not given back");
+            }
+        }
+    }
+    let m = http(s.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        m.contains(r#"reason="unfinished_input""#),
+        "no rejection counted:\n{m}"
+    );
+}

@@ -120,6 +120,7 @@ impl Engine {
         };
         if let Some(h) = http {
             self.http_backlog -= h.queued;
+            self.reassembly -= h.unparsed;
         }
         if let Some(ws) = ws {
             self.reassembly -= ws.reassembly;

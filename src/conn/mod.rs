@@ -174,6 +174,9 @@ struct HttpConn {
     /// What its queued answers cost, as last counted into
     /// [`Engine::http_backlog`].
     queued: usize,
+    /// Bytes of a request not complete yet, as last counted into
+    /// [`Engine::reassembly`].
+    unparsed: usize,
     /// The route class of the request being answered (for `/metrics`).
     route: Route,
 }
@@ -189,6 +192,7 @@ impl HttpConn {
             close_when_flushed: false,
             peer_eof: false,
             queued: 0,
+            unparsed: 0,
             route: Route::Other,
         })
     }
@@ -370,8 +374,9 @@ pub struct Engine {
     limiter: RateLimiter<IpAddr>,
     /// Per-client budget for lookups of unknown room codes.
     misses: RateLimiter<IpAddr>,
-    /// Bytes of unfinished WebSocket messages across all connections
-    /// (bounded by `MAX_REASSEMBLY_BYTES`).
+    /// Bytes of unfinished input across all connections: WebSocket messages
+    /// still arriving and HTTP requests not complete yet (bounded by
+    /// `MAX_REASSEMBLY_BYTES`).
     reassembly: usize,
     /// What queued HTTP answers cost across all connections; past
     /// `MAX_HTTP_BACKLOG_BYTES` pipelining peers with unread answers wait.

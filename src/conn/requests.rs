@@ -11,8 +11,44 @@ use crate::accounts::{AuthRequest, Job};
 use crate::http::api::{Routed, Stats};
 use crate::http::Method;
 
+/// Why a request still arriving is refused (503) when unfinished input
+/// across all connections is over `MAX_REASSEMBLY_BYTES`.
+const UNFINISHED_OVER: &str = "Server busy: too much unfinished request data; try again later";
+
 impl Engine {
+    /// Answers what `cref` has buffered, then counts what is left of an
+    /// unfinished request into the total of unfinished input.
     pub(super) fn process_http(&mut self, cref: ConnRef) {
+        self.answer_buffered(cref);
+        self.count_unparsed(cref);
+    }
+
+    /// Recounts `cref`'s partial request into the total and enforces the
+    /// bound on it. A request still within its head's size is never
+    /// refused (every client needs that much); one whose body is arriving
+    /// while the total is over gets 503, and the connection closes, since
+    /// the rest of its body would be read as the next request.
+    fn count_unparsed(&mut self, cref: ConnRef) {
+        let max = self.cfg.max_reassembly_bytes;
+        let Some(c) = live(&mut self.conns, cref) else {
+            return;
+        };
+        let held = c.inbuf.len();
+        let State::Http(h) = &mut c.state else { return };
+        self.reassembly = self.reassembly - h.unparsed + held;
+        h.unparsed = held;
+        if held <= crate::config::MAX_HEADER_BYTES || self.reassembly <= max {
+            return;
+        }
+        debug!("[{}] unfinished request refused: over the total", cref.key);
+        c.inbuf = Vec::new();
+        self.reassembly -= std::mem::take(&mut h.unparsed);
+        self.metrics.rejected(Reject::UnfinishedInput);
+        let a = Answer::error(503, UNFINISHED_OVER);
+        self.answer(cref, &a, None, false, false);
+    }
+
+    fn answer_buffered(&mut self, cref: ConnRef) {
         loop {
             let max_body = self.cfg.max_body_bytes;
             let total_over = self.http_backlog >= self.cfg.max_http_backlog_bytes;

@@ -92,6 +92,7 @@ label_enum!(
         AccountsUnavailable => "accounts_unavailable",
         AccountsNotConfigured => "accounts_not_configured",
         StoreUnavailable => "store_unavailable",
+        UnfinishedInput => "unfinished_input",
     }
 );
 
