@@ -203,7 +203,7 @@ pub fn body_of(frame: &crate::ws::Frame) -> Option<bytes::Bytes> {
         _ => 2,
     };
     let payload = frame.slice(header.min(frame.len())..);
-    let tail = crate::rooms::SEQ_PLACEHOLDER;
+    let tail = crate::protocol::out::SEQ_PLACEHOLDER;
     payload
         .ends_with(tail)
         .then(|| payload.slice(..payload.len() - tail.len()))

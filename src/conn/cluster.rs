@@ -15,7 +15,7 @@ use super::*;
 use crate::cluster::broker::{Broker, BrokerConfig, Cmd, Pub, Reply};
 use crate::cluster::order::{Order, Out};
 use crate::cluster::{self, ClusterConfig, Message};
-use crate::rooms::{self, Delivery, Published};
+use crate::rooms::{Delivery, Published};
 use std::collections::{HashMap, HashSet};
 
 /// Events held ahead of a gap per room before the room is given up.
@@ -265,14 +265,14 @@ impl Engine {
         match kind {
             b'd' | b's' => {
                 if let Some(c) = conn {
-                    self.send(c, rooms::error_frame(cluster::UNAVAILABLE));
+                    self.send(c, crate::protocol::out::error_frame(cluster::UNAVAILABLE));
                 }
             }
             _ => {
                 // This node's presence in Redis is no longer known.
                 cl.presence_dirty = true;
                 if let (b'j', Some(c)) = (kind, conn) {
-                    self.send(c, rooms::error_frame(cluster::UNAVAILABLE));
+                    self.send(c, crate::protocol::out::error_frame(cluster::UNAVAILABLE));
                     self.doom(
                         c,
                         Close::Ws(crate::ws::close::TRY_AGAIN_LATER, "Try again later"),

@@ -6,7 +6,6 @@
 
 use super::*;
 use crate::accounts::{Job, Reply};
-use crate::rooms;
 use crate::store::{self, Found};
 
 impl Engine {
@@ -97,7 +96,7 @@ impl Engine {
             Pending::Rest { req, keep_alive } => {
                 self.answer(cref, &busy, req.origin.as_deref(), keep_alive, false);
             }
-            Pending::Join { .. } => self.send(cref, rooms::error_frame(why)),
+            Pending::Join { .. } => self.send(cref, crate::protocol::out::error_frame(why)),
             Pending::Admin(p) => self.admin_gave_up(cref, *p, why),
         }
     }
@@ -257,7 +256,10 @@ impl Engine {
                 if let Some(who) = who {
                     self.ws_text(cref, &message, Some(&who), false);
                 } else {
-                    self.send(cref, rooms::error_frame("Authentication required"));
+                    self.send(
+                        cref,
+                        crate::protocol::out::error_frame("Authentication required"),
+                    );
                 }
             }
             (Pending::Admin(p), Reply::Authorized(who)) => {

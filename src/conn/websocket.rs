@@ -11,7 +11,6 @@ use super::*;
 use crate::accounts::Job;
 use crate::ops::metrics::MsgIn;
 use crate::protocol::{self, Action};
-use crate::rooms;
 use crate::ws::{Event, WsError};
 
 impl Engine {
@@ -68,7 +67,7 @@ impl Engine {
                             self.metrics.message_in(MsgIn::Binary);
                             self.send(
                                 cref,
-                                rooms::error_frame(
+                                protocol::out::error_frame(
                                     "Invalid message format: binary frames are not supported",
                                 ),
                             )
@@ -157,7 +156,7 @@ impl Engine {
         // What the action would allocate (a new frame), if it grows memory.
         let growth = match action {
             Action::SyncDocument { document } => {
-                let new = rooms::document_frame_len(document.get().len());
+                let new = crate::protocol::out::document_frame_len(document.get().len());
                 let bigger = session.is_host
                     && session
                         .room
@@ -190,14 +189,14 @@ impl Engine {
                 self.metrics.message_in(MsgIn::Invalid);
                 self.send(
                     cref,
-                    rooms::error_frame(&format!("Invalid message format: {detail}")),
+                    protocol::out::error_frame(&format!("Invalid message format: {detail}")),
                 );
                 return;
             }
         };
         if self.memory_refuses(cref, &action) {
             // The room keeps its document; the sender may retry later.
-            self.send(cref, rooms::error_frame(AT_MEMORY_LIMIT));
+            self.send(cref, protocol::out::error_frame(AT_MEMORY_LIMIT));
             return;
         }
         let now = self.now;
@@ -222,11 +221,14 @@ impl Engine {
             Action::Join { .. } | Action::Broadcast { .. } | Action::SyncDocument { .. }
         );
         if streams && self.cluster.as_ref().is_some_and(|c| !c.accepts()) {
-            self.send(cref, rooms::error_frame(crate::cluster::UNAVAILABLE));
+            self.send(
+                cref,
+                protocol::out::error_frame(crate::cluster::UNAVAILABLE),
+            );
             return;
         }
         match action {
-            Action::Ping => self.send(cref, rooms::pong_frame()),
+            Action::Ping => self.send(cref, protocol::out::pong_frame()),
             Action::Join {
                 room_code,
                 peer_id,
@@ -240,7 +242,7 @@ impl Engine {
                         .map(|t| t.into_owned())
                         .or_else(|| ws.upgrade_token.as_deref().map(str::to_owned));
                     let Some(token) = token else {
-                        self.send(cref, rooms::error_frame("Authentication required"));
+                        self.send(cref, protocol::out::error_frame("Authentication required"));
                         return;
                     };
                     let pending = Pending::Join {
@@ -256,7 +258,7 @@ impl Engine {
                 if let Err(wait) = self.misses.peek(&client_ip, now) {
                     debug!("[{}] join refused: lookup budget spent", cref.key);
                     let text = api::lookups_limited_text(wait);
-                    self.send(cref, rooms::error_frame(&text));
+                    self.send(cref, protocol::out::error_frame(&text));
                     return;
                 }
                 if !looked_up
@@ -274,7 +276,7 @@ impl Engine {
                 if let Err(wait) = self.misses.check_lookup(&client_ip, found, now) {
                     debug!("[{}] join refused: lookup budget spent", cref.key);
                     let text = api::lookups_limited_text(wait);
-                    self.send(cref, rooms::error_frame(&text));
+                    self.send(cref, protocol::out::error_frame(&text));
                     return;
                 }
                 // Cluster mode: the room's stream is followed from a
@@ -299,7 +301,7 @@ impl Engine {
                     if !who.admin && who.user != owner {
                         self.send(
                             cref,
-                            rooms::error_frame(
+                            protocol::out::error_frame(
                                 "Only the account that created the room (or an admin) may join as its host",
                             ),
                         );
@@ -316,7 +318,7 @@ impl Engine {
                     if !who.admin && who.user != holder {
                         self.send(
                             cref,
-                            rooms::error_frame(
+                            protocol::out::error_frame(
                                 "This peer_id is in use by another account in this room",
                             ),
                         );

@@ -5,9 +5,9 @@
 //! sockets; the answers' JSON bodies are built here too.
 
 use crate::config::Config;
-/// Re-exported: the shell and the fuzzers name it from here.
+/// Re-exported: the engine and the fuzzers name it from here.
 pub use crate::http::bearer;
-/// Re-exported: the shell names the answer type from here.
+/// Re-exported: the engine names the answer type from here.
 pub use crate::http::Answer;
 use crate::http::{Method, Request};
 use crate::ratelimit::{retry_after_secs, RateLimiter};
@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-/// What the shell must do with a request.
+/// What the engine must do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Routed {
     Answer(Answer),
@@ -375,7 +375,7 @@ pub fn create_room(
     if !admit_new && !restoring {
         return Answer::error(503, NEAR_MEMORY_LIMIT);
     }
-    // Without a desired code, the code the shell checked against the room
+    // Without a desired code, the code the engine checked against the room
     // store (unless a room in memory took it meanwhile: then a fresh draw).
     let fresh = req
         .room_code_hint

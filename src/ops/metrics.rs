@@ -690,7 +690,10 @@ mod tests {
             classify(&crate::ws::text(mid.as_bytes())),
             Some(MsgOut::PeerLeft)
         );
-        assert_eq!(classify(&crate::rooms::pong_frame()), Some(MsgOut::Pong));
+        assert_eq!(
+            classify(&crate::protocol::out::pong_frame()),
+            Some(MsgOut::Pong)
+        );
         assert_eq!(classify(&crate::ws::ping()), None);
         assert_eq!(classify(&crate::ws::close_frame(1000, "")), None);
         assert_eq!(

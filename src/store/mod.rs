@@ -366,7 +366,7 @@ fn reader(backend: &dyn Backend, jobs: &Receiver<ReadJob>, reply: impl Fn(Reply)
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             ReadJob::Load(code) => {
                 let r = backend
-                    .load(&code, &crate::rooms::document_frame_bytes)
+                    .load(&code, &crate::protocol::out::document_frame_bytes)
                     .map(|found| {
                         found.map(|mut record| {
                             let frame = record.document.take();

@@ -217,13 +217,15 @@ impl World {
             Err(detail) => {
                 self.send(
                     me,
-                    rooms::error_frame(&format!("Invalid message format: {detail}")),
+                    sync_server::protocol::out::error_frame(&format!(
+                        "Invalid message format: {detail}"
+                    )),
                 );
                 self.finish_step();
                 self.expect_only_error(i, "Invalid message format: ", &before);
             }
             Ok(Action::Ping) => {
-                self.send(me, rooms::pong_frame());
+                self.send(me, sync_server::protocol::out::pong_frame());
                 self.finish_step();
                 self.expect_only(i, &["pong"], &before);
             }

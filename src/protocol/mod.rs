@@ -5,6 +5,8 @@
 //! server forwards them verbatim, so a 10 MiB document is parsed once for
 //! validity and never copied into an owned string.
 
+pub mod out;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
