@@ -61,11 +61,7 @@ impl Rooms {
         room.synced = false;
         room.remote.clear();
         for m in std::mem::take(&mut room.members) {
-            fx.push(Effect::Close(
-                m.conn,
-                ws::close::TRY_AGAIN_LATER,
-                "Try again later",
-            ));
+            try_again_later(fx, m.conn);
             let shown = room.shown(&m.peer_id);
             let frame = peer_left_frame(shown, 0);
             let what = || Published::Left {
@@ -88,11 +84,7 @@ impl Rooms {
             room.synced = false;
             room.remote.clear();
             for m in std::mem::take(&mut room.members) {
-                fx.push(Effect::Close(
-                    m.conn,
-                    ws::close::TRY_AGAIN_LATER,
-                    "Try again later",
-                ));
+                try_again_later(fx, m.conn);
             }
             room.empty_since.get_or_insert(now);
             self.arm_expiry(r, now, fx);
@@ -171,21 +163,9 @@ impl Rooms {
                     let m = room.members.remove(i);
                     except = Some(m.conn);
                     if d.kind == b'r' {
-                        fx.push(Effect::Send(
-                            m.conn,
-                            error_frame("Replaced by a newer connection"),
-                        ));
-                        fx.push(Effect::Close(
-                            m.conn,
-                            ws::close::NORMAL,
-                            "Replaced by a newer connection",
-                        ));
+                        replaced(fx, m.conn);
                     } else {
-                        fx.push(Effect::Close(
-                            m.conn,
-                            ws::close::TRY_AGAIN_LATER,
-                            "Try again later",
-                        ));
+                        try_again_later(fx, m.conn);
                     }
                 }
                 if room.members.is_empty() && room.remote.is_empty() && room.empty_since.is_none() {

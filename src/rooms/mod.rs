@@ -37,7 +37,7 @@ pub mod history;
 mod room;
 
 pub use room::Room;
-use room::{Doc, Member};
+use room::{Doc, Identity, Member};
 
 use self::history::{Ledger, Log, Logs};
 use crate::protocol::out::*;
@@ -303,26 +303,19 @@ impl Rooms {
         };
         let host_public_id = draw_public_id(&host_id, rand);
         self.next_gen = self.next_gen.wrapping_add(1);
-        let room = Room {
-            code: code.clone().into(),
-            room_id: uuid_v4(rand).into(),
-            host_id: host_id.into(),
-            host_public_id: host_public_id.into(),
-            owner: None,
-            created_at: rfc3339(wall).into(),
-            gen: self.next_gen,
-            members: Vec::new(),
-            document: None,
-            epoch: random_string(EPOCH_ALPHABET, 12, rand).into(),
-            seq: 0,
-            doc_seq: 0,
-            log: Log::default(),
-            remote: Vec::new(),
-            synced: false,
-            empty_since: Some(now),
-            idle_before: Duration::ZERO,
-            expiry_armed: false,
-        };
+        let room = Room::new(
+            Identity {
+                code: &code,
+                room_id: &uuid_v4(rand),
+                host_id: &host_id,
+                host_public_id: &host_public_id,
+                owner: None,
+                created_at: &rfc3339(wall),
+            },
+            self.next_gen,
+            random_string(EPOCH_ALPHABET, 12, rand),
+            now,
+        );
         let key = self.rooms.insert(room);
         self.by_code.insert(code.into(), key);
         let r = RoomRef {
@@ -394,15 +387,7 @@ impl Rooms {
         // A reconnecting browser: the newer connection wins.
         if let Some(i) = room.members.iter().position(|m| &*m.peer_id == peer_id) {
             let old = room.members.remove(i);
-            fx.push(Effect::Send(
-                old.conn,
-                error_frame("Replaced by a newer connection"),
-            ));
-            fx.push(Effect::Close(
-                old.conn,
-                ws::close::NORMAL,
-                "Replaced by a newer connection",
-            ));
+            replaced(fx, old.conn);
             // Fan-outs are expanded after this call returns, when the
             // joiner is already a member: exclude it explicitly.
             let seq = room.stamp(self.cluster);
@@ -669,28 +654,25 @@ impl Rooms {
             Some(p) if p != host_id => p.to_owned(),
             _ => draw_public_id(host_id, &mut crate::util::fill_random),
         };
-        let key = self.rooms.insert(Room {
-            code: code.into(),
-            room_id: room_id.into(),
-            host_id: host_id.into(),
-            host_public_id: host_public_id.into(),
-            owner: owner.map(Into::into),
-            created_at: created_at.into(),
-            gen: self.next_gen,
-            members: Vec::new(),
-            document: document.map(Doc::Snapshot),
-            // A new incarnation of the stream: positions from before the
-            // restart are not replayable (its history was not kept).
-            epoch: random_string(EPOCH_ALPHABET, 12, &mut crate::util::fill_random).into(),
-            seq: 0,
-            doc_seq: 0,
-            log: Log::default(),
-            remote: Vec::new(),
-            synced: false,
-            empty_since: Some(now),
-            idle_before: idle_for,
-            expiry_armed: false,
-        });
+        // A new incarnation of the stream: positions from before the
+        // restart are not replayable (its history was not kept).
+        let epoch = random_string(EPOCH_ALPHABET, 12, &mut crate::util::fill_random);
+        let mut room = Room::new(
+            Identity {
+                code,
+                room_id,
+                host_id,
+                host_public_id: &host_public_id,
+                owner,
+                created_at,
+            },
+            self.next_gen,
+            epoch,
+            now,
+        );
+        room.document = document.map(Doc::Snapshot);
+        room.idle_before = idle_for;
+        let key = self.rooms.insert(room);
         self.by_code.insert(code.into(), key);
         let r = RoomRef {
             key: key as u32,
@@ -757,6 +739,23 @@ impl Rooms {
             None => false,
         }
     }
+}
+
+/// Tells a member a newer connection took its peer id, and closes it.
+fn replaced(fx: &mut Vec<Effect>, conn: ConnRef) {
+    const WHY: &str = "Replaced by a newer connection";
+    fx.push(Effect::Send(conn, error_frame(WHY)));
+    fx.push(Effect::Close(conn, ws::close::NORMAL, WHY));
+}
+
+/// Closes a member with 1013: its room's stream here cannot go on without a
+/// gap, so it re-joins.
+fn try_again_later(fx: &mut Vec<Effect>, conn: ConnRef) {
+    fx.push(Effect::Close(
+        conn,
+        ws::close::TRY_AGAIN_LATER,
+        "Try again later",
+    ));
 }
 
 /// `^[A-Za-z0-9_-]{1,64}$`

@@ -85,14 +85,48 @@ pub struct Room {
     /// from the store after a restart; the monotonic clock may not reach
     /// back that far). Zero once anybody joins.
     pub(super) idle_before: Duration,
-    /// The shell holds a pending expiry timer for this room. At most one is
+    /// The engine holds a pending expiry timer for this room. At most one is
     /// ever pending: a room that empties again while one is (a lone member
     /// re-joining in a loop) waits for it, and [`Rooms::expire`] re-arms it
     /// for the later time, so the timer heap holds one entry per room.
     pub(super) expiry_armed: bool,
 }
 
+/// Who a room is, as created or as read back from the store.
+pub(super) struct Identity<'a> {
+    pub(super) code: &'a str,
+    pub(super) room_id: &'a str,
+    pub(super) host_id: &'a str,
+    pub(super) host_public_id: &'a str,
+    pub(super) owner: Option<&'a str>,
+    pub(super) created_at: &'a str,
+}
+
 impl Room {
+    /// An empty room (since `now`) at the start of stream `epoch`.
+    pub(super) fn new(id: Identity<'_>, gen: u32, epoch: String, now: Instant) -> Room {
+        Room {
+            code: id.code.into(),
+            room_id: id.room_id.into(),
+            host_id: id.host_id.into(),
+            host_public_id: id.host_public_id.into(),
+            owner: id.owner.map(Into::into),
+            created_at: id.created_at.into(),
+            gen,
+            members: Vec::new(),
+            document: None,
+            epoch: epoch.into(),
+            seq: 0,
+            doc_seq: 0,
+            log: Log::default(),
+            remote: Vec::new(),
+            synced: false,
+            empty_since: Some(now),
+            idle_before: Duration::ZERO,
+            expiry_armed: false,
+        }
+    }
+
     /// Numbers the room's next stream event.
     pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
