@@ -104,11 +104,9 @@ impl From<crate::http::Answer> for HttpReply {
 impl From<HttpReply> for crate::http::Answer {
     fn from(r: HttpReply) -> crate::http::Answer {
         crate::http::Answer {
-            status: r.status,
-            body: r.body,
             allow: r.allow,
             retry_after: r.retry_after,
-            preflight: false,
+            ..crate::http::Answer::bytes(r.status, crate::http::JSON, r.body)
         }
     }
 }

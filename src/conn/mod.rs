@@ -44,7 +44,7 @@ use crate::accounts::{Accounts, Principal};
 use crate::config::Config;
 use crate::conn::outq::OutQueue;
 use crate::http::api::{self, Answer};
-use crate::http::{self, Extra, Request};
+use crate::http::{self, Request};
 use crate::ops::metrics::{self, Metrics, Reject, Route};
 use crate::ratelimit::RateLimiter;
 use crate::rooms::{ConnRef, Effect, RoomRef, Rooms, Session};
@@ -542,16 +542,8 @@ impl Engine {
     pub fn admit(&mut self, peer: IpAddr) -> Admission {
         if self.conns.len() >= self.cfg.max_connections {
             let mut resp = Vec::new();
-            http::write_response(
-                &mut resp,
-                503,
-                &http::error_body("Server is at its connection limit"),
-                &Extra {
-                    cors_origin: Some("*"),
-                    close: true,
-                    ..Extra::default()
-                },
-            );
+            let a = Answer::error(503, "Server is at its connection limit");
+            http::write_response(&mut resp, &a, Some("*"), true, false);
             self.metrics.rejected(Reject::ConnectionLimit);
             self.metrics.http_answer(Route::Other, 503);
             debug!("refused {peer}: at MAX_CONNECTIONS");

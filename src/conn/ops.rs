@@ -9,7 +9,7 @@
 use super::*;
 use crate::accounts::Job;
 use crate::ops::admin::{self, Access, RoomActivity, Target};
-use crate::ops::{self, OpsAnswer, Readiness};
+use crate::ops::{self, Readiness};
 use std::time::SystemTime;
 
 /// Operator state the loop keeps beside its rooms and connections.
@@ -70,7 +70,7 @@ impl Engine {
         }
         let origin = api::cors_origin(&self.cfg, req.origin.as_deref());
         if !matches!(req.method(), http::Method::Get | http::Method::Head) {
-            let mut a = OpsAnswer::method_not_allowed();
+            let mut a = ops::method_not_allowed();
             a.cors = route != Route::Admin;
             self.ops_answer(cref, &a, keep_alive, head, origin);
             return true;
@@ -98,15 +98,11 @@ impl Engine {
             }
             Route::Metrics => {
                 let text = metrics::render(&self.metrics, &self.gauges(now));
-                OpsAnswer {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: text.into_bytes(),
-                    headers: "",
-                    retry_after: None,
-                    allow: None,
-                    cors: false,
-                }
+                ops::answer(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
             }
             _ => return self.admin_request(cref, req, keep_alive, head),
         };
@@ -171,13 +167,15 @@ impl Engine {
     fn ops_answer(
         &mut self,
         cref: ConnRef,
-        a: &OpsAnswer,
+        a: &Answer,
         keep_alive: bool,
         head: bool,
         cors_origin: Option<&str>,
     ) {
         let keep = keep_alive && self.shutting_down.is_none();
-        self.queue_answer(cref, a.status, |buf| a.write(buf, !keep, head, cors_origin));
+        self.queue_answer(cref, a.status, |buf| {
+            http::write_response(buf, a, cors_origin, !keep, head)
+        });
         self.after_response(cref, keep);
     }
 
@@ -206,13 +204,13 @@ impl Engine {
         let ip = api::client_ip(&self.cfg, peer, req);
         if let Err(wait) = self.ops.failures.peek(&ip, now) {
             self.metrics.rejected(Reject::AdminAuthRate);
-            let mut a = OpsAnswer::error(429, "Too many failed admin sign-ins; try again later");
+            let mut a = ops::error(429, "Too many failed admin sign-ins; try again later");
             a.retry_after = Some(crate::ratelimit::retry_after_secs(wait));
             self.ops_answer(cref, &a, keep_alive, head, None);
             return true;
         }
         let Some(token) = api::bearer(req.authorization.as_deref()) else {
-            let a = OpsAnswer::error(401, "Authentication required");
+            let a = ops::error(401, "Authentication required");
             self.ops_answer(cref, &a, keep_alive, head, None);
             return true;
         };
@@ -254,7 +252,7 @@ impl Engine {
         let now = self.now;
         let a = if !ok {
             let _ = self.ops.failures.check(&p.ip, now);
-            OpsAnswer::error(401, "Invalid or expired admin credential")
+            ops::error(401, "Invalid or expired admin credential")
         } else {
             let wall = SystemTime::now();
             match &p.target {
@@ -265,7 +263,7 @@ impl Engine {
                 Target::Room(code) => {
                     admin::room_answer(&self.rooms, &self.ops.activity, code, now, wall)
                 }
-                _ => OpsAnswer::error(404, "Not found"),
+                _ => ops::error(404, "Not found"),
             }
         };
         self.ops_answer(cref, &a, p.keep_alive, p.head, None);
@@ -273,7 +271,7 @@ impl Engine {
 
     /// The workers could not answer: 503, like any parked request.
     pub(super) fn admin_gave_up(&mut self, cref: ConnRef, p: AdminPending, why: &str) {
-        let a = OpsAnswer::error(503, why);
+        let a = ops::error(503, why);
         self.ops_answer(cref, &a, p.keep_alive, p.head, None);
     }
 }

@@ -275,19 +275,7 @@ impl Engine {
         let keep = keep_alive && self.shutting_down.is_none() && !http::closes_connection(a.status);
         let cors = api::cors_origin(&self.cfg, origin);
         self.queue_answer(cref, a.status, |buf| {
-            http::write_response(
-                buf,
-                a.status,
-                &a.body,
-                &Extra {
-                    allow: a.allow,
-                    retry_after: a.retry_after,
-                    cors_origin: cors,
-                    preflight: a.preflight,
-                    close: !keep,
-                    head,
-                },
-            )
+            http::write_response(buf, a, cors, !keep, head)
         });
         self.after_response(cref, keep);
     }

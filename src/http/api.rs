@@ -104,11 +104,9 @@ pub fn route(
     }
     if m == Method::Options {
         return Routed::Answer(Answer {
-            status: 204,
-            body: Vec::new(),
             allow: Some(route_methods(path)),
-            retry_after: None,
             preflight: true,
+            ..Answer::bytes(204, crate::http::JSON, Vec::new())
         });
     }
     if path == "/api/auth" || path.starts_with("/api/auth/") {
@@ -248,13 +246,11 @@ pub fn route(
                         created_at: room.created_at(),
                         has_document: room.has_document(),
                     };
-                    Answer {
-                        status: 200,
-                        body: serde_json::to_vec(&info).unwrap_or_default(),
-                        allow: None,
-                        retry_after: None,
-                        preflight: false,
-                    }
+                    Answer::bytes(
+                        200,
+                        crate::http::JSON,
+                        serde_json::to_vec(&info).unwrap_or_default(),
+                    )
                 }
                 None => Answer::error(404, "Room not found"),
             })

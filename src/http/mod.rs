@@ -534,81 +534,88 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// A finished HTTP answer, as [`write_response`] writes it: every route
-/// answers with one (the accounts workers' `HttpReply` converts into it).
+/// answers with one (the REST routes, the accounts workers' `HttpReply`
+/// converted, and the operator's routes with their own content types and
+/// headers).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
+    pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Extra header lines, each ending in CRLF.
+    pub headers: &'static str,
     pub allow: Option<&'static str>,
     pub retry_after: Option<u64>,
     /// A CORS preflight (adds the `Access-Control-Allow-*` set).
     pub preflight: bool,
+    /// Carries the CORS headers (and `Vary: Origin`): every answer of the
+    /// contract; the admin inspector's answers do not.
+    pub cors: bool,
 }
 
+/// The content type of the contract's answers.
+pub const JSON: &str = "application/json";
+
 impl Answer {
-    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+    /// An answer with `body` as it is.
+    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Answer {
         Answer {
             status,
-            body: serde_json::to_vec(&body).unwrap_or_default(),
+            content_type,
+            body,
+            headers: "",
             allow: None,
             retry_after: None,
             preflight: false,
+            cors: true,
         }
+    }
+
+    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+        Answer::bytes(status, JSON, serde_json::to_vec(&body).unwrap_or_default())
     }
 
     pub fn error(status: u16, message: &str) -> Answer {
-        Answer {
-            status,
-            body: error_body(message),
-            allow: None,
-            retry_after: None,
-            preflight: false,
-        }
+        Answer::bytes(status, JSON, error_body(message))
     }
 }
 
-/// Headers beyond the fixed set that a response may carry.
-#[derive(Clone, Debug, Default)]
-pub struct Extra<'a> {
-    pub allow: Option<&'a str>,
-    pub retry_after: Option<u64>,
-    /// `Access-Control-Allow-Origin` value; `None` omits CORS headers
-    /// (origin not allowed).
-    pub cors_origin: Option<&'a str>,
-    /// Adds the preflight headers (`Allow-Methods` from `allow`,
-    /// `Allow-Headers`, `Max-Age`).
-    pub preflight: bool,
-    pub close: bool,
-    /// A `HEAD` request: headers as for `GET`, no body.
-    pub head: bool,
-}
-
-/// Appends a complete response to `out`. `body` must be JSON (or empty for
-/// 204).
-pub fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], extra: &Extra<'_>) {
+/// Appends the complete response for `a` to `out`. `cors_origin` is what
+/// [`api::cors_origin`] allows for the request; `close` says
+/// `Connection: close`; `head` leaves the body out (a `HEAD` request).
+pub fn write_response(
+    out: &mut Vec<u8>,
+    a: &Answer,
+    cors_origin: Option<&str>,
+    close: bool,
+    head: bool,
+) {
     use std::io::Write;
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status));
-    if status != 204 {
-        out.extend_from_slice(b"Content-Type: application/json\r\n");
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", a.status, reason(a.status));
+    if a.status != 204 {
+        let _ = write!(
+            out,
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            a.content_type,
+            a.body.len()
+        );
     }
-    write_cors(
-        out,
-        extra.cors_origin,
-        extra.preflight.then_some(extra.allow).flatten(),
-    );
-    if let Some(allow) = extra.allow {
+    out.extend_from_slice(a.headers.as_bytes());
+    if a.cors {
+        write_cors(out, cors_origin, a.preflight.then_some(a.allow).flatten());
+    }
+    if let Some(allow) = a.allow {
         let _ = write!(out, "Allow: {allow}\r\n");
     }
-    if let Some(secs) = extra.retry_after {
+    if let Some(secs) = a.retry_after {
         let _ = write!(out, "Retry-After: {secs}\r\n");
     }
-    if extra.close {
+    if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if status != 204 && !extra.head {
-        out.extend_from_slice(body);
+    if a.status != 204 && !head {
+        out.extend_from_slice(&a.body);
     }
 }
 
@@ -906,12 +913,11 @@ mod tests {
     #[test]
     fn response_has_cors_and_length() {
         let mut out = Vec::new();
-        let extra = Extra {
-            cors_origin: Some("*"),
+        let a = Answer {
             retry_after: Some(3),
-            ..Extra::default()
+            ..Answer::bytes(429, JSON, b"{}".to_vec())
         };
-        write_response(&mut out, 429, b"{}", &extra);
+        write_response(&mut out, &a, Some("*"), false, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(s.contains("Content-Type: application/json\r\n"));

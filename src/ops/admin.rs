@@ -16,7 +16,7 @@
 //! recently active first), so one request's work is bounded; nothing here
 //! writes to the rooms.
 
-use super::OpsAnswer;
+use crate::http::Answer;
 use crate::rooms::{RoomRef, Rooms};
 use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
@@ -35,7 +35,8 @@ const STYLE: &str = include_str!("assets/admin.css");
 
 /// The page's headers: scripts, styles and fetches from this origin only,
 /// no inline script, no framing, no referrer.
-const PAGE_HEADERS: &str = "Content-Security-Policy: default-src 'none'; script-src 'self'; \
+const PAGE_HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+Content-Security-Policy: default-src 'none'; script-src 'self'; \
 style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n";
 
@@ -99,7 +100,7 @@ impl Target {
 }
 
 /// The static parts: the page (told which sign-in to show) and its assets.
-pub fn asset(target: &Target, access: Access) -> Option<OpsAnswer> {
+pub fn asset(target: &Target, access: Access) -> Option<Answer> {
     let (content_type, body) = match target {
         Target::Page => (
             "text/html; charset=utf-8",
@@ -117,14 +118,9 @@ pub fn asset(target: &Target, access: Access) -> Option<OpsAnswer> {
         Target::Style => ("text/css; charset=utf-8", STYLE.as_bytes().to_vec()),
         _ => return None,
     };
-    Some(OpsAnswer {
-        status: 200,
-        content_type,
-        body,
+    Some(Answer {
         headers: PAGE_HEADERS,
-        retry_after: None,
-        allow: None,
-        cors: false,
+        ..super::answer(200, content_type, body)
     })
 }
 
@@ -207,7 +203,7 @@ pub fn rooms_answer(
     node: Value,
     now: Instant,
     wall: SystemTime,
-) -> OpsAnswer {
+) -> Answer {
     #[derive(serde::Serialize)]
     struct List<'a> {
         success: bool,
@@ -236,7 +232,7 @@ pub fn rooms_answer(
             })
             .collect(),
     };
-    let mut a = OpsAnswer::json(200, &Value::Null);
+    let mut a = super::json(200, &Value::Null);
     a.body = serde_json::to_vec(&list).unwrap_or_default();
     a
 }
@@ -249,15 +245,15 @@ pub fn room_answer(
     code: &str,
     now: Instant,
     wall: SystemTime,
-) -> OpsAnswer {
+) -> Answer {
     let Some((r, room)) = rooms.find(code) else {
-        return OpsAnswer::error(404, "Room not found");
+        return super::error(404, "Room not found");
     };
     let members: Value = serde_json::from_str(&room.peers_json()).unwrap_or_else(|_| json!([]));
     let mut row = serde_json::to_value(room_row(r, room, activity, now, wall)).unwrap_or_default();
     row["success"] = true.into();
     row["peers"] = members;
-    OpsAnswer::json(200, &row)
+    super::json(200, &row)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod notify;
 
 use crate::http::Method;
+use crate::http::{Answer, JSON};
 pub use metrics::Route;
 
 /// Shortest `ADMIN_TOKEN` accepted: shorter ones stop start-up.
@@ -111,86 +112,39 @@ pub fn route_class(method: Method, path: &str) -> Route {
     }
 }
 
-/// A complete HTTP answer of an ops route, with its own content type and
-/// headers. The probes carry the CORS headers every API answer carries; the
-/// inspector's page and JSON carry none, so only a page of this server's
-/// own origin can read them.
-pub struct OpsAnswer {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// Extra header lines, each ending in CRLF.
-    pub headers: &'static str,
-    pub retry_after: Option<u64>,
-    pub allow: Option<&'static str>,
-    /// Add the CORS headers (`/livez`, `/readyz`, `/metrics`).
-    pub cors: bool,
+/// Headers every operator's answer carries: nothing is cached, nothing
+/// sniffed.
+pub const COMMON_HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n";
+
+/// An operator's answer: not part of the CORS contract (the probes and
+/// `/metrics` add CORS where they are answered), never cached.
+pub fn answer(status: u16, content_type: &'static str, body: Vec<u8>) -> Answer {
+    Answer {
+        headers: COMMON_HEADERS,
+        cors: false,
+        ..Answer::bytes(status, content_type, body)
+    }
 }
 
-/// Headers every ops answer carries: nothing is cached, nothing sniffed.
-const COMMON_HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n";
+/// An operator's JSON answer.
+pub fn json(status: u16, v: &serde_json::Value) -> Answer {
+    answer(status, JSON, serde_json::to_vec(v).unwrap_or_default())
+}
 
-impl OpsAnswer {
-    pub fn json(status: u16, v: &serde_json::Value) -> OpsAnswer {
-        OpsAnswer {
-            status,
-            content_type: "application/json",
-            body: serde_json::to_vec(v).unwrap_or_default(),
-            headers: "",
-            retry_after: None,
-            allow: None,
-            cors: false,
-        }
-    }
+/// An operator's error answer, worded as every other.
+pub fn error(status: u16, message: &str) -> Answer {
+    answer(status, JSON, crate::http::error_body(message))
+}
 
-    pub fn error(status: u16, message: &str) -> OpsAnswer {
-        OpsAnswer::json(
-            status,
-            &serde_json::json!({"success": false, "error": message}),
-        )
-    }
-
-    pub fn method_not_allowed() -> OpsAnswer {
-        let mut a = OpsAnswer::error(405, "Method not allowed");
-        a.allow = Some("GET, HEAD");
-        a
-    }
-
-    /// The bytes on the wire. `head` leaves the body out; `cors_origin` is
-    /// what `api::cors_origin` allows for the request (used when `cors`).
-    pub fn write(&self, out: &mut Vec<u8>, close: bool, head: bool, cors_origin: Option<&str>) {
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{COMMON_HEADERS}{}",
-            self.status,
-            crate::http::reason(self.status),
-            self.content_type,
-            self.body.len(),
-            self.headers
-        );
-        if self.cors {
-            crate::http::write_cors(out, cors_origin, None);
-        }
-        if let Some(a) = self.allow {
-            let _ = write!(out, "Allow: {a}\r\n");
-        }
-        if let Some(s) = self.retry_after {
-            let _ = write!(out, "Retry-After: {s}\r\n");
-        }
-        if close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if !head {
-            out.extend_from_slice(&self.body);
-        }
-    }
+pub fn method_not_allowed() -> Answer {
+    let mut a = error(405, "Method not allowed");
+    a.allow = Some("GET, HEAD");
+    a
 }
 
 /// `/livez`: the loop answered, so it turns.
-pub fn livez(loop_turns: u64, uptime_seconds: u64) -> OpsAnswer {
-    OpsAnswer::json(
+pub fn livez(loop_turns: u64, uptime_seconds: u64) -> Answer {
+    json(
         200,
         &serde_json::json!({
             "status": "alive",
@@ -217,7 +171,7 @@ pub struct Readiness {
 /// `/readyz`: 200 when every configured dependency answers, the server is
 /// not draining and the memory guard lets new work in; else 503 naming the
 /// check that failed.
-pub fn readyz(r: Readiness) -> OpsAnswer {
+pub fn readyz(r: Readiness) -> Answer {
     let ok = !r.draining
         && !r.memory_guard_engaged
         && r.accounts_up != Some(false)
@@ -241,7 +195,7 @@ pub fn readyz(r: Readiness) -> OpsAnswer {
     if r.redis_up.is_some() {
         body["checks"]["redis"] = word(r.redis_up).into();
     }
-    OpsAnswer::json(if ok { 200 } else { 503 }, &body)
+    json(if ok { 200 } else { 503 }, &body)
 }
 
 #[cfg(test)]

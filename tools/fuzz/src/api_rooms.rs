@@ -352,17 +352,10 @@ fn check_created(
 
 /// Writes the answer as the server does and checks the bytes.
 fn check_wire(cfg: &Config, req: &Request, a: &Answer) {
-    let origin = req.origin.as_deref();
-    let extra = http::Extra {
-        allow: a.allow,
-        retry_after: a.retry_after,
-        cors_origin: api::cors_origin(cfg, origin),
-        preflight: a.preflight,
-        close: !req.keep_alive(),
-        head: req.method() == Method::Head,
-    };
+    let origin = api::cors_origin(cfg, req.origin.as_deref());
+    let is_head = req.method() == Method::Head;
     let mut out = Vec::new();
-    http::write_response(&mut out, a.status, &a.body, &extra);
+    http::write_response(&mut out, a, origin, !req.keep_alive(), is_head);
     let head_end = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -392,7 +385,7 @@ fn check_wire(cfg: &Config, req: &Request, a: &Answer) {
         assert!(body.is_empty() && length.is_none());
     } else {
         assert_eq!(length, Some(a.body.len()));
-        let expected = if extra.head { 0 } else { a.body.len() };
+        let expected = if is_head { 0 } else { a.body.len() };
         assert_eq!(body.len(), expected);
     }
 }
