@@ -98,18 +98,7 @@ pub fn late_join(
 pub fn run(ctx: &Ctx, a: &DocArgs) -> Result<Report, String> {
     check_fds(a.peers + 2)?;
     let room = create_rooms(ctx, "d", 1)?.remove(0);
-    let mut members = vec![Member {
-        room: room.clone(),
-        peer_id: "h0".into(),
-        is_host: true,
-        opts: ConnOpts::default(),
-    }];
-    members.extend((0..a.peers).map(|i| Member {
-        room: room.clone(),
-        peer_id: format!("p{i}"),
-        is_host: false,
-        opts: ConnOpts::default(),
-    }));
+    let members = super::host_and_guests(&room, a.peers, "p");
     let mut net = ctx.net()?;
     let joined = join_all(&mut net, &members, 256, Duration::from_secs(60), false)?;
     super::idle_for(&mut net, Duration::from_millis(500))?;

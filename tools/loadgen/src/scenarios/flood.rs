@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::probe::{summary, Probes};
-use super::{check_fds, create_rooms, join_all, Ctx, Member};
-use crate::net::{now_ns, ConnOpts, Ev};
+use super::{check_fds, create_rooms, join_all, Ctx};
+use crate::net::{now_ns, Ev};
 use crate::report::{mib, thousands, Report};
 use crate::scan::{self, Kind, Stamp};
 use crate::stats::{ms, Histogram, Stream};
@@ -76,18 +76,7 @@ pub fn run(ctx: &Ctx, a: &FloodArgs) -> Result<Report, String> {
         return Err(format!("--bytes must be at least {}", scan::STAMP_LEN));
     }
     let codes = create_rooms(ctx, "f", 2)?;
-    let mut members = vec![Member {
-        room: codes[0].clone(),
-        peer_id: "h0".into(),
-        is_host: true,
-        opts: ConnOpts::default(),
-    }];
-    members.extend((0..a.receivers).map(|i| Member {
-        room: codes[0].clone(),
-        peer_id: format!("r{i}"),
-        is_host: false,
-        opts: ConnOpts::default(),
-    }));
+    let members = super::host_and_guests(&codes[0], a.receivers, "r");
     let mut net = ctx.net()?;
     let joined = join_all(&mut net, &members, 16, Duration::from_secs(30), false)?;
     super::idle_for(&mut net, Duration::from_millis(200))?;
@@ -286,18 +275,7 @@ pub struct FloodDocArgs {
 pub fn run_doc(ctx: &Ctx, a: &FloodDocArgs) -> Result<Report, String> {
     check_fds(a.peers + 8)?;
     let codes = create_rooms(ctx, "g", 2)?;
-    let mut members = vec![Member {
-        room: codes[0].clone(),
-        peer_id: "h0".into(),
-        is_host: true,
-        opts: ConnOpts::default(),
-    }];
-    members.extend((0..a.peers).map(|i| Member {
-        room: codes[0].clone(),
-        peer_id: format!("p{i}"),
-        is_host: false,
-        opts: ConnOpts::default(),
-    }));
+    let members = super::host_and_guests(&codes[0], a.peers, "p");
     let mut net = ctx.net()?;
     let joined = join_all(&mut net, &members, 64, Duration::from_secs(60), false)?;
     super::idle_for(&mut net, Duration::from_millis(300))?;

@@ -105,6 +105,20 @@ pub fn members_in_rooms(
         .collect())
 }
 
+/// The host of `room` (`h0`) and `guests` members after it named
+/// `<prefix><i>`.
+pub fn host_and_guests(room: &str, guests: usize, prefix: &str) -> Vec<Member> {
+    let member = |peer_id: String, is_host| Member {
+        room: room.to_owned(),
+        peer_id,
+        is_host,
+        opts: ConnOpts::default(),
+    };
+    let mut members = vec![member("h0".into(), true)];
+    members.extend((0..guests).map(|i| member(format!("{prefix}{i}"), false)));
+    members
+}
+
 /// The join message of a member.
 pub fn join_message(m: &Member) -> String {
     format!(
