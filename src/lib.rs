@@ -6,8 +6,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`shell`] | the mio loop: poll, accept, sockets, the read scratch buffer, signals |
-//! | [`conn`] | the connection engine: each connection's state machine, budgets, timers, fan-out, the flush |
-//! | [`http`] | HTTP/1.1 parsing and answers; [`http::api`] routes the REST paths |
+//! | [`conn`] | the connection engine: each connection's state machine, budgets, timers, fan-out, the flush; [`conn::routes`] the REST routes |
+//! | [`http`] | HTTP/1.1 parsing and answers; [`conn::routes`] routes the REST paths |
 //! | [`ws`] | WebSocket frames: the decoder of client frames, server frame building |
 //! | [`protocol`] | the room protocol's messages (client actions in, server messages out) |
 //! | [`rooms`] | rooms, membership, documents, the numbered stream and its history |
@@ -18,6 +18,8 @@
 //!
 //! Shared cores: [`config`], [`ratelimit`] (one token bucket), [`timers`]
 //! (the deadline heap), [`refs`] (connection and room references), [`util`].
+//! The modules form no import cycle: [`shell`] uses [`conn`], [`conn`] uses
+//! the rest, and the layers below it do not reach back up.
 //! Everything but [`shell`] and the worker threads is sans-io: plain
 //! functions of input and `now` that return what to do.
 //!

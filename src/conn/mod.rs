@@ -35,6 +35,7 @@ mod ops;
 pub mod outq;
 mod parked;
 mod requests;
+pub mod routes;
 mod timers;
 mod websocket;
 
@@ -43,7 +44,7 @@ pub use flush::Sockets;
 use crate::accounts::{Accounts, Principal};
 use crate::config::Config;
 use crate::conn::outq::OutQueue;
-use crate::http::api::{self, Answer};
+use crate::http::Answer;
 use crate::http::{self, Request};
 use crate::ops::metrics::{self, Metrics, Reject, Route};
 use crate::ratelimit::RateLimiter;

@@ -68,7 +68,7 @@ impl Engine {
             self.answer(cref, &a, req.origin.as_deref(), keep_alive, head);
             return true;
         }
-        let origin = api::cors_origin(&self.cfg, req.origin.as_deref());
+        let origin = routes::cors_origin(&self.cfg, req.origin.as_deref());
         if !matches!(req.method(), http::Method::Get | http::Method::Head) {
             let mut a = ops::method_not_allowed();
             a.cors = route != Route::Admin;
@@ -201,7 +201,7 @@ impl Engine {
         let Some(peer) = self.conn(cref).map(|c| c.peer) else {
             return true;
         };
-        let ip = api::client_ip(&self.cfg, peer, req);
+        let ip = routes::client_ip(&self.cfg, peer, req);
         if let Err(wait) = self.ops.failures.peek(&ip, now) {
             self.metrics.rejected(Reject::AdminAuthRate);
             let mut a = ops::error(429, "Too many failed admin sign-ins; try again later");
@@ -209,7 +209,7 @@ impl Engine {
             self.ops_answer(cref, &a, keep_alive, head, None);
             return true;
         }
-        let Some(token) = api::bearer(req.authorization.as_deref()) else {
+        let Some(token) = http::bearer(req.authorization.as_deref()) else {
             let a = ops::error(401, "Authentication required");
             self.ops_answer(cref, &a, keep_alive, head, None);
             return true;

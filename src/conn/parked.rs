@@ -235,7 +235,7 @@ impl Engine {
                     (Some(who), Some(peer)) => {
                         let now = self.now;
                         let admit = self.memguard.allow_new_websocket(now);
-                        let a = api::create_room(
+                        let a = routes::create_room(
                             &self.cfg,
                             &mut self.rooms,
                             peer,

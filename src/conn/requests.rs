@@ -6,9 +6,9 @@
 //! included), and after 400/408/413/431 the connection closes, since the
 //! peer and the server may no longer agree where the next request starts.
 
+use super::routes::{Routed, Stats};
 use super::*;
 use crate::accounts::{AuthRequest, Job};
-use crate::http::api::{Routed, Stats};
 use crate::http::Method;
 
 /// Why a request still arriving is refused (503) when unfinished input
@@ -115,7 +115,7 @@ impl Engine {
         looked_up: bool,
     ) {
         if !looked_up {
-            if let Some(code) = api::room_code_of(&req) {
+            if let Some(code) = routes::room_code_of(&req) {
                 if self.rooms.find(&code).is_none() && self.store.must_look_up(&code) {
                     let pending = Pending::Rest {
                         req: Box::new(req),
@@ -146,7 +146,7 @@ impl Engine {
         // Cluster mode: a room's peers are those of every node, known once
         // this node follows the room's stream.
         if self.cluster.is_some() && req.path.starts_with("/api/rooms/") {
-            if let Some(code) = api::room_code_of(&req) {
+            if let Some(code) = routes::room_code_of(&req) {
                 if self.rooms.find(&code).is_some_and(|(_, r)| !r.synced()) {
                     let pending = Pending::Rest {
                         req: Box::new(req),
@@ -184,7 +184,7 @@ impl Engine {
             room_store: self.store.health(now),
             cluster: self.cluster.as_ref().map(|c| c.health()),
         };
-        let routed = api::route(
+        let routed = routes::route(
             &self.cfg,
             &mut self.rooms,
             &mut self.limiter,
@@ -211,7 +211,7 @@ impl Engine {
             }
             Routed::Upgrade => self.upgrade(cref, &req),
             Routed::Accounts => {
-                let client_ip = api::client_ip(&self.cfg, peer, &req);
+                let client_ip = routes::client_ip(&self.cfg, peer, &req);
                 let job = Job::Http(AuthRequest {
                     method: req.method().as_str().to_owned(),
                     path: req.path.clone(),
@@ -273,7 +273,7 @@ impl Engine {
         head: bool,
     ) {
         let keep = keep_alive && self.shutting_down.is_none() && !http::closes_connection(a.status);
-        let cors = api::cors_origin(&self.cfg, origin);
+        let cors = routes::cors_origin(&self.cfg, origin);
         self.queue_answer(cref, a.status, |buf| {
             http::write_response(buf, a, cors, !keep, head)
         });
@@ -312,13 +312,13 @@ impl Engine {
     fn upgrade(&mut self, cref: ConnRef, req: &Request) {
         if !self.memguard.allow_new_websocket(self.now) {
             self.metrics.rejected(Reject::MemoryGuard);
-            let a = Answer::error(503, api::NEAR_MEMORY_LIMIT);
+            let a = Answer::error(503, routes::NEAR_MEMORY_LIMIT);
             self.answer(cref, &a, req.origin.as_deref(), false, false);
             return;
         }
         let key = req.ws_key.as_deref().unwrap_or_default();
-        let cors = api::cors_origin(&self.cfg, req.origin.as_deref());
-        let upgrade_token = api::bearer(req.authorization.as_deref())
+        let cors = routes::cors_origin(&self.cfg, req.origin.as_deref());
+        let upgrade_token = http::bearer(req.authorization.as_deref())
             .map(str::to_owned)
             .or_else(|| req.query_param("token"))
             .map(String::into_boxed_str);
@@ -328,7 +328,7 @@ impl Engine {
         let Some(c) = live(&mut self.conns, cref) else {
             return;
         };
-        let client_ip = api::client_ip(&self.cfg, c.peer, req);
+        let client_ip = routes::client_ip(&self.cfg, c.peer, req);
         let mut resp = Vec::with_capacity(256);
         http::write_switching(&mut resp, key, cors);
         c.out.push(Frame::from(resp));

@@ -257,7 +257,7 @@ impl Engine {
                 let client_ip = ws.client_ip;
                 if let Err(wait) = self.misses.peek(&client_ip, now) {
                     debug!("[{}] join refused: lookup budget spent", cref.key);
-                    let text = api::lookups_limited_text(wait);
+                    let text = routes::lookups_limited_text(wait);
                     self.send(cref, protocol::out::error_frame(&text));
                     return;
                 }
@@ -275,7 +275,7 @@ impl Engine {
                 let found = self.rooms.find(&room_code).is_some();
                 if let Err(wait) = self.misses.check_lookup(&client_ip, found, now) {
                     debug!("[{}] join refused: lookup budget spent", cref.key);
-                    let text = api::lookups_limited_text(wait);
+                    let text = routes::lookups_limited_text(wait);
                     self.send(cref, protocol::out::error_frame(&text));
                     return;
                 }

@@ -18,8 +18,6 @@
 //! every response carries CORS headers and, except 101/204, a JSON body.
 
 /// Largest HTTP request head (request line plus headers); beyond it: 431.
-pub mod api;
-
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Most headers a request may carry; more is answered like an oversized head.
@@ -622,7 +620,7 @@ pub fn write_response(
 /// The CORS headers of every response, the 101 included.
 ///
 /// `origin` is the `Access-Control-Allow-Origin` value (see
-/// [`crate::http::api::cors_origin`]): `*` only for a request that named no
+/// [`crate::conn::routes::cors_origin`]): `*` only for a request that named no
 /// origin, else the page's own origin, which is what a browser needs before
 /// it hands a credentialed (`credentials: "include"`) response to the page,
 /// together with `Allow-Credentials`. `None` (a disallowed origin) writes

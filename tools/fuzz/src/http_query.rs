@@ -16,7 +16,7 @@
 //! The summary `b<0|1>t<0|1>` says whether `bearer` and
 //! `query_param("token")` found something.
 
-use sync_server::http::api::bearer;
+use sync_server::http::bearer;
 use sync_server::http::{percent_decode, Request};
 
 pub fn run(data: &[u8]) -> String {

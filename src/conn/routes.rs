@@ -5,11 +5,7 @@
 //! sockets; the answers' JSON bodies are built here too.
 
 use crate::config::Config;
-/// Re-exported: the engine and the fuzzers name it from here.
-pub use crate::http::bearer;
-/// Re-exported: the engine names the answer type from here.
-pub use crate::http::Answer;
-use crate::http::{Method, Request};
+use crate::http::{bearer, Answer, Method, Request};
 use crate::ratelimit::{retry_after_secs, RateLimiter};
 use crate::rooms::{CreateError, Rooms};
 use crate::util::rfc3339;
