@@ -295,32 +295,134 @@ fn clients_on_different_nodes_see_one_gap_free_order() {
     assert!(m.contains("sync_server_cluster_redis_up 1"), "{m}");
 }
 
+/// A subscriber of its own on a room's channel: the size of the largest
+/// message published there, and how many document notices it saw.
+struct ChannelWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl ChannelWatch {
+    fn start(redis: &Redis, code: &str) -> ChannelWatch {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let channel = format!("kp:e:{code}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut ps = con.as_pubsub();
+            ps.subscribe(&channel).unwrap();
+            ps.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let (mut largest, mut notices) = (0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match ps.get_message() {
+                    Ok(m) => {
+                        let p = m.get_payload_bytes();
+                        largest = largest.max(p.len());
+                        // `<seq>|<epoch>|<node>|<conn>|s|…`
+                        let head = p.split(|&b| b == b'\n').next().unwrap_or_default();
+                        if head.split(|&b| b == b'|').nth(4) == Some(b"s") {
+                            notices += 1;
+                        }
+                    }
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => panic!("the test's subscriber: {e}"),
+                }
+            }
+            (largest, notices)
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        ChannelWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `(largest message, document notices)`.
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
 #[test]
 fn documents_and_leaves_reach_every_node() {
     let redis = Redis::start();
     let db = unique_db("t");
     let a = node(&redis, &db, "doc-a", "127.0.0.1");
     let b = node(&redis, &db, "doc-b", "127.0.0.2");
-    wait_ready(&[&a, &b]);
-    create("DOC1", "host-doc", &a, &[&b]);
+    let c = node(&redis, &db, "doc-c", "127.0.0.3");
+    wait_ready(&[&a, &b, &c]);
+    create("DOC1", "host-doc", &a, &[&b, &c]);
+    let watch = ChannelWatch::start(&redis, "DOC1");
     let mut host = a.ws();
     host.join("DOC1", "host-doc", true);
     let mut guest = b.ws();
     join(&mut guest, "DOC1", "guest");
-    recv_until(&mut host, "guest joined", |m| m["type"] == "peer_joined");
-    // A 10 MiB document, host on A, guest on B.
-    let doc = "d".repeat(10 << 20);
+    let mut guest_c = c.ws();
+    join(&mut guest_c, "DOC1", "guest-c");
+    for p in ["guest", "guest-c"] {
+        recv_until(&mut host, "guests joined", |m| {
+            m["type"] == "peer_joined" && m["peer"]["id"] == p
+        });
+    }
+    // A 10 MiB document, host on A, guests on B and C: the same bytes
+    // arrive, with one number.
+    let doc: String = (0..10 << 20)
+        .map(|i: usize| char::from(b'a' + ((i * 7 + i / 4096) % 26) as u8))
+        .collect();
     host.send(json!({"action":"sync_document","document":doc}));
-    let got = recv_until(&mut guest, "document_sync", |m| {
-        m["type"] == "document_sync"
-    });
-    assert_eq!(got["document"].as_str().unwrap().len(), doc.len());
-    assert!(got["seq"].as_u64().is_some());
+    let mut seqs = Vec::new();
+    for g in [&mut guest, &mut guest_c] {
+        let got = recv_until(g, "document_sync", |m| m["type"] == "document_sync");
+        assert!(got["document"].as_str().unwrap() == doc, "other bytes");
+        seqs.push(got["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs[0], seqs[1]);
+    // Documents sent in a burst arrive all, in order, each with its own
+    // bytes, and the data between them stays where it was sent.
+    for i in 0..5 {
+        host.send(json!({"action":"sync_document","document":format!("v{i}")}));
+        host.send(json!({"action":"broadcast","data":format!("after v{i}")}));
+    }
+    let mut runs = Vec::new();
+    for g in [&mut guest, &mut guest_c] {
+        let mut run = Vec::new();
+        while run.len() < 10 {
+            let m = g.recv();
+            let seq = m["seq"].as_u64().unwrap();
+            match m["type"].as_str().unwrap() {
+                "document_sync" => run.push((seq, m["document"].as_str().unwrap().to_owned())),
+                "data" => run.push((seq, m["data"].as_str().unwrap().to_owned())),
+                other => panic!("unexpected {other}: {m}"),
+            }
+        }
+        let texts: Vec<&str> = run.iter().map(|(_, t)| t.as_str()).collect();
+        let want: Vec<String> = (0..5)
+            .flat_map(|i| [format!("v{i}"), format!("after v{i}")])
+            .collect();
+        assert_eq!(texts, want);
+        for w in run.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1);
+        }
+        runs.push(run);
+    }
+    assert_eq!(runs[0], runs[1]);
+    // No document went through pub/sub: the channel carried notices.
+    let (largest, notices) = watch.finish();
+    assert_eq!(notices, 6);
+    assert!(
+        largest < 1024,
+        "a message of {largest} bytes on the channel"
+    );
     // A joiner on B gets the document B learnt from the stream.
     let mut late = b.ws();
     late.join("DOC1", "late", false);
     let snap = recv_until(&mut late, "document", |m| m["type"] == "document_sync");
-    assert_eq!(snap["document"].as_str().unwrap().len(), doc.len());
+    assert_eq!(snap["document"], "v4");
     // Host only, across nodes too.
     guest.send(json!({"action":"sync_document","document":"nope"}));
     let e = recv_until(&mut guest, "error", |m| m["type"] == "error");

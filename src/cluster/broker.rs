@@ -53,6 +53,13 @@ pub enum Cmd {
     Snapshot { code: Box<str> },
     /// Read a room's stream from `from` on.
     Fetch { code: Box<str>, from: u64 },
+    /// Read the bytes of the document event `seq` of the room's stream
+    /// incarnation `epoch` (published as a notice without them).
+    Body {
+        code: Box<str>,
+        epoch: Box<str>,
+        seq: u64,
+    },
     /// Remove every presence entry of this node (each with `peer_left`):
     /// its presence was no longer known after failed publishes.
     ClearOwn,
@@ -105,6 +112,13 @@ pub enum Reply {
         code: Box<str>,
         from: u64,
         got: Option<(String, u64, Vec<Vec<u8>>)>,
+    },
+    /// The answer to [`Cmd::Body`]: `Some(None)` when Redis no longer
+    /// holds those bytes, `None` when the read failed.
+    Body {
+        code: Box<str>,
+        seq: u64,
+        got: Option<Option<Vec<u8>>>,
     },
     /// A message published on a room's channel.
     Message { code: Box<str>, payload: Vec<u8> },
@@ -565,6 +579,11 @@ fn failed_reply(cmd: Cmd) -> Reply {
             from,
             got: None,
         },
+        Cmd::Body { code, seq, .. } => Reply::Body {
+            code,
+            seq,
+            got: None,
+        },
     }
 }
 
@@ -626,6 +645,30 @@ fn run(
                 Err(e) => {
                     warn!("redis: snapshot failed: {e}");
                     (Reply::Snapshot { code, snap: None }, dropped(&e))
+                }
+            }
+        }
+        Cmd::Body { code, epoch, seq } => {
+            let key = scripts::doc_key(&code, &epoch, seq);
+            match redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(c) {
+                Ok(got) => (
+                    Reply::Body {
+                        code,
+                        seq,
+                        got: Some(got),
+                    },
+                    false,
+                ),
+                Err(e) => {
+                    warn!("redis: reading a document failed: {e}");
+                    (
+                        Reply::Body {
+                            code,
+                            seq,
+                            got: None,
+                        },
+                        dropped(&e),
+                    )
                 }
             }
         }

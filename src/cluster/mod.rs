@@ -134,8 +134,16 @@ pub struct Message {
     pub from: Box<str>,
     pub body: bytes::Bytes,
     /// A document entry read from the stream whose bytes Redis no longer
-    /// holds (a later document replaced them).
+    /// holds (a later document replaced them long ago).
     pub missing_body: bool,
+}
+
+impl order::Event for Message {
+    /// A document's notice as published: its bytes are read from their
+    /// key ([`scripts::doc_key`]) before it is delivered.
+    fn needs_body(&self) -> bool {
+        self.kind == b's' && self.body.is_empty() && !self.missing_body
+    }
 }
 
 /// `key.gen` of a connection in messages and presence values.
@@ -276,6 +284,15 @@ mod tests {
         }
         let m = Message::parse(b"3|e|n|-|s|h\n\0".to_vec()).unwrap();
         assert!(m.missing_body);
+        use order::Event;
+        assert!(!m.needs_body());
+        // A document as published: the notice alone.
+        let m = Message::parse(b"4|e|n|1.2|s|\n".to_vec()).unwrap();
+        assert!(m.needs_body() && m.body.is_empty());
+        let m = Message::parse(b"4|e|n|1.2|s|\n{\"type\":\"document_sync\"".to_vec()).unwrap();
+        assert!(!m.needs_body());
+        let m = Message::parse(b"5|e|n|-|d|\n".to_vec()).unwrap();
+        assert!(!m.needs_body());
     }
 
     #[test]

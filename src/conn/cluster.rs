@@ -443,6 +443,15 @@ impl Engine {
                     None => cl.order.fetch_failed(&code, &mut out),
                 }
             }
+            Reply::Body { code, seq, got } => match got {
+                Some(Some(bytes)) => {
+                    let fill = |m: &mut Message| m.body = bytes.into();
+                    cl.order.body(&code, seq, fill, now, &mut out);
+                }
+                Some(None) => cl.order.body_failed(&code, seq, &mut out),
+                None if !(cl.commands_up && cl.subscriber_up) => cl.order.body_deferred(&code, seq),
+                None => cl.order.body_failed(&code, seq, &mut out),
+            },
             Reply::Message { code, payload } => {
                 if let Some(m) = Message::parse(payload) {
                     if cl.order.tracking(&code) {
@@ -499,6 +508,26 @@ impl Engine {
                         } else {
                             cl.order.fetch_deferred(&room);
                         }
+                    }
+                }
+                Out::Body { room, seq } => {
+                    let epoch = cl.order.position(&room).map(|(e, _)| e.into());
+                    let up = cl.commands_up && cl.subscriber_up;
+                    let asked = epoch.is_some_and(|epoch| {
+                        cl.submit(Cmd::Body {
+                            code: room.clone(),
+                            epoch,
+                            seq,
+                        })
+                    });
+                    if !asked {
+                        let mut more = Vec::new();
+                        if up {
+                            cl.order.body_failed(&room, seq, &mut more);
+                        } else {
+                            cl.order.body_deferred(&room, seq);
+                        }
+                        queue.extend(more);
                     }
                 }
                 Out::Reset { room } => {
