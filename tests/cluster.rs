@@ -190,6 +190,13 @@ fn recv_until(c: &mut Client, what: &str, mut f: impl FnMut(&Value) -> bool) -> 
     }
 }
 
+/// A value of the node's `/metrics` text (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn join(c: &mut Client, code: &str, peer: &str) -> Value {
     c.join(code, peer, false)
 }
@@ -371,12 +378,13 @@ fn documents_and_leaves_reach_every_node() {
     }
     // A 10 MiB document, host on A, guests on B and C: the same bytes
     // arrive, with one number.
-    let doc: String = (0..10 << 20)
-        .map(|i: usize| char::from(b'a' + ((i * 7 + i / 4096) % 26) as u8))
-        .collect();
+    let mut doc = "abcdefghijklmnopqrstuvwxyz0123456789-".repeat((10 << 20) / 37 + 1);
+    doc.truncate(10 << 20);
     host.send(json!({"action":"sync_document","document":doc}));
     let mut seqs = Vec::new();
     for g in [&mut guest, &mut guest_c] {
+        // Generous: a loaded machine runs several debug builds at once.
+        g.timeout(Duration::from_secs(30));
         let got = recv_until(g, "document_sync", |m| m["type"] == "document_sync");
         assert!(got["document"].as_str().unwrap() == doc, "other bytes");
         seqs.push(got["seq"].as_u64().unwrap());
@@ -560,27 +568,51 @@ fn while_redis_is_away_stream_actions_are_refused_then_members_closed() {
     create("OUT1", "host-out", &a, &[]);
     let mut m = a.ws();
     join(&mut m, "OUT1", "member");
+    // `room_info` comes before Redis has taken the join's `peer_joined`; a
+    // join whose announcement Redis never took is refused after the fact
+    // (`Service unavailable`, then 1013: its presence is unknown), which
+    // is not what this test is about. Redis goes once it has the join.
+    wait_until("the join published", Duration::from_secs(5), || {
+        let m = http(a.addr, "GET", "/metrics", &[], b"").text();
+        metric(&m, "sync_server_cluster_published_total") >= 1
+            && metric(&m, "sync_server_cluster_publishes_in_flight") == 0
+    });
+    // Taken before the kill: the node may see Redis go before kill()
+    // returns.
+    let killed = Instant::now();
     redis.kill();
     wait_until("readyz 503", Duration::from_secs(5), || {
         ready(a.addr) == 503
     });
     m.send(json!({"action":"broadcast","data":"lost?"}));
-    // The broadcast is refused, never delivered; then the member is closed
-    // with 1013 once the grace period (NODE_TTL_SECONDS / 3) runs out.
-    // Left open in issue 13: in some full runs (2 of 5 on a loaded 2-core
-    // machine) the member was closed with 1013 before the grace period,
-    // and that close was all it heard; the cause is not found yet. Either
-    // way nothing is delivered and the member is told to come back.
+    // The broadcast is refused, never delivered; then, and not before the
+    // grace period (NODE_TTL_SECONDS / 3) has run out, the member is closed
+    // with 1013.
+    let grace = Duration::from_secs(OUT_TTL / 3);
     m.timeout(Duration::from_secs(OUT_TTL + 5));
+    let mut refused = false;
     loop {
         match m.ws.read() {
             Ok(tungstenite::Message::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).unwrap();
                 assert_eq!(v["type"], "error", "nothing is delivered meanwhile: {v}");
                 assert_eq!(v["message"], "Service unavailable");
+                refused = true;
             }
             Ok(tungstenite::Message::Close(f)) => {
-                assert_eq!(f.map(|f| u16::from(f.code)), Some(1013));
+                let took = killed.elapsed();
+                let f = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                assert_eq!(
+                    f.as_ref().map(|f| f.0),
+                    Some(1013),
+                    "{f:?}; log:\n{}",
+                    a.log()
+                );
+                assert!(
+                    refused && took >= grace,
+                    "closed ({f:?}) after {took:?}, refusal heard: {refused}; log:\n{}",
+                    a.log()
+                );
                 break;
             }
             Ok(_) => {}
