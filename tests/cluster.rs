@@ -129,10 +129,21 @@ fn node(redis: &Redis, db: &str, id: &str, host: &str) -> TestServer {
 }
 
 fn node_with_ttl(redis: &Redis, db: &str, id: &str, host: &str, ttl: u64) -> TestServer {
+    node_with(redis, db, id, host, ttl, &[])
+}
+
+fn node_with(
+    redis: &Redis,
+    db: &str,
+    id: &str,
+    host: &str,
+    ttl: u64,
+    extra: &[(&str, &str)],
+) -> TestServer {
     let url = redis.url();
     let ttl = ttl.to_string();
     let mongo = mongo_uri();
-    TestServer::start(&[
+    let mut env = vec![
         ("HOST", host),
         ("ROOM_STORE", "mongodb"),
         ("MONGODB_URI", &mongo),
@@ -141,7 +152,9 @@ fn node_with_ttl(redis: &Redis, db: &str, id: &str, host: &str, ttl: u64) -> Tes
         ("REDIS_URL", &url),
         ("NODE_ID", id),
         ("NODE_TTL_SECONDS", &ttl),
-    ])
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start(&env)
 }
 
 /// Creates the room on `first`; waits until every other node finds it in
@@ -441,6 +454,40 @@ fn documents_and_leaves_reach_every_node() {
         m["type"] == "peer_left" && m["peer_id"] == "guest"
     });
     assert!(left["seq"].as_u64().is_some());
+}
+
+#[test]
+fn a_room_created_on_one_node_is_joinable_at_once_on_another() {
+    let redis = Redis::start();
+    let db = unique_db("t");
+    let a = node_with(
+        &redis,
+        &db,
+        "new-a",
+        "127.0.0.1",
+        TTL,
+        &[("ROOM_CREATE_BURST", "100")],
+    );
+    let b = node(&redis, &db, "new-b", "127.0.0.2");
+    wait_ready(&[&a, &b]);
+    // Joined on B the moment A has answered the creation, over and over:
+    // never `Room not found`, by WebSocket or by REST.
+    for i in 0..20 {
+        let code = format!("NEW{i}");
+        a.room(&code, "host-new");
+        let mut g = b.ws();
+        join(&mut g, &code, "guest");
+        let code = format!("NEWR{i}");
+        let r = a.post_room("");
+        let code = r["room_code"].as_str().map_or(code, str::to_owned);
+        let got = http(b.addr, "GET", &format!("/api/rooms/{code}"), &[], b"");
+        assert_eq!(got.status, 200, "{code}: {}", got.text());
+    }
+    // A code nobody created is still not found.
+    let mut g = b.ws();
+    g.send(json!({"action":"join","room_code":"NOSUCH1","peer_id":"x"}));
+    let e = recv_until(&mut g, "error", |m| m["type"] == "error");
+    assert_eq!(e["message"], "Room not found");
 }
 
 #[test]
