@@ -491,6 +491,51 @@ fn a_room_created_on_one_node_is_joinable_at_once_on_another() {
 }
 
 #[test]
+fn since_recovers_on_a_node_that_only_now_follows_the_room() {
+    let redis = Redis::start();
+    let db = unique_db("t");
+    let a = node(&redis, &db, "rec-a", "127.0.0.1");
+    let b = node(&redis, &db, "rec-b", "127.0.0.2");
+    wait_ready(&[&a, &b]);
+    // B is not asked about the room before the recovery.
+    create("REC1", "host-rec", &a, &[]);
+    let mut sender = a.ws();
+    join(&mut sender, "REC1", "sender");
+    let mut phone = a.ws();
+    let info = join(&mut phone, "REC1", "phone");
+    let epoch = info["epoch"].as_str().unwrap().to_owned();
+    let seen = info["seq"].as_u64().unwrap();
+    recv_until(&mut sender, "phone joined", |m| m["type"] == "peer_joined");
+    // The phone drops; what is said meanwhile it must get back on B, a
+    // node that has never followed the room.
+    drop(phone);
+    recv_until(&mut sender, "phone left", |m| m["type"] == "peer_left");
+    for i in 0..3 {
+        sender.send(json!({"action":"broadcast","data":format!("missed{i}")}));
+    }
+    wait_until("the broadcasts published", Duration::from_secs(5), || {
+        let m = http(a.addr, "GET", "/metrics", &[], b"").text();
+        metric(&m, "sync_server_cluster_publishes_in_flight") == 0
+            && metric(&m, "sync_server_cluster_published_total") >= 6
+    });
+    let h = http(b.addr, "GET", "/health", &[], b"").json();
+    assert_eq!(h["cluster"]["rooms_followed"], 0, "{h}");
+    let mut back = b.ws();
+    back.send(json!({"action":"join","room_code":"REC1","peer_id":"phone",
+        "since":{"epoch":epoch,"seq":seen}}));
+    let info = back.recv();
+    assert_eq!(info["type"], "room_info", "{info}");
+    assert_eq!(info["recovered"], true, "{info}");
+    assert_eq!(back.recv()["type"], "connected");
+    for i in 0..3 {
+        let m = back.recv();
+        assert_eq!(m["type"], "data", "{m}");
+        assert_eq!(m["data"], format!("missed{i}"));
+        assert!(m["seq"].as_u64().unwrap() > seen);
+    }
+}
+
+#[test]
 fn the_same_peer_id_on_another_node_replaces_the_older_connection() {
     let redis = Redis::start();
     let db = unique_db("t");

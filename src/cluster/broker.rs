@@ -88,8 +88,9 @@ pub enum Pub {
     },
 }
 
-/// A snapshot: `(epoch, seq, presence fields and values)`.
-pub type Snapshot = (String, u64, Vec<(String, Vec<u8>)>);
+/// A snapshot: `(epoch, seq, presence fields and values, the stream's
+/// last messages, oldest first)`.
+pub type Snapshot = (String, u64, Vec<(String, Vec<u8>)>, Vec<Vec<u8>>);
 
 /// What comes back to the loop.
 #[derive(Debug)]
@@ -632,8 +633,12 @@ fn run(
             (reply, failed)
         }
         Cmd::Snapshot { code } => {
-            let r: redis::RedisResult<Value> =
-                s.snapshot.arg(&*code).arg(epoch_candidate()).invoke(c);
+            let r: redis::RedisResult<Value> = s
+                .snapshot
+                .arg(&*code)
+                .arg(epoch_candidate())
+                .arg(maxlen)
+                .invoke(c);
             match r {
                 Ok(v) => (
                     Reply::Snapshot {
@@ -726,13 +731,16 @@ fn parse_snapshot(v: Value) -> Option<Snapshot> {
     let Value::Array(items) = v else { return None };
     let epoch = String::from_utf8(bytes_of(items.first()?)?).ok()?;
     let seq = int_of(items.get(1)?)?;
+    let n = usize::try_from(int_of(items.get(2)?)?).ok()?;
+    let presence = items.get(3..3usize.checked_add(n)?)?;
     let mut peers = Vec::new();
-    for pair in items[2..].chunks(2) {
+    for pair in presence.chunks(2) {
         if let [k, v] = pair {
             peers.push((String::from_utf8(bytes_of(k)?).ok()?, bytes_of(v)?));
         }
     }
-    Some((epoch, seq, peers))
+    let recent = items[3 + n..].iter().filter_map(bytes_of).collect();
+    Some((epoch, seq, peers, recent))
 }
 
 fn parse_fetch(v: Value) -> Option<(String, u64, Vec<Vec<u8>>)> {

@@ -194,6 +194,44 @@ impl Message {
     }
 }
 
+/// What a node that starts following a room at `seq` can replay, from the
+/// stream's last messages (oldest first) read with its snapshot: `(floor,
+/// doc_seq, data events)`. Every `data` event numbered above `floor` (up
+/// to `seq`) is among the events. `floor` is never below the last document
+/// event read: a peer recovering from before it needs the whole state,
+/// and this node's copy of the document came from the store, which may
+/// not hold that document yet. `doc_seq` is that document event's number
+/// (0: none read).
+pub fn recent_history(seq: u64, recent: Vec<Vec<u8>>) -> (u64, u64, Vec<(u64, bytes::Bytes)>) {
+    let msgs: Vec<Message> = recent
+        .into_iter()
+        .filter_map(Message::parse)
+        .filter(|m| m.seq <= seq)
+        .collect();
+    // Entries are numbered one by one: a break means something is missing.
+    let contiguous = msgs.windows(2).all(|w| w[1].seq == w[0].seq + 1)
+        && msgs.last().map_or(true, |m| m.seq == seq);
+    if !contiguous {
+        return (seq, 0, Vec::new());
+    }
+    let doc_seq = msgs
+        .iter()
+        .filter(|m| m.kind == b's')
+        .map(|m| m.seq)
+        .max()
+        .unwrap_or(0);
+    let floor = msgs
+        .first()
+        .map_or(seq, |m| m.seq.saturating_sub(1))
+        .max(doc_seq);
+    let events = msgs
+        .into_iter()
+        .filter(|m| m.kind == b'd' && m.seq > floor)
+        .map(|m| (m.seq, m.body))
+        .collect();
+    (floor, doc_seq, events)
+}
+
 /// The head of a published event (after `<seq>|<epoch>|`, which the
 /// script adds).
 pub fn head(node: &str, except: Option<ConnRef>, kind: u8, from: &str) -> String {
@@ -293,6 +331,34 @@ mod tests {
         assert!(!m.needs_body());
         let m = Message::parse(b"5|e|n|-|d|\n".to_vec()).unwrap();
         assert!(!m.needs_body());
+    }
+
+    #[test]
+    fn recent_history_starts_after_the_last_document() {
+        let msg =
+            |seq: u64, kind: char, body: &str| format!("{seq}|ep|n|-|{kind}|\n{body}").into_bytes();
+        let d = |seq: u64| {
+            msg(
+                seq,
+                'd',
+                &format!(r#"{{"type":"data","from":"p","data":"{seq}""#),
+            )
+        };
+        // Data only: everything above the oldest entry read.
+        let (floor, doc, ev) = recent_history(7, vec![d(5), d(6), msg(7, 'j', "{}")]);
+        assert_eq!((floor, doc), (4, 0));
+        assert_eq!(ev.iter().map(|e| e.0).collect::<Vec<_>>(), [5, 6]);
+        assert!(ev[0].1.ends_with(br#""data":"5""#));
+        // A document in the window: nothing before it is replayable.
+        let (floor, doc, ev) = recent_history(9, vec![d(5), msg(6, 's', ""), d(7), d(8), d(9)]);
+        assert_eq!((floor, doc), (6, 6));
+        assert_eq!(ev.iter().map(|e| e.0).collect::<Vec<_>>(), [7, 8, 9]);
+        // Nothing read, or a hole: nothing replayable before the snapshot.
+        assert_eq!(recent_history(3, vec![]).0, 3);
+        let (floor, _, ev) = recent_history(9, vec![d(5), d(7), d(9)]);
+        assert_eq!((floor, ev.len()), (9, 0));
+        let (floor, _, ev) = recent_history(9, vec![d(5), d(6)]);
+        assert_eq!((floor, ev.len()), (9, 0));
     }
 
     #[test]

@@ -107,9 +107,11 @@ end
 return 0
 "#;
 
-/// Where a node starts following a room: ARGV: code, epoch candidate.
-/// Returns {epoch, seq, field, value, field, value, …} of the presence
-/// hash, all as of one instant.
+/// Where a node starts following a room: ARGV: code, epoch candidate,
+/// count. Returns {epoch, seq, n, field, value, … (the n items of the
+/// presence hash), message, …} where the messages are the last `count`
+/// entries of the stream, oldest first (documents as their notices), all
+/// as of one instant: the node's replay history starts from them.
 pub const SNAPSHOT: &str = r#"
 local base = P .. 'r:' .. ARGV[1]
 local epoch = redis.call('GET', base .. ':epoch')
@@ -120,9 +122,16 @@ if not epoch then
   redis.call('DEL', base .. ':s', base .. ':doc')
 end
 local seq = tonumber(redis.call('GET', base .. ':seq') or '0')
-local out = {epoch, seq}
 local all = redis.call('HGETALL', base .. ':p')
+local out = {epoch, seq, #all}
 for i = 1, #all do out[#out + 1] = all[i] end
+local recent = redis.call('XREVRANGE', base .. ':s', '+', '-', 'COUNT', ARGV[3])
+for i = #recent, 1, -1 do
+  local f = recent[i][2]
+  for j = 1, #f, 2 do
+    if f[j] == 'm' then out[#out + 1] = f[j + 1] end
+  end
+end
 return out
 "#;
 

@@ -386,7 +386,7 @@ impl Engine {
                     .map(|(_, w)| w)
                     .unwrap_or_default();
                 let started = match (snap, self.rooms.find(&code).map(|(r, _)| r)) {
-                    (Some((epoch, seq, entries)), Some(r)) => {
+                    (Some((epoch, seq, entries, recent)), Some(r)) => {
                         let mut peers = Vec::new();
                         for (shown, value) in entries {
                             // `<node>|<conn>|<peer json>`
@@ -403,6 +403,8 @@ impl Engine {
                         }
                         self.rooms
                             .cluster_start(r, &epoch, seq, peers, now, &mut self.fx);
+                        let (floor, doc_seq, history) = cluster::recent_history(seq, recent);
+                        self.rooms.cluster_history(r, floor, doc_seq, history, now);
                         let cl = self.cluster.as_mut().expect("cluster");
                         cl.order.start(&code, &epoch, seq);
                         // Events published between the snapshot and now may
