@@ -118,6 +118,7 @@ pub enum Reply {
     /// holds those bytes, `None` when the read failed.
     Body {
         code: Box<str>,
+        epoch: Box<str>,
         seq: u64,
         got: Option<Option<Vec<u8>>>,
     },
@@ -580,8 +581,9 @@ fn failed_reply(cmd: Cmd) -> Reply {
             from,
             got: None,
         },
-        Cmd::Body { code, seq, .. } => Reply::Body {
+        Cmd::Body { code, epoch, seq } => Reply::Body {
             code,
+            epoch,
             seq,
             got: None,
         },
@@ -659,6 +661,7 @@ fn run(
                 Ok(got) => (
                     Reply::Body {
                         code,
+                        epoch,
                         seq,
                         got: Some(got),
                     },
@@ -669,6 +672,7 @@ fn run(
                     (
                         Reply::Body {
                             code,
+                            epoch,
                             seq,
                             got: None,
                         },

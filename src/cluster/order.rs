@@ -130,25 +130,24 @@ impl<E: Event> Order<E> {
     /// Delivers what is now contiguous, up to an event still without its
     /// bytes (asked for once).
     fn drain(room: &str, t: &mut Track<E>, now: Instant, out: &mut Vec<Out<E>>) {
-        loop {
+        // Everything held is above `last`: the next event, if here, is
+        // the first.
+        while let Some(first) = t.held.first_entry() {
             let next = t.last + 1;
-            match t.held.get(&next) {
-                None => break,
-                Some(ev) if ev.needs_body() => {
-                    if t.awaiting.map(|(s, _)| s) != Some(next) {
-                        t.awaiting = Some((next, now));
-                        out.push(Out::Body {
-                            room: room.into(),
-                            seq: next,
-                        });
-                    }
-                    break;
-                }
-                Some(_) => {}
-            }
-            let Some(ev) = t.held.remove(&next) else {
+            if *first.key() != next {
                 break;
-            };
+            }
+            if first.get().needs_body() {
+                if t.awaiting.map(|(s, _)| s) != Some(next) {
+                    t.awaiting = Some((next, now));
+                    out.push(Out::Body {
+                        room: room.into(),
+                        seq: next,
+                    });
+                }
+                break;
+            }
+            let ev = first.remove();
             t.last = next;
             out.push(Out::Deliver {
                 room: room.into(),

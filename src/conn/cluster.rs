@@ -445,7 +445,11 @@ impl Engine {
                     None => cl.order.fetch_failed(&code, &mut out),
                 }
             }
-            Reply::Body { code, seq, got } => match got {
+            // An answer for an earlier incarnation of the room's stream
+            // is not this one's.
+            Reply::Body { code, epoch, .. }
+                if cl.order.position(&code).map(|(e, _)| e) != Some(&*epoch) => {}
+            Reply::Body { code, seq, got, .. } => match got {
                 Some(Some(bytes)) => {
                     let fill = |m: &mut Message| m.body = bytes.into();
                     cl.order.body(&code, seq, fill, now, &mut out);
