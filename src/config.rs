@@ -174,6 +174,9 @@ impl Config {
             // as soon as it changes, not after the single-node delays.
             room_store.save_delay = Duration::ZERO;
             room_store.save_max_delay = Duration::ZERO;
+            // ... and a code another node created a moment ago may not be
+            // written yet when this node is asked about it.
+            room_store.recheck_misses = true;
         }
 
         Ok(Config {
@@ -259,6 +262,7 @@ fn room_store(
         ));
     }
     Ok(StoreConfig {
+        recheck_misses: false,
         kind,
         save_delay: std::time::Duration::from_millis(delay),
         save_max_delay: std::time::Duration::from_millis(max_delay),

@@ -53,6 +53,13 @@ pub enum Cmd {
     Snapshot { code: Box<str> },
     /// Read a room's stream from `from` on.
     Fetch { code: Box<str>, from: u64 },
+    /// Read the bytes of the document event `seq` of the room's stream
+    /// incarnation `epoch` (published as a notice without them).
+    Body {
+        code: Box<str>,
+        epoch: Box<str>,
+        seq: u64,
+    },
     /// Remove every presence entry of this node (each with `peer_left`):
     /// its presence was no longer known after failed publishes.
     ClearOwn,
@@ -81,8 +88,9 @@ pub enum Pub {
     },
 }
 
-/// A snapshot: `(epoch, seq, presence fields and values)`.
-pub type Snapshot = (String, u64, Vec<(String, Vec<u8>)>);
+/// A snapshot: `(epoch, seq, presence fields and values, the stream's
+/// last messages, oldest first)`.
+pub type Snapshot = (String, u64, Vec<(String, Vec<u8>)>, Vec<Vec<u8>>);
 
 /// What comes back to the loop.
 #[derive(Debug)]
@@ -105,6 +113,14 @@ pub enum Reply {
         code: Box<str>,
         from: u64,
         got: Option<(String, u64, Vec<Vec<u8>>)>,
+    },
+    /// The answer to [`Cmd::Body`]: `Some(None)` when Redis no longer
+    /// holds those bytes, `None` when the read failed.
+    Body {
+        code: Box<str>,
+        epoch: Box<str>,
+        seq: u64,
+        got: Option<Option<Vec<u8>>>,
     },
     /// A message published on a room's channel.
     Message { code: Box<str>, payload: Vec<u8> },
@@ -565,6 +581,12 @@ fn failed_reply(cmd: Cmd) -> Reply {
             from,
             got: None,
         },
+        Cmd::Body { code, epoch, seq } => Reply::Body {
+            code,
+            epoch,
+            seq,
+            got: None,
+        },
     }
 }
 
@@ -613,8 +635,12 @@ fn run(
             (reply, failed)
         }
         Cmd::Snapshot { code } => {
-            let r: redis::RedisResult<Value> =
-                s.snapshot.arg(&*code).arg(epoch_candidate()).invoke(c);
+            let r: redis::RedisResult<Value> = s
+                .snapshot
+                .arg(&*code)
+                .arg(epoch_candidate())
+                .arg(maxlen)
+                .invoke(c);
             match r {
                 Ok(v) => (
                     Reply::Snapshot {
@@ -626,6 +652,32 @@ fn run(
                 Err(e) => {
                     warn!("redis: snapshot failed: {e}");
                     (Reply::Snapshot { code, snap: None }, dropped(&e))
+                }
+            }
+        }
+        Cmd::Body { code, epoch, seq } => {
+            let key = scripts::doc_key(&code, &epoch, seq);
+            match redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(c) {
+                Ok(got) => (
+                    Reply::Body {
+                        code,
+                        epoch,
+                        seq,
+                        got: Some(got),
+                    },
+                    false,
+                ),
+                Err(e) => {
+                    warn!("redis: reading a document failed: {e}");
+                    (
+                        Reply::Body {
+                            code,
+                            epoch,
+                            seq,
+                            got: None,
+                        },
+                        dropped(&e),
+                    )
                 }
             }
         }
@@ -683,13 +735,16 @@ fn parse_snapshot(v: Value) -> Option<Snapshot> {
     let Value::Array(items) = v else { return None };
     let epoch = String::from_utf8(bytes_of(items.first()?)?).ok()?;
     let seq = int_of(items.get(1)?)?;
+    let n = usize::try_from(int_of(items.get(2)?)?).ok()?;
+    let presence = items.get(3..3usize.checked_add(n)?)?;
     let mut peers = Vec::new();
-    for pair in items[2..].chunks(2) {
+    for pair in presence.chunks(2) {
         if let [k, v] = pair {
             peers.push((String::from_utf8(bytes_of(k)?).ok()?, bytes_of(v)?));
         }
     }
-    Some((epoch, seq, peers))
+    let recent = items[3 + n..].iter().filter_map(bytes_of).collect();
+    Some((epoch, seq, peers, recent))
 }
 
 fn parse_fetch(v: Value) -> Option<(String, u64, Vec<Vec<u8>>)> {

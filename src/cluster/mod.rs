@@ -134,8 +134,16 @@ pub struct Message {
     pub from: Box<str>,
     pub body: bytes::Bytes,
     /// A document entry read from the stream whose bytes Redis no longer
-    /// holds (a later document replaced them).
+    /// holds (a later document replaced them long ago).
     pub missing_body: bool,
+}
+
+impl order::Event for Message {
+    /// A document's notice as published: its bytes are read from their
+    /// key ([`scripts::doc_key`]) before it is delivered.
+    fn needs_body(&self) -> bool {
+        self.kind == b's' && self.body.is_empty() && !self.missing_body
+    }
 }
 
 /// `key.gen` of a connection in messages and presence values.
@@ -184,6 +192,44 @@ impl Message {
             missing_body,
         })
     }
+}
+
+/// What a node that starts following a room at `seq` can replay, from the
+/// stream's last messages (oldest first) read with its snapshot: `(floor,
+/// doc_seq, data events)`. Every `data` event numbered above `floor` (up
+/// to `seq`) is among the events. `floor` is never below the last document
+/// event read: a peer recovering from before it needs the whole state,
+/// and this node's copy of the document came from the store, which may
+/// not hold that document yet. `doc_seq` is that document event's number
+/// (0: none read).
+pub fn recent_history(seq: u64, recent: Vec<Vec<u8>>) -> (u64, u64, Vec<(u64, bytes::Bytes)>) {
+    let msgs: Vec<Message> = recent
+        .into_iter()
+        .filter_map(Message::parse)
+        .filter(|m| m.seq <= seq)
+        .collect();
+    // Entries are numbered one by one: a break means something is missing.
+    let contiguous = msgs.windows(2).all(|w| w[1].seq == w[0].seq + 1)
+        && msgs.last().map_or(true, |m| m.seq == seq);
+    if !contiguous {
+        return (seq, 0, Vec::new());
+    }
+    let doc_seq = msgs
+        .iter()
+        .filter(|m| m.kind == b's')
+        .map(|m| m.seq)
+        .max()
+        .unwrap_or(0);
+    let floor = msgs
+        .first()
+        .map_or(seq, |m| m.seq.saturating_sub(1))
+        .max(doc_seq);
+    let events = msgs
+        .into_iter()
+        .filter(|m| m.kind == b'd' && m.seq > floor)
+        .map(|m| (m.seq, m.body))
+        .collect();
+    (floor, doc_seq, events)
 }
 
 /// The head of a published event (after `<seq>|<epoch>|`, which the
@@ -276,6 +322,43 @@ mod tests {
         }
         let m = Message::parse(b"3|e|n|-|s|h\n\0".to_vec()).unwrap();
         assert!(m.missing_body);
+        use order::Event;
+        assert!(!m.needs_body());
+        // A document as published: the notice alone.
+        let m = Message::parse(b"4|e|n|1.2|s|\n".to_vec()).unwrap();
+        assert!(m.needs_body() && m.body.is_empty());
+        let m = Message::parse(b"4|e|n|1.2|s|\n{\"type\":\"document_sync\"".to_vec()).unwrap();
+        assert!(!m.needs_body());
+        let m = Message::parse(b"5|e|n|-|d|\n".to_vec()).unwrap();
+        assert!(!m.needs_body());
+    }
+
+    #[test]
+    fn recent_history_starts_after_the_last_document() {
+        let msg =
+            |seq: u64, kind: char, body: &str| format!("{seq}|ep|n|-|{kind}|\n{body}").into_bytes();
+        let d = |seq: u64| {
+            msg(
+                seq,
+                'd',
+                &format!(r#"{{"type":"data","from":"p","data":"{seq}""#),
+            )
+        };
+        // Data only: everything above the oldest entry read.
+        let (floor, doc, ev) = recent_history(7, vec![d(5), d(6), msg(7, 'j', "{}")]);
+        assert_eq!((floor, doc), (4, 0));
+        assert_eq!(ev.iter().map(|e| e.0).collect::<Vec<_>>(), [5, 6]);
+        assert!(ev[0].1.ends_with(br#""data":"5""#));
+        // A document in the window: nothing before it is replayable.
+        let (floor, doc, ev) = recent_history(9, vec![d(5), msg(6, 's', ""), d(7), d(8), d(9)]);
+        assert_eq!((floor, doc), (6, 6));
+        assert_eq!(ev.iter().map(|e| e.0).collect::<Vec<_>>(), [7, 8, 9]);
+        // Nothing read, or a hole: nothing replayable before the snapshot.
+        assert_eq!(recent_history(3, vec![]).0, 3);
+        let (floor, _, ev) = recent_history(9, vec![d(5), d(7), d(9)]);
+        assert_eq!((floor, ev.len()), (9, 0));
+        let (floor, _, ev) = recent_history(9, vec![d(5), d(6)]);
+        assert_eq!((floor, ev.len()), (9, 0));
     }
 
     #[test]

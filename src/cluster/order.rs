@@ -16,9 +16,23 @@
 //!   epoch changed because Redis lost the room's keys), the room is given up
 //!   ([`Out::Reset`]): the shell closes its local members with 1013 so they
 //!   re-join, and the room is no longer tracked until it is started again.
+//! * An event that arrives without its bytes (a document's notice,
+//!   [`Event::needs_body`]) stops the room's deliveries when its turn
+//!   comes: its bytes are asked for ([`Out::Body`]) and nothing after it
+//!   is delivered before them, so every node keeps the one order. Bytes
+//!   that cannot be had reset the room as a gap would.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{btree_map, BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+/// What the order core needs to know of an event.
+pub trait Event {
+    /// The event came without its bytes (they are read separately before
+    /// it may be delivered).
+    fn needs_body(&self) -> bool {
+        false
+    }
+}
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +45,9 @@ pub enum Out<E> {
     /// The room's order cannot be continued without a gap: close its local
     /// members (1013); it is no longer tracked.
     Reset { room: Box<str> },
+    /// The next event, `seq`, came without its bytes: read them and hand
+    /// them to [`Order::body`] (or [`Order::body_failed`]).
+    Body { room: Box<str>, seq: u64 },
 }
 
 struct Track<E> {
@@ -39,6 +56,9 @@ struct Track<E> {
     held: BTreeMap<u64, E>,
     /// A stream read is outstanding since then.
     fetching: Option<Instant>,
+    /// The bytes of event `.0` (always `last + 1`) are being read since
+    /// `.1`.
+    awaiting: Option<(u64, Instant)>,
 }
 
 /// The order state of every room this node follows.
@@ -48,7 +68,7 @@ pub struct Order<E> {
     fetch_timeout: Duration,
 }
 
-impl<E> Order<E> {
+impl<E: Event> Order<E> {
     /// `limit`: events held ahead of a gap per room; `fetch_timeout`: how
     /// long a stream read may take.
     pub fn new(limit: usize, fetch_timeout: Duration) -> Order<E> {
@@ -69,6 +89,7 @@ impl<E> Order<E> {
                 last,
                 held: BTreeMap::new(),
                 fetching: None,
+                awaiting: None,
             },
         );
     }
@@ -106,15 +127,36 @@ impl<E> Order<E> {
         }
     }
 
-    /// Delivers what is now contiguous.
-    fn drain(room: &str, t: &mut Track<E>, out: &mut Vec<Out<E>>) {
-        while let Some(ev) = t.held.remove(&(t.last + 1)) {
-            t.last += 1;
+    /// Delivers what is now contiguous, up to an event still without its
+    /// bytes (asked for once).
+    fn drain(room: &str, t: &mut Track<E>, now: Instant, out: &mut Vec<Out<E>>) {
+        // Everything held is above `last`: the next event, if here, is
+        // the first.
+        while let Some(first) = t.held.first_entry() {
+            let next = t.last + 1;
+            if *first.key() != next {
+                break;
+            }
+            if first.get().needs_body() {
+                if t.awaiting.map(|(s, _)| s) != Some(next) {
+                    t.awaiting = Some((next, now));
+                    out.push(Out::Body {
+                        room: room.into(),
+                        seq: next,
+                    });
+                }
+                break;
+            }
+            let ev = first.remove();
+            t.last = next;
             out.push(Out::Deliver {
                 room: room.into(),
-                seq: t.last,
+                seq: next,
                 ev,
             });
+        }
+        if t.awaiting.is_some_and(|(s, _)| s <= t.last) {
+            t.awaiting = None;
         }
         // Anything at or below `last` can no longer be delivered.
         while let Some((&s, _)) = t.held.first_key_value() {
@@ -147,15 +189,26 @@ impl<E> Order<E> {
             return;
         }
         t.held.insert(seq, ev);
-        Self::drain(room, t, out);
-        if t.held.is_empty() {
+        Self::drain(room, t, now, out);
+        self.check_held(room, now, out);
+    }
+
+    /// After a drain: too much held gives the room up; a number missing
+    /// before what is held is read from the stream (one read at a time).
+    fn check_held(&mut self, room: &str, now: Instant, out: &mut Vec<Out<E>>) {
+        let Some(t) = self.rooms.get_mut(room) else {
             return;
-        }
+        };
         if t.held.len() > self.limit {
             self.reset(room, out);
             return;
         }
-        if t.fetching.is_none() {
+        // Held behind an event waiting for its bytes is no gap.
+        let gap = t
+            .held
+            .first_key_value()
+            .is_some_and(|(&s, _)| s > t.last + 1);
+        if gap && t.fetching.is_none() {
             t.fetching = Some(now);
             out.push(Out::Fetch {
                 room: room.into(),
@@ -195,12 +248,24 @@ impl<E> Order<E> {
         for (seq, ev) in events {
             first.get_or_insert(seq);
             if seq > t.last {
-                t.held.entry(seq).or_insert(ev);
+                match t.held.entry(seq) {
+                    btree_map::Entry::Vacant(v) => {
+                        v.insert(ev);
+                    }
+                    // The stream's copy comes with the bytes a notice lacks.
+                    btree_map::Entry::Occupied(mut o) => {
+                        if o.get().needs_body() && !ev.needs_body() {
+                            o.insert(ev);
+                        }
+                    }
+                }
             }
         }
-        Self::drain(room, t, out);
+        Self::drain(room, t, now, out);
         let wanted = current.max(t.held.last_key_value().map_or(0, |(&s, _)| s));
-        if t.last >= wanted {
+        if t.last >= wanted || t.awaiting.is_some() {
+            // Caught up, or up to a document whose bytes are on their way
+            // (what follows it is held or still coming by pub/sub).
             return;
         }
         // The stream did not start where we asked: what we need is gone.
@@ -214,6 +279,60 @@ impl<E> Order<E> {
             room: room.into(),
             from: t.last + 1,
         });
+    }
+
+    /// The bytes of event `seq` (asked for by [`Out::Body`]): `fill` puts
+    /// them into the held event, which is then delivered with whatever
+    /// follows it. An answer no longer awaited is ignored.
+    pub fn body(
+        &mut self,
+        room: &str,
+        seq: u64,
+        fill: impl FnOnce(&mut E),
+        now: Instant,
+        out: &mut Vec<Out<E>>,
+    ) {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if t.awaiting.map(|(s, _)| s) != Some(seq) {
+            return;
+        }
+        t.awaiting = None;
+        let filled = t.held.get_mut(&seq).is_some_and(|ev| {
+            fill(ev);
+            !ev.needs_body()
+        });
+        if !filled {
+            // Filled with nothing: no skipping it.
+            self.reset(room, out);
+            return;
+        }
+        Self::drain(room, t, now, out);
+        self.check_held(room, now, out);
+    }
+
+    /// Redis no longer holds the bytes of event `seq`: a gap that cannot
+    /// be filled. An answer no longer awaited is ignored.
+    pub fn body_failed(&mut self, room: &str, seq: u64, out: &mut Vec<Out<E>>) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|t| t.awaiting.is_some_and(|(s, _)| s == seq))
+        {
+            self.reset(room, out);
+        }
+    }
+
+    /// Reading the bytes failed because Redis is out of reach: the room
+    /// waits as for [`Order::fetch_deferred`]; the read after the
+    /// subscriber is back brings the bytes from the stream.
+    pub fn body_deferred(&mut self, room: &str, seq: u64) {
+        if let Some(t) = self.rooms.get_mut(room) {
+            if t.awaiting.is_some_and(|(s, _)| s == seq) {
+                t.awaiting = None;
+            }
+        }
     }
 
     /// A stream read failed: the gap cannot be filled.
@@ -267,7 +386,9 @@ impl<E> Order<E> {
             .iter()
             .filter(|(_, t)| {
                 t.fetching
-                    .is_some_and(|at| now.saturating_duration_since(at) >= self.fetch_timeout)
+                    .into_iter()
+                    .chain(t.awaiting.map(|(_, at)| at))
+                    .any(|at| now.saturating_duration_since(at) >= self.fetch_timeout)
             })
             .map(|(r, _)| r.clone())
             .collect();
@@ -280,7 +401,8 @@ impl<E> Order<E> {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.rooms
             .values()
-            .filter_map(|t| t.fetching.map(|at| at + self.fetch_timeout))
+            .flat_map(|t| t.fetching.into_iter().chain(t.awaiting.map(|(_, at)| at)))
+            .map(|at| at + self.fetch_timeout)
             .min()
     }
 }
@@ -289,6 +411,122 @@ impl<E> Order<E> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    impl Event for u64 {}
+
+    /// `(seq, has its bytes)`.
+    impl Event for (u64, bool) {
+        fn needs_body(&self) -> bool {
+            !self.1
+        }
+    }
+
+    fn seqs(out: &[Out<(u64, bool)>]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Deliver { seq, ev, .. } => {
+                    assert!(ev.1, "delivered without its bytes");
+                    Some(*seq)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_notice_waits_for_its_bytes_and_holds_what_follows() {
+        let mut o: Order<(u64, bool)> = Order::new(100, Duration::from_secs(2));
+        o.start("R", "e1", 10);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        o.event("R", "e1", 11, (11, true), now, &mut out);
+        o.event("R", "e1", 12, (12, false), now, &mut out);
+        o.event("R", "e1", 13, (13, true), now, &mut out);
+        assert_eq!(seqs(&out), [11]);
+        assert_eq!(
+            out.last(),
+            Some(&Out::Body {
+                room: "R".into(),
+                seq: 12
+            }),
+            "asked once, and no gap read: {out:?}"
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(o.next_deadline(), Some(now + Duration::from_secs(2)));
+        out.clear();
+        // A stale answer changes nothing; the awaited one delivers on.
+        o.body("R", 11, |e| e.1 = true, now, &mut out);
+        assert!(out.is_empty());
+        o.body("R", 12, |e| e.1 = true, now, &mut out);
+        assert_eq!(seqs(&out), [12, 13]);
+        assert_eq!(o.next_deadline(), None);
+        // A number lost behind a notice is read once the notice is through.
+        out.clear();
+        o.event("R", "e1", 14, (14, false), now, &mut out);
+        o.event("R", "e1", 16, (16, true), now, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.clear();
+        o.body("R", 14, |e| e.1 = true, now, &mut out);
+        assert_eq!(seqs(&out), [14]);
+        assert_eq!(
+            out.last(),
+            Some(&Out::Fetch {
+                room: "R".into(),
+                from: 15
+            })
+        );
+    }
+
+    #[test]
+    fn bytes_that_cannot_be_had_reset_the_room() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut o: Order<(u64, bool)> = Order::new(100, Duration::from_secs(2));
+        o.start("R", "e1", 0);
+        o.event("R", "e1", 1, (1, false), now, &mut out);
+        out.clear();
+        o.body_failed("R", 1, &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+        // Too slow.
+        o.start("R", "e1", 0);
+        out.clear();
+        o.event("R", "e1", 1, (1, false), now, &mut out);
+        out.clear();
+        o.tick(now + Duration::from_secs(2), &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+        // Filled with nothing.
+        o.start("R", "e1", 0);
+        out.clear();
+        o.event("R", "e1", 1, (1, false), now, &mut out);
+        out.clear();
+        o.body("R", 1, |_| {}, now, &mut out);
+        assert_eq!(out, [Out::Reset { room: "R".into() }]);
+    }
+
+    #[test]
+    fn an_outage_defers_the_bytes_and_the_stream_read_brings_them() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut o: Order<(u64, bool)> = Order::new(100, Duration::from_secs(2));
+        o.start("R", "e1", 0);
+        o.event("R", "e1", 1, (1, false), now, &mut out);
+        o.event("R", "e1", 2, (2, true), now, &mut out);
+        out.clear();
+        o.body_deferred("R", 1);
+        assert_eq!(o.next_deadline(), None);
+        o.catch_up(now, &mut out);
+        assert_eq!(
+            out,
+            [Out::Fetch {
+                room: "R".into(),
+                from: 1
+            }]
+        );
+        out.clear();
+        o.fetched("R", Some("e1"), 2, vec![(1, (1, true))], now, &mut out);
+        assert_eq!(seqs(&out), [1, 2]);
+        assert!(o.tracking("R"));
+    }
 
     fn delivered(out: &[Out<u64>]) -> Vec<u64> {
         out.iter()
@@ -504,7 +742,7 @@ mod tests {
             swaps in proptest::collection::vec((0usize..60, 0usize..60), 0..20),
         ) {
             let now = Instant::now();
-            let mut o: Order<u64> = Order::new(1000, Duration::from_secs(2));
+            let mut o: Order<(u64, bool)> = Order::new(1000, Duration::from_secs(2));
             o.start("R", "e", 0);
             // The stream holds the last `kept` events.
             let floor = total.saturating_sub(kept);
@@ -524,25 +762,35 @@ mod tests {
             let mut out = Vec::new();
             let mut seen = Vec::new();
             let mut reset = false;
-            let step = |o: &mut Order<u64>, out: &mut Vec<Out<u64>>, seen: &mut Vec<u64>, reset: &mut bool| {
+            type Ev = (u64, bool);
+            let step = |o: &mut Order<Ev>, out: &mut Vec<Out<Ev>>, seen: &mut Vec<u64>, reset: &mut bool| {
                 while let Some(x) = (!out.is_empty()).then(|| out.remove(0)) {
                     match x {
-                        Out::Deliver { seq, .. } => seen.push(seq),
+                        Out::Deliver { seq, ev, .. } => {
+                            assert!(ev.1 && ev.0 == seq);
+                            seen.push(seq)
+                        }
                         Out::Reset { .. } => *reset = true,
                         Out::Fetch { from, .. } => {
-                            let events: Vec<(u64, u64)> = (from.max(floor + 1)..=total)
+                            let events: Vec<(u64, Ev)> = (from.max(floor + 1)..=total)
                                 .take(7)
-                                .map(|s| (s, s))
+                                .map(|s| (s, (s, true)))
                                 .collect();
                             let mut more = Vec::new();
                             o.fetched("R", Some("e"), total, events, now, &mut more);
+                            out.extend(more);
+                        }
+                        Out::Body { seq, .. } => {
+                            let mut more = Vec::new();
+                            o.body("R", seq, |e| e.1 = true, now, &mut more);
                             out.extend(more);
                         }
                     }
                 }
             };
             for s in arrivals {
-                o.event("R", "e", s, s, now, &mut out);
+                // Every fifth event is a notice without its bytes.
+                o.event("R", "e", s, (s, s % 5 != 0), now, &mut out);
                 step(&mut o, &mut out, &mut seen, &mut reset);
             }
             // The subscriber's reconnect check finds whatever is left.

@@ -8,9 +8,17 @@
 //!   Redis that lost its data shows up as another epoch, never as a silent
 //!   restart of the numbering.
 //! * `r:<code>:seq` — the last number given; `r:<code>:s` — the capped
-//!   stream, entry id `<seq>-0`, fields `m` (the message) and `k` (kind);
-//!   `r:<code>:doc` — `<seq>|<document>`, the latest document (stream
-//!   entries of documents carry no bytes).
+//!   stream, entry id `<seq>-0`, fields `m` (the message) and `k` (kind).
+//! * `r:<code>:d:<epoch>:<seq>` — the bytes of the document event `seq`
+//!   (its `document_sync` JSON without the closing `,"seq":N}`). Neither
+//!   the stream entry nor the published message of a document carries its
+//!   bytes (Redis cuts a subscriber off after a few MB of output): they
+//!   are a numbered notice, and every node reads the bytes from this key
+//!   on its command thread. The latest document's key lives as long as the
+//!   room's other keys; one a newer document replaced stays
+//!   [`DOC_KEEP_SECONDS`] more, for nodes still reading it, then goes, so
+//!   Redis holds one document per room plus those replaced just now.
+//!   `r:<code>:doc` — the `seq` of the latest document.
 //! * `r:<code>:p` — presence: shown peer id → `<node>|<conn>|<peer json>`.
 //! * `nodes` — every node id; `n:<id>` — alive while it exists (TTL);
 //!   `n:<id>:rooms` — rooms where that node has peers.
@@ -18,12 +26,19 @@
 //!
 //! A message is `<seq>|<epoch>|<node>|<conn or ->|<kind>|<from>\n<body>`.
 
+/// How long a document's bytes stay in Redis after a newer document
+/// replaced them: nodes that have its notice but not yet its bytes read
+/// them within [`super::FETCH_TIMEOUT`] or give the room up.
+pub const DOC_KEEP_SECONDS: u64 = 30;
+
 /// Shared by every script: numbers one event, appends it to the stream
 /// and publishes it. `head` is the message after `<seq>|<epoch>|`, `body`
-/// what follows it (documents are kept out of the stream).
+/// what follows it. A document's body goes to its own key: the stream
+/// entry and the published message are the notice alone.
 const EMIT: &str = r#"
 local P = 'kp:'
 local DAY = 86400
+local KEEP = 30
 local function emit(code, cand, maxlen, kind, head, body)
   local base = P .. 'r:' .. code
   local epoch = redis.call('GET', base .. ':epoch')
@@ -36,11 +51,14 @@ local function emit(code, cand, maxlen, kind, head, body)
   local seq = redis.call('INCR', base .. ':seq')
   local prefix = seq .. '|' .. epoch .. '|' .. head
   if kind == 's' then
-    redis.call('SET', base .. ':doc', seq .. '|' .. body, 'EX', DAY)
-    redis.call('XADD', base .. ':s', 'MAXLEN', maxlen, seq .. '-0', 'm', prefix, 'k', kind)
-  else
-    redis.call('XADD', base .. ':s', 'MAXLEN', maxlen, seq .. '-0', 'm', prefix .. body, 'k', kind)
+    local dk = base .. ':d:' .. epoch .. ':'
+    local prev = redis.call('GET', base .. ':doc')
+    if prev then redis.call('EXPIRE', dk .. prev, KEEP) end
+    redis.call('SET', dk .. seq, body, 'EX', DAY)
+    redis.call('SET', base .. ':doc', seq, 'EX', DAY)
+    body = ''
   end
+  redis.call('XADD', base .. ':s', 'MAXLEN', maxlen, seq .. '-0', 'm', prefix .. body, 'k', kind)
   redis.call('EXPIRE', base .. ':epoch', DAY)
   redis.call('EXPIRE', base .. ':seq', DAY)
   redis.call('EXPIRE', base .. ':s', DAY)
@@ -89,9 +107,11 @@ end
 return 0
 "#;
 
-/// Where a node starts following a room: ARGV: code, epoch candidate.
-/// Returns {epoch, seq, field, value, field, value, …} of the presence
-/// hash, all as of one instant.
+/// Where a node starts following a room: ARGV: code, epoch candidate,
+/// count. Returns {epoch, seq, n, field, value, … (the n items of the
+/// presence hash), message, …} where the messages are the last `count`
+/// entries of the stream, oldest first (documents as their notices), all
+/// as of one instant: the node's replay history starts from them.
 pub const SNAPSHOT: &str = r#"
 local base = P .. 'r:' .. ARGV[1]
 local epoch = redis.call('GET', base .. ':epoch')
@@ -102,21 +122,27 @@ if not epoch then
   redis.call('DEL', base .. ':s', base .. ':doc')
 end
 local seq = tonumber(redis.call('GET', base .. ':seq') or '0')
-local out = {epoch, seq}
 local all = redis.call('HGETALL', base .. ':p')
+local out = {epoch, seq, #all}
 for i = 1, #all do out[#out + 1] = all[i] end
+local recent = redis.call('XREVRANGE', base .. ':s', '+', '-', 'COUNT', ARGV[3])
+for i = #recent, 1, -1 do
+  local f = recent[i][2]
+  for j = 1, #f, 2 do
+    if f[j] == 'm' then out[#out + 1] = f[j + 1] end
+  end
+end
 return out
 "#;
 
 /// A gap fill: ARGV: code, first seq, count. Returns {epoch or '', seq,
-/// message, …}; a document entry gets its bytes back from the document
-/// key when that still holds that version, else it stays without them.
+/// message, …}; a document entry gets its bytes back from its key while
+/// Redis still holds them, else a single NUL byte in their place.
 pub const FETCH: &str = r#"
 local base = P .. 'r:' .. ARGV[1]
 local epoch = redis.call('GET', base .. ':epoch') or ''
 local seq = tonumber(redis.call('GET', base .. ':seq') or '0')
 local out = {epoch, seq}
-local doc = nil
 local entries = redis.call('XRANGE', base .. ':s', ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
 for _, e in ipairs(entries) do
   local f = e[2]
@@ -125,15 +151,19 @@ for _, e in ipairs(entries) do
     if f[i] == 'm' then m = f[i + 1] elseif f[i] == 'k' then k = f[i + 1] end
   end
   if k == 's' then
-    doc = doc or redis.call('GET', base .. ':doc') or ''
     local id = string.match(e[1], '^(%d+)-')
-    local dseq, dbody = string.match(doc, '^(%d+)|(.*)$')
-    if dseq == id then m = m .. dbody else m = m .. '\0' end
+    m = m .. (redis.call('GET', base .. ':d:' .. epoch .. ':' .. id) or '\0')
   end
   out[#out + 1] = m
 end
 return out
 "#;
+
+/// The key holding the bytes of the document event `seq` of the room's
+/// stream incarnation `epoch` (see the module docs).
+pub fn doc_key(code: &str, epoch: &str, seq: u64) -> String {
+    format!("{}r:{code}:d:{epoch}:{seq}", super::PREFIX)
+}
 
 /// The node is alive (ARGV: node, ttl seconds); then every node whose
 /// key is gone loses its peers, each with a `peer_left` (ARGV: epoch
@@ -182,4 +212,13 @@ pub fn full(body: &str) -> String {
     s.push_str(EMIT);
     s.push_str(body);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_script_keeps_replaced_documents_as_long_as_documented() {
+        let want = format!("local KEEP = {}\n", super::DOC_KEEP_SECONDS);
+        assert!(super::EMIT.contains(&want));
+    }
 }

@@ -386,7 +386,7 @@ impl Engine {
                     .map(|(_, w)| w)
                     .unwrap_or_default();
                 let started = match (snap, self.rooms.find(&code).map(|(r, _)| r)) {
-                    (Some((epoch, seq, entries)), Some(r)) => {
+                    (Some((epoch, seq, entries, recent)), Some(r)) => {
                         let mut peers = Vec::new();
                         for (shown, value) in entries {
                             // `<node>|<conn>|<peer json>`
@@ -403,6 +403,8 @@ impl Engine {
                         }
                         self.rooms
                             .cluster_start(r, &epoch, seq, peers, now, &mut self.fx);
+                        let (floor, doc_seq, history) = cluster::recent_history(seq, recent);
+                        self.rooms.cluster_history(r, floor, doc_seq, history, now);
                         let cl = self.cluster.as_mut().expect("cluster");
                         cl.order.start(&code, &epoch, seq);
                         // Events published between the snapshot and now may
@@ -443,6 +445,19 @@ impl Engine {
                     None => cl.order.fetch_failed(&code, &mut out),
                 }
             }
+            // An answer for an earlier incarnation of the room's stream
+            // is not this one's.
+            Reply::Body { code, epoch, .. }
+                if cl.order.position(&code).map(|(e, _)| e) != Some(&*epoch) => {}
+            Reply::Body { code, seq, got, .. } => match got {
+                Some(Some(bytes)) => {
+                    let fill = |m: &mut Message| m.body = bytes.into();
+                    cl.order.body(&code, seq, fill, now, &mut out);
+                }
+                Some(None) => cl.order.body_failed(&code, seq, &mut out),
+                None if !(cl.commands_up && cl.subscriber_up) => cl.order.body_deferred(&code, seq),
+                None => cl.order.body_failed(&code, seq, &mut out),
+            },
             Reply::Message { code, payload } => {
                 if let Some(m) = Message::parse(payload) {
                     if cl.order.tracking(&code) {
@@ -499,6 +514,26 @@ impl Engine {
                         } else {
                             cl.order.fetch_deferred(&room);
                         }
+                    }
+                }
+                Out::Body { room, seq } => {
+                    let epoch = cl.order.position(&room).map(|(e, _)| e.into());
+                    let up = cl.commands_up && cl.subscriber_up;
+                    let asked = epoch.is_some_and(|epoch| {
+                        cl.submit(Cmd::Body {
+                            code: room.clone(),
+                            epoch,
+                            seq,
+                        })
+                    });
+                    if !asked {
+                        let mut more = Vec::new();
+                        if up {
+                            cl.order.body_failed(&room, seq, &mut more);
+                        } else {
+                            cl.order.body_deferred(&room, seq);
+                        }
+                        queue.extend(more);
                     }
                 }
                 Out::Reset { room } => {

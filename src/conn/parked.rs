@@ -108,7 +108,9 @@ impl Engine {
         let now = self.now;
         self.next_job = self.next_job.wrapping_add(1);
         let seq = self.next_job;
-        if !self.store.lookup(code, cref, seq, now) {
+        // A creation's check that its code is free expects a miss.
+        let create = matches!(&pending, Pending::Rest { req, .. } if req.path == "/api/rooms");
+        if !self.store.lookup(code, cref, seq, !create, now) {
             self.store_did_not_answer(cref, pending);
             return;
         }

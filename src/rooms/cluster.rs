@@ -49,6 +49,42 @@ impl Rooms {
         }
     }
 
+    /// Cluster mode, right after [`Rooms::cluster_start`]: the room's
+    /// recent `data` events, read from its stream with the snapshot
+    /// (bodies without the closing `,"seq":N}`), every one numbered above
+    /// `floor` up to the snapshot's `seq`. They go into the replay history,
+    /// so a `since` recovery works on a node that has only just begun to
+    /// follow the room. `doc_seq`: the last document event among them.
+    pub fn cluster_history(
+        &mut self,
+        r: RoomRef,
+        floor: u64,
+        doc_seq: u64,
+        events: Vec<(u64, bytes::Bytes)>,
+        now: Instant,
+    ) {
+        let Some(room) = self
+            .rooms
+            .get_mut(r.key as usize)
+            .filter(|room| room.gen == r.gen && room.synced && floor <= room.seq)
+        else {
+            return;
+        };
+        let top = room.seq;
+        room.doc_seq = doc_seq;
+        let mut log = std::mem::take(&mut room.log);
+        log.restart(&mut self.ledger, floor);
+        for (seq, body) in events {
+            if seq <= floor || seq > top {
+                continue;
+            }
+            let frame = event_frame(&[&body], seq);
+            self.ledger
+                .hold(r, &mut log, seq, &frame, now, &mut self.rooms);
+        }
+        self.rooms[r.key as usize].log = log;
+    }
+
     /// Cluster mode: the room's order cannot go on without a gap (or this
     /// node cannot follow it): its local members are closed with 1013 so
     /// they re-join, and it is followed again only after a new snapshot.

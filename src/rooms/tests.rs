@@ -635,6 +635,42 @@ fn field(line: &str, key: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(json).unwrap()[key].clone()
 }
 
+/// Cluster mode: a node that has just begun to follow a room replays
+/// what its snapshot read from the stream.
+#[test]
+fn a_node_new_to_a_room_replays_from_the_stream_it_read() {
+    let mut w = World::new();
+    w.rooms.set_cluster(true);
+    w.create("R1", "h");
+    let (r, _) = w.rooms.find("R1").unwrap();
+    let mut fx = Vec::new();
+    w.rooms
+        .cluster_start(r, "ep", 9, Vec::new(), w.now, &mut fx);
+    let data = |seq: u64| {
+        let body = format!(r#"{{"type":"data","from":"far","data":"m{seq}""#);
+        (seq, bytes::Bytes::from(body))
+    };
+    w.rooms
+        .cluster_history(r, 6, 6, vec![data(7), data(8), data(9)], w.now);
+    let out = w.join_since(c(1), "R1", "p", Some(("ep", 7)));
+    assert_eq!(
+        kinds(&out),
+        [
+            "publish:peer_joined",
+            "1:room_info",
+            "1:connected",
+            "1:data",
+            "1:data"
+        ]
+    );
+    assert_eq!(field(&out[1], "recovered"), true);
+    assert_eq!(field(&out[3], "seq"), 8);
+    assert_eq!(field(&out[4], "data"), "m9");
+    // From before the last document: the whole state instead.
+    let out = w.join_since(c(2), "R1", "q", Some(("ep", 5)));
+    assert_eq!(field(&out[1], "recovered"), false);
+}
+
 #[test]
 fn reconnect_replays_missed_data_then_the_changed_document() {
     let mut w = World::new();

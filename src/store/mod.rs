@@ -19,6 +19,11 @@
 //!   every request for that code waits on it ([`RoomStore::lookup`]).
 //! * A room whose delete is pending is dead: a lookup of it is not asked,
 //!   it is simply not found.
+//! * With `recheck_misses` (cluster mode), a lookup asked with a re-check
+//!   that finds nothing is asked again after each of [`RECHECKS`] before
+//!   its waiters hear `Absent`: another node answers a room's creation as
+//!   soon as the room is in its memory and writes it to the shared store
+//!   at once, so a join that follows on this node may get here first.
 
 pub mod file;
 #[cfg(feature = "accounts")]
@@ -46,6 +51,16 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// stored room's before it is created anyway (with a code no room in memory
 /// has): room creation keeps working while the store is down.
 pub const FRESH_CODE_WAIT: Duration = Duration::from_secs(1);
+
+/// In cluster mode, how long after a miss a lookup is asked again (each
+/// counted from the previous answer), before the code is reported absent.
+/// Together well above the time another node takes to write a room it
+/// has just created, and well inside [`LOOKUP_TIMEOUT`].
+pub const RECHECKS: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(80),
+    Duration::from_millis(300),
+];
 
 /// Writes waiting for the writer thread, at most.
 const WRITE_QUEUE: usize = 4096;
@@ -89,6 +104,8 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     pub save_delay: Duration,
     pub save_max_delay: Duration,
+    /// Cluster mode: a miss is looked up again ([`RECHECKS`]).
+    pub recheck_misses: bool,
 }
 
 /// What is kept of one room.
@@ -391,6 +408,10 @@ fn reader(backend: &dyn Backend, jobs: &Receiver<ReadJob>, reply: impl Fn(Reply)
 struct Lookup {
     started: Instant,
     waiters: Vec<(ConnRef, u32)>,
+    /// Misses may be looked up again ([`RECHECKS`]): how many times so far.
+    rechecks: Option<usize>,
+    /// A re-check is due then.
+    again_at: Option<Instant>,
 }
 
 /// The `room_store` object of `/health`.
@@ -419,6 +440,7 @@ pub struct RoomStore {
     /// [`WRITE_QUEUE`], so the queue is never found full.
     writes_out: usize,
     ops: Vec<Op>,
+    recheck_misses: bool,
 }
 
 impl RoomStore {
@@ -464,6 +486,7 @@ impl RoomStore {
             idle_timeout,
             lookups: HashMap::new(),
             ops: Vec::new(),
+            recheck_misses: cfg.recheck_misses,
         })
     }
 
@@ -479,6 +502,7 @@ impl RoomStore {
             next_touch: None,
             writes_out: 0,
             ops: Vec::new(),
+            recheck_misses: false,
         }
     }
 
@@ -508,11 +532,21 @@ impl RoomStore {
 
     /// Makes `who` (waiting as job `seq`) wait for the lookup of `code`,
     /// asking the reader unless a lookup of it is under way. `false` when
-    /// the reader's queue is full: answer 503 now.
-    pub fn lookup(&mut self, code: &str, who: ConnRef, seq: u32, now: Instant) -> bool {
+    /// the reader's queue is full: answer 503 now. `recheck`: a miss is
+    /// asked again in cluster mode (not worth it for a fresh random code).
+    pub fn lookup(
+        &mut self,
+        code: &str,
+        who: ConnRef,
+        seq: u32,
+        recheck: bool,
+        now: Instant,
+    ) -> bool {
+        let recheck = (recheck && self.recheck_misses).then_some(0);
         if let Some(l) = self.lookups.get_mut(code) {
             if now.saturating_duration_since(l.started) < LOOKUP_TIMEOUT {
                 l.waiters.push((who, seq));
+                l.rechecks = l.rechecks.or(recheck);
                 return true;
             }
             // That one never answered; its waiters were answered 503 by
@@ -529,6 +563,8 @@ impl RoomStore {
                     Lookup {
                         started: now,
                         waiters: vec![(who, seq)],
+                        rechecks: recheck,
+                        again_at: None,
                     },
                 );
                 true
@@ -548,7 +584,8 @@ impl RoomStore {
             .policy
             .next_deadline()
             .filter(|_| self.writes_out < WRITE_QUEUE);
-        [writes, self.next_sweep, self.next_touch]
+        let again = self.lookups.values().filter_map(|l| l.again_at).min();
+        [writes, self.next_sweep, self.next_touch, again]
             .into_iter()
             .flatten()
             .min()
@@ -557,6 +594,20 @@ impl RoomStore {
     /// Hands due writes (built from `rooms`) and a due sweep to the workers.
     pub fn tick(&mut self, rooms: &crate::rooms::Rooms, now: Instant) {
         let Some(w) = &self.workers else { return };
+        for (code, l) in self.lookups.iter_mut() {
+            if l.again_at.is_some_and(|at| at <= now) {
+                l.again_at = None;
+                let sent = w
+                    .reads
+                    .as_ref()
+                    .is_some_and(|tx| tx.try_send(ReadJob::Load(code.clone())).is_ok());
+                if !sent {
+                    // The waiters' timers answer them (503) if no read
+                    // gets through.
+                    l.again_at = Some(now + RECHECKS[0]);
+                }
+            }
+        }
         if self.next_sweep.is_some_and(|at| at <= now) {
             self.next_sweep = Some(now + SWEEP_EVERY);
             if let (Some(idle), Some(tx)) = (self.idle_timeout, &w.reads) {
@@ -631,6 +682,15 @@ impl RoomStore {
                     }
                 }
                 Reply::Loaded(code, result) => {
+                    // Cluster mode: nothing stored yet may mean another
+                    // node's write of a room it just created is on its way.
+                    if let (Ok(None), Some(l)) = (&result, self.lookups.get_mut(&code)) {
+                        if let Some(wait) = l.rechecks.and_then(|n| RECHECKS.get(n)) {
+                            l.rechecks = l.rechecks.map(|n| n + 1);
+                            l.again_at = Some(now + *wait);
+                            continue;
+                        }
+                    }
                     let found = match result {
                         Err(_) => {
                             self.policy.note_read(false);
