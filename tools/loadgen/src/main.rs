@@ -59,6 +59,15 @@ struct Cli {
     /// Server process id, for RSS and CPU figures from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Another node of a cluster serving the same rooms (repeatable, a
+    /// loopback address): WebSocket connections spread round-robin over
+    /// the server and these. Rooms are created on the first.
+    #[arg(long, global = true)]
+    also: Vec<SocketAddr>,
+    /// Process id of another node (repeatable): CPU and RSS figures are
+    /// summed over the server and these.
+    #[arg(long, global = true)]
+    also_pid: Vec<u32>,
     /// Loopback source addresses to spread connections over
     /// (127.0.0.1, 127.0.0.2, ...), each with its own ephemeral ports.
     #[arg(long, global = true, default_value_t = 4)]
@@ -125,6 +134,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let server = SocketAddr::new(cli.host, cli.port);
+    if let Some(a) = cli.also.iter().find(|a| !a.ip().is_loopback()) {
+        eprintln!("loadgen: refusing {a}: only loopback servers may be loaded");
+        return ExitCode::from(2);
+    }
     match &cli.cmd {
         Cmd::FreePort => {
             return match TcpListener::bind((cli.host, 0)).and_then(|l| l.local_addr()) {
@@ -151,7 +164,13 @@ fn main() -> ExitCode {
     }
     let ctx = Ctx {
         server,
-        proc: Proc::new(cli.server_pid),
+        also: cli.also.clone(),
+        proc: Proc::all(
+            cli.server_pid
+                .into_iter()
+                .chain(cli.also_pid.iter().copied())
+                .collect(),
+        ),
         sources: cli.sources,
         run: scenarios::run_id(),
         label: cli.label.clone(),

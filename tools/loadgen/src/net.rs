@@ -213,8 +213,10 @@ pub struct Net {
     conns: Vec<Conn>,
     pub tx: Tx,
     scratch: Box<[u8]>,
-    server: SocketAddr,
-    host_header: String,
+    /// Where connections go: round-robin over several nodes of a cluster
+    /// (connection `i` to `servers[i % n]`), so each room's members spread
+    /// over them.
+    servers: Vec<SocketAddr>,
     sources: Vec<Ipv4Addr>,
     next_source: usize,
     resumed: Vec<ConnId>,
@@ -230,6 +232,12 @@ impl Net {
     /// An engine connecting to `server` from `sources` loopback addresses
     /// (127.0.0.1 .. 127.0.0.N).
     pub fn new(server: SocketAddr, sources: usize) -> io::Result<Net> {
+        Net::spread(vec![server], sources)
+    }
+
+    /// As [`Net::new`], with connections spread round-robin over `servers`.
+    pub fn spread(servers: Vec<SocketAddr>, sources: usize) -> io::Result<Net> {
+        assert!(!servers.is_empty(), "at least one server");
         let sources = (0..sources.max(1))
             .map(|i| Ipv4Addr::new(127, 0, (((i + 1) >> 8) & 255) as u8, ((i + 1) & 255) as u8))
             .collect();
@@ -245,8 +253,7 @@ impl Net {
             },
             // Room for one read plus the leftover of the previous one in front.
             scratch: vec![0u8; 2 * READ_CHUNK].into_boxed_slice(),
-            server,
-            host_header: server.to_string(),
+            servers,
             sources,
             next_source: 0,
             resumed: Vec::new(),
@@ -306,7 +313,8 @@ impl Net {
             }
             sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
         }
-        match sock.connect(&self.server.into()) {
+        let server = self.servers[self.conns.len() % self.servers.len()];
+        match sock.connect(&server.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -438,7 +446,8 @@ impl Net {
         let key = ws::base64(&key);
         self.conns[id].accept = ws::expected_accept(&key);
         self.conns[id].state = State::Handshake;
-        let req = ws::upgrade_request(&self.host_header, &key);
+        let host = self.servers[id % self.servers.len()].to_string();
+        let req = ws::upgrade_request(&host, &key);
         self.tx.raw(id, &req);
         self.flush_one(id);
     }

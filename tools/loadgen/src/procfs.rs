@@ -60,37 +60,58 @@ fn ticks_per_sec() -> f64 {
     }
 }
 
-/// A process to watch; `None` pid means "not given": every read is `None`.
-#[derive(Clone, Copy, Debug)]
+/// The processes to watch (the server, or every node of a cluster, whose
+/// figures are summed); none given: every read is `None`.
+#[derive(Clone, Debug)]
 pub struct Proc {
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl Proc {
     pub fn new(pid: Option<u32>) -> Proc {
-        Proc { pid }
+        Proc {
+            pids: pid.into_iter().collect(),
+        }
+    }
+
+    /// Several processes, summed.
+    pub fn all(pids: Vec<u32>) -> Proc {
+        Proc { pids }
     }
 
     /// The generator itself, to report its own CPU use.
     pub fn own() -> Proc {
-        Proc {
-            pid: Some(std::process::id()),
-        }
+        Proc::new(Some(std::process::id()))
     }
 
     pub fn is_set(&self) -> bool {
-        self.pid.is_some()
+        !self.pids.is_empty()
     }
 
+    /// Memory, summed over the processes.
     pub fn mem(&self) -> Option<Mem> {
-        let text = fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        parse_status(&text)
+        let mut total = Mem::default();
+        for pid in self.pids_or_none()? {
+            let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let m = parse_status(&text)?;
+            total.rss += m.rss;
+            total.hwm += m.hwm;
+        }
+        Some(total)
     }
 
-    /// CPU seconds used so far (user + system).
+    /// CPU seconds used so far (user + system), summed over the processes.
     pub fn cpu_secs(&self) -> Option<f64> {
-        let text = fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
-        Some(parse_stat_ticks(&text)? as f64 / ticks_per_sec())
+        let mut ticks = 0;
+        for pid in self.pids_or_none()? {
+            let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            ticks += parse_stat_ticks(&text)?;
+        }
+        Some(ticks as f64 / ticks_per_sec())
+    }
+
+    fn pids_or_none(&self) -> Option<&[u32]> {
+        (!self.pids.is_empty()).then_some(&self.pids[..])
     }
 }
 

@@ -107,7 +107,7 @@ pub fn run(ctx: &Ctx, a: &DocArgs) -> Result<Report, String> {
     let before = ctx.mem();
 
     let doc = document_action(a.size);
-    let mut sampler = RssSampler::new(ctx.proc, Duration::from_millis(a.sample_ms.max(1)));
+    let mut sampler = RssSampler::new(ctx.proc.clone(), Duration::from_millis(a.sample_ms.max(1)));
     sampler.tick();
     let t0 = now_ns();
     net.tx.text(host, &doc);

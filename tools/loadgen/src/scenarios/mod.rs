@@ -24,6 +24,9 @@ use crate::scan::{self, Kind};
 /// What every scenario gets from the command line.
 pub struct Ctx {
     pub server: SocketAddr,
+    /// Further nodes of a cluster serving the same rooms (`--also`):
+    /// WebSocket connections spread round-robin over `server` and these.
+    pub also: Vec<SocketAddr>,
     pub proc: Proc,
     pub sources: usize,
     /// Prefix of every room code, unique per run, so runs against the same
@@ -34,7 +37,9 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn net(&self) -> Result<Net, String> {
-        Net::new(self.server, self.sources).map_err(|e| format!("poll: {e}"))
+        let mut servers = vec![self.server];
+        servers.extend(&self.also);
+        Net::spread(servers, self.sources).map_err(|e| format!("poll: {e}"))
     }
 
     pub fn room_code(&self, what: &str, i: usize) -> String {

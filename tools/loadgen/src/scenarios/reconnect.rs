@@ -162,7 +162,7 @@ pub fn run(ctx: &Ctx, a: &ReconnectArgs) -> Result<Report, String> {
         }
     }
     let listeners: Vec<usize> = (0..total).filter(|&i| !is_sender(i)).collect();
-    let mut rss = RssSampler::new(ctx.proc, Duration::from_millis(20));
+    let mut rss = RssSampler::new(ctx.proc.clone(), Duration::from_millis(20));
     let mut recovered = 0usize;
     let mut not_recovered = 0usize;
     let mut complete = 0usize;

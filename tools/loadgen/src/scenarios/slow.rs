@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, a: &SlowArgs) -> Result<Report, String> {
         peer_left: None,
     };
     let slow_peer = members[slow_m].peer_id.clone();
-    let mut sampler = RssSampler::new(ctx.proc, Duration::from_millis(5));
+    let mut sampler = RssSampler::new(ctx.proc.clone(), Duration::from_millis(5));
     sampler.tick();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.duration);

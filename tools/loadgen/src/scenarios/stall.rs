@@ -100,7 +100,7 @@ pub fn run(ctx: &Ctx, a: &StallArgs) -> Result<Report, String> {
         Duration::from_millis(a.interval_ms),
         Duration::from_secs(5),
     );
-    let mut sampler = RssSampler::new(ctx.proc, Duration::from_millis(5));
+    let mut sampler = RssSampler::new(ctx.proc.clone(), Duration::from_millis(5));
     let interval = Duration::from_millis(a.interval_ms);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.duration);
