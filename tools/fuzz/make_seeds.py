@@ -247,6 +247,10 @@ ws_client_message = {
     "m1-r1-c1--rejoin-keeps-room": script("cR1 h", "0" + J("R1", "h", True), "x0", "t2", "1" + J("R1", "h", True), "t9"),
     "m1-r1-c1--slow-consumer": script("cR1 h", "0" + J("R1", "h", True), "1" + J("R1", "p"), "s1",
                                      *['0{"action":"broadcast","data":"%s"}' % ("d" * 900)] * 6),
+    # The slow consumer reads again: it gets what was kept of its queue,
+    # then the 1008, and answers the close.
+    "m1-r1-c1--slow-consumer-resumes": script("cR1 h", "0" + J("R1", "h", True), "1" + J("R1", "p"), "s1",
+                                             *['0{"action":"broadcast","data":"%s"}' % ("d" * 900)] * 6, "r1"),
     "m1-r1-c1--bad-utf8": script("cR1 h", "0" + J("R1", "p"), "1" + J("R1", "q")).encode() + b"\n1\xff\xfe",
     "m1-r1-c0--idle-forever": script("i0", "cR1 h", "0" + J("R1", "h", True), "t999999"),
     "m0-r1-c0--idle-hour": script("i3600", "cR1 h", "t3599"),
