@@ -88,7 +88,6 @@ struct Slot {
     cref: ConnRef,
     /// From the client's side: no close seen or made yet.
     open: bool,
-    reading: bool,
     /// Bytes of `from_server` decoded so far.
     cursor: usize,
     /// The `101` was read.
@@ -111,7 +110,6 @@ impl Slot {
         Slot {
             cref,
             open: true,
-            reading: true,
             cursor: 0,
             upgraded: false,
             written: Vec::new(),
@@ -503,7 +501,6 @@ impl World {
     /// Client `i` stops or resumes reading.
     pub fn set_reading(&mut self, i: usize, reading: bool) {
         self.begin_step();
-        self.slots[i].reading = reading;
         self.net.set_reading(self.slots[i].cref, reading);
         self.finish_step();
     }
