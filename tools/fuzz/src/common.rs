@@ -305,6 +305,7 @@ pub struct HttpAnswer {
     pub status: u16,
     /// It says `Connection: close`.
     pub close: bool,
+    /// The body; for a `101`, its `Sec-WebSocket-Accept` value.
     pub body: Vec<u8>,
 }
 
@@ -339,11 +340,13 @@ pub fn http_answers(buf: &[u8], is_head: impl Fn(usize) -> bool) -> (Vec<HttpAns
             continue;
         }
         if status == 101 {
-            assert_eq!(header("sec-websocket-accept").as_deref(), Some(WS_ACCEPT));
+            // The accept key of whatever key was sent: base64 of a SHA-1.
+            let accept = header("sec-websocket-accept").expect("101 without an accept key");
+            assert_eq!(accept.len(), 28, "accept key {accept:?}");
             out.push(HttpAnswer {
                 status,
                 close,
-                body: Vec::new(),
+                body: accept.into_bytes(),
             });
             pos += head;
             break;

@@ -59,7 +59,7 @@
 
 use super::common::{
     client_frame, http_answers, lenient_json, msg_type, server_frame, server_frame_len,
-    server_message, upgrade_request, Rng,
+    server_message, upgrade_request, Rng, WS_ACCEPT,
 };
 use super::mem::{self, Net};
 use serde_json::Value;
@@ -215,6 +215,7 @@ impl World {
             let (answers, used) = http_answers(buf, |_| false);
             if let Some(a) = answers.first() {
                 assert_eq!(a.status, 101, "upgrade answered {a:?}");
+                assert_eq!(a.body, WS_ACCEPT.as_bytes(), "wrong accept key");
                 slot.upgraded = true;
                 slot.cursor = used;
             }
