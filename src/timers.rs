@@ -59,6 +59,12 @@ impl<T: Ord> Timers<T> {
         self.heap.is_empty()
     }
 
+    /// The pending entries, in no particular order (read-only: for tests
+    /// and fuzz oracles).
+    pub fn iter(&self) -> impl Iterator<Item = (Instant, &T)> + '_ {
+        self.heap.iter().map(|Reverse((at, _, t))| (*at, t))
+    }
+
     /// Drops every entry `keep` rejects; used to shed stale entries when the
     /// heap has grown far beyond the live subjects.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {

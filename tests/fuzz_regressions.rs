@@ -87,5 +87,15 @@ fn seed_corpora_replay() {
 
 #[test]
 fn regressions_replay() {
-    replay("regressions");
+    let n = replay("regressions");
+    // Every target that drives the connection engine keeps its findings;
+    // an empty or misplaced folder would make this test vacuous.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/regressions");
+    for target in ["http_stream", "ws_client_message"] {
+        assert!(
+            !files_in(&root.join(target)).is_empty(),
+            "no regressions for {target}"
+        );
+    }
+    assert!(n > 0, "no regression files replayed");
 }

@@ -1,17 +1,22 @@
-//! Property tests (proptest) for the sans-io cores, in plain `cargo test`.
+//! Property tests (proptest) of the connection engine
+//! (`sync_server::conn::Engine`), driven through the fuzz harness's
+//! in-memory sockets and fake clock (`tools/fuzz/src/mem.rs`), in plain
+//! `cargo test`.
 //!
 //! * HTTP split invariance: a stream of pipelined requests (well-formed or
-//!   damaged) gives the same requests, in order, and the same ending,
-//!   whether it arrives whole or cut at arbitrary points.
-//! * WebSocket reassembly: client messages fragmented at random, with pings
-//!   between fragments, and the byte stream cut at random, decode to the
-//!   same messages.
+//!   damaged) gets the same answers, in order, and the same ending, whether
+//!   it arrives whole, cut at arbitrary points, one byte at a time, or one
+//!   request at a time (the `http_stream` harness's checks); undamaged
+//!   requests are all answered until one closes the connection.
+//! * WebSocket reassembly: broadcasts fragmented at random, with pings
+//!   between fragments, and the byte stream cut at random, reach the other
+//!   member as the same messages in the same order, and every ping is
+//!   answered.
 //! * Room invariants: random sequences of joins, broadcasts, documents,
-//!   leaves, drops, slow readers and idle time through the room state
-//!   machine, checked after every step by the `ws_client_message` fuzz
-//!   harness's model (every member a live connection, one room per
-//!   connection, unique peer ids, bounded queues, §2 replies), and at the
-//!   end every idle room expires.
+//!   leaves, drops, slow readers and idle time from four clients, checked
+//!   after every step by the `ws_client_message` harness (every member a
+//!   live connection, one room per connection, unique peer ids, bounded
+//!   queues, §2 replies), and at the end every idle room expires.
 
 #[path = "../tools/fuzz/src/lib.rs"]
 #[allow(dead_code)]
@@ -19,11 +24,16 @@ mod harness;
 #[path = "common/mod.rs"]
 mod test_common;
 
+use harness::common::{
+    client_frame, http_answers, server_frame, server_frame_len, upgrade_request,
+};
+use harness::http_stream::{self, Rest};
+use harness::mem::{self, Net};
 use harness::ws_client_message::{World, CONNS};
 use proptest::prelude::*;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
-use sync_server::http::{parse_request, Request};
-use sync_server::ws::{Decoder, Event};
+use sync_server::rooms::ConnRef;
 
 // ---- HTTP ------------------------------------------------------------------
 
@@ -101,49 +111,15 @@ fn http_stream() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-#[derive(Debug, PartialEq)]
-enum HttpEnd {
-    Clean,
-    More(usize),
-    Error(u16),
-}
-
-/// The server's loop: append each arrival, parse until "need more".
-fn http_feed(arrivals: &[&[u8]], max_body: usize) -> (Vec<(Request, usize)>, HttpEnd) {
-    let mut inbuf = Vec::new();
-    let mut out = Vec::new();
-    for a in arrivals {
-        inbuf.extend_from_slice(a);
-        loop {
-            match parse_request(&inbuf, max_body) {
-                Ok(Some((req, n))) => {
-                    inbuf.drain(..n);
-                    out.push((req, n));
-                }
-                Ok(None) => break,
-                Err(e) => return (out, HttpEnd::Error(e.status())),
-            }
-        }
+/// Sorted, distinct cut points strictly inside `0..len`.
+fn cut_points(len: usize, cuts: &[prop::sample::Index]) -> Vec<usize> {
+    if len < 2 {
+        return Vec::new();
     }
-    let end = if inbuf.is_empty() {
-        HttpEnd::Clean
-    } else {
-        HttpEnd::More(inbuf.len())
-    };
-    (out, end)
-}
-
-fn cut(data: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+    let mut points: Vec<usize> = cuts.iter().map(|c| 1 + c.index(len - 1)).collect();
     points.sort_unstable();
-    let mut out = Vec::new();
-    let mut start = 0;
-    for p in points {
-        out.push(data[start..p].to_vec());
-        start = p;
-    }
-    out.push(data[start..].to_vec());
-    out
+    points.dedup();
+    points
 }
 
 proptest! {
@@ -155,37 +131,73 @@ proptest! {
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
         small_body in any::<bool>(),
     ) {
+        // Whole, cut, one byte at a time and one request at a time; the
+        // harness asserts the answers and endings agree and follow the
+        // requests in order.
         let max_body = if small_body { 8 } else { 1024 };
-        let whole = http_feed(&[&stream], max_body);
-        let pieces = cut(&stream, &cuts);
-        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-        prop_assert_eq!(&whole, &http_feed(&refs, max_body));
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        prop_assert_eq!(&whole, &http_feed(&bytes, max_body));
-        // In order: the requests' byte ranges tile the stream.
-        let mut pos = 0;
-        for (req, n) in &whole.0 {
-            let own = parse_request(&stream[pos..pos + n], max_body);
-            prop_assert_eq!(own, Ok(Some((req.clone(), *n))));
-            pos += n;
-        }
+        let points = cut_points(stream.len(), &cuts);
+        http_stream::check(&stream, &points, max_body, usize::MAX);
     }
 
     #[test]
-    fn well_formed_pipelines_parse_completely(reqs in prop::collection::vec(request(true), 1..5)) {
-        // Undamaged requests with honest lengths: every one comes out, in
-        // order, and nothing is left over.
+    fn well_formed_pipelines_are_all_answered(reqs in prop::collection::vec(request(true), 1..5)) {
+        // Undamaged requests with honest lengths: every one parses, in
+        // order, nothing is left over, and the engine answers each one in
+        // turn until an answer closes the connection.
         let stream = reqs.concat();
-        let (got, end) = http_feed(&[&stream], 1024);
-        prop_assert_eq!(end, HttpEnd::Clean);
+        let (got, rest) = http_stream::expected(&stream, 1024);
+        prop_assert_eq!(rest, Rest::Clean);
         prop_assert_eq!(got.len(), reqs.len());
         for ((_, n), raw) in got.iter().zip(&reqs) {
             prop_assert_eq!(*n, raw.len());
+        }
+        let summary = http_stream::check(&stream, &[], 1024, 0);
+        let first = summary.split_whitespace().next().unwrap_or_default();
+        prop_assert!(matches!(first, "end" | "close" | "upgrade"), "{}", summary);
+        if first == "end" {
+            prop_assert!(summary.contains(&format!(" after {} requests", reqs.len())), "{}", summary);
         }
     }
 }
 
 // ---- WebSocket -------------------------------------------------------------
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8));
+
+/// Sends `bytes` on a fresh connection and lets the client close it.
+fn http_once(net: &mut Net, bytes: &[u8]) -> u16 {
+    let c = net.connect(CLIENT).expect("admitted");
+    net.send(c, bytes);
+    let (answers, _) = http_answers(&net.pipe(c).from_server, |_| false);
+    net.fin(c);
+    answers.first().expect("one answer").status
+}
+
+/// A client connection upgraded to WebSocket.
+fn ws_client(net: &mut Net) -> ConnRef {
+    let c = net.connect(CLIENT).expect("admitted");
+    net.send(c, &upgrade_request());
+    c
+}
+
+/// The frames written to `c` after its 101: (opcode, payload).
+fn ws_received(net: &Net, c: ConnRef) -> Vec<(u8, Vec<u8>)> {
+    let buf = &net.pipe(c).from_server;
+    let (answers, mut pos) = http_answers(buf, |_| false);
+    assert_eq!(answers.first().map(|a| a.status), Some(101));
+    let mut out = Vec::new();
+    while let Some(n) = server_frame_len(&buf[pos..]) {
+        let (op, payload) = server_frame(&buf[pos..pos + n]);
+        out.push((op, payload.to_vec()));
+        pos += n;
+    }
+    assert_eq!(pos, buf.len(), "a partial frame was written");
+    out
+}
+
+fn join(code: &str, peer: &str) -> Vec<u8> {
+    format!(r#"{{"action":"join","room_code":"{code}","peer_id":"{peer}"}}"#).into_bytes()
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -199,9 +211,25 @@ proptest! {
         mask in any::<[u8; 4]>(),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
     ) {
+        let mut net = Net::new(mem::config(&[]));
+        let body = r#"{"desired_room_code":"R","desired_host_id":"host-1"}"#;
+        let post = format!(
+            "POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        prop_assert_eq!(http_once(&mut net, post.as_bytes()), 200);
+        let sender = ws_client(&mut net);
+        let receiver = ws_client(&mut net);
+        net.send(sender, &client_frame(1, true, &join("R", "s"), mask));
+        net.send(receiver, &client_frame(1, true, &join("R", "r"), mask));
+
+        // Each broadcast's message cut into fragments, a ping between
+        // fragments where asked, the whole byte stream cut again.
         let mut stream = Vec::new();
+        let mut pings = 0;
         for (text, frags, ping) in &messages {
-            let bytes = text.as_bytes();
+            let msg = serde_json::json!({"action": "broadcast", "data": text}).to_string();
+            let bytes = msg.as_bytes();
             let mut points: Vec<usize> = frags.iter().map(|f| f.index(bytes.len() + 1)).collect();
             points.sort_unstable();
             points.dedup();
@@ -215,30 +243,35 @@ proptest! {
             let last = parts.len() - 1;
             for (k, part) in parts.iter().enumerate() {
                 let opcode = if k == 0 { 1 } else { 0 };
-                stream.extend(test_common::client_frame(opcode, k == last, part, mask));
+                stream.extend(client_frame(opcode, k == last, part, mask));
                 if *ping && k < last {
-                    stream.extend(test_common::client_frame(9, true, b"hb", mask));
+                    stream.extend(client_frame(9, true, b"hb", mask));
+                    pings += 1;
                 }
             }
         }
-        let mut decoder = Decoder::default();
-        let mut inbuf: Vec<u8> = Vec::new();
-        let mut texts = Vec::new();
-        for piece in cut(&stream, &cuts) {
-            inbuf.extend_from_slice(&piece);
-            let mut pos = 0;
-            while let Some((ev, used)) = decoder.next(&mut inbuf[pos..], 1 << 20).expect("valid stream") {
-                if let Some(Event::Text(t)) = ev {
-                    texts.push(t.to_owned());
-                }
-                pos += used;
-            }
-            inbuf.drain(..pos);
-            prop_assert!(decoder.buffered() <= 1 << 20);
+        let before = ws_received(&net, sender).len();
+        let mut start = 0;
+        for p in cut_points(stream.len(), &cuts).into_iter().chain([stream.len()]) {
+            net.send(sender, &stream[start..p]);
+            start = p;
         }
-        prop_assert!(inbuf.is_empty());
+        prop_assert_eq!(net.engine.buffered_input(sender), Some(0));
+
+        // The sender hears a pong per ping and nothing else.
+        let own = &ws_received(&net, sender)[before..];
+        prop_assert!(own.iter().all(|(op, p)| *op == 10 && p == b"hb"), "{:?}", own);
+        prop_assert_eq!(own.len(), pings);
+        // The receiver gets every message, whole and in order.
+        let got: Vec<String> = ws_received(&net, receiver)
+            .into_iter()
+            .filter(|(op, _)| *op == 1)
+            .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(&p).unwrap())
+            .filter(|v| v["type"] == "data")
+            .map(|v| v["data"].as_str().unwrap().to_owned())
+            .collect();
         let want: Vec<String> = messages.iter().map(|(t, _, _)| t.clone()).collect();
-        prop_assert_eq!(texts, want);
+        prop_assert_eq!(got, want);
     }
 }
 
@@ -323,7 +356,7 @@ proptest! {
             // A connection is in at most one room, and peer ids are unique
             // per room (also asserted inside; restated here as the property).
             let mut seen = std::collections::HashSet::new();
-            for (_, room) in w.rooms.iter() {
+            for (_, room) in w.rooms().iter() {
                 let ids: std::collections::HashSet<&str> = room.member_peer_ids().collect();
                 prop_assert_eq!(ids.len(), room.peer_count());
                 for c in room.member_conns() {

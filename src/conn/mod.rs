@@ -36,6 +36,8 @@ pub mod outq;
 mod parked;
 mod requests;
 pub mod routes;
+#[cfg(test)]
+mod tests;
 mod timers;
 mod websocket;
 
@@ -360,6 +362,20 @@ enum Close {
     Abort,
 }
 
+/// What a connection is doing, as [`Engine::phase`] tells tests and fuzz
+/// oracles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading and answering HTTP requests.
+    Http,
+    /// Parked on a worker.
+    Waiting,
+    /// An open WebSocket.
+    WebSocket,
+    /// Its goodbye is queued or sent; it is on its way out.
+    Closing,
+}
+
 /// What [`Engine::admit`] decided about a new connection.
 pub enum Admission {
     Admitted(ConnRef),
@@ -490,6 +506,44 @@ impl Engine {
     /// Bytes queued for `cref` and not written yet.
     pub fn queued(&self, cref: ConnRef) -> Option<usize> {
         self.conn_ref(cref).map(|c| c.out.len())
+    }
+
+    // ---- read-only views for tests and fuzz oracles ------------------------
+    // (tests/properties.rs, tools/fuzz/src and `conn::tests` judge what the
+    // engine did by these; nothing in the server calls them.)
+
+    /// What `cref` is doing, if it is still a connection.
+    pub fn phase(&self, cref: ConnRef) -> Option<Phase> {
+        Some(match &self.conn_ref(cref)?.state {
+            State::Http(_) => Phase::Http,
+            State::Waiting(_) => Phase::Waiting,
+            State::Ws(_) => Phase::WebSocket,
+            State::Closing(_) => Phase::Closing,
+        })
+    }
+
+    /// Bytes read from `cref` and not used yet (part of a request or frame).
+    pub fn buffered_input(&self, cref: ConnRef) -> Option<usize> {
+        self.conn_ref(cref).map(|c| c.inbuf.len())
+    }
+
+    /// What `cref`'s queue costs as `MAX_OUTBOUND_BYTES` counts it.
+    pub fn queued_cost(&self, cref: ConnRef) -> Option<usize> {
+        self.conn_ref(cref).map(|c| c.out.cost())
+    }
+
+    /// The frames queued for `cref` and not written yet, in order.
+    pub fn queued_frames(&self, cref: ConnRef) -> Option<impl Iterator<Item = &[u8]> + '_> {
+        self.conn_ref(cref).map(|c| c.out.frames())
+    }
+
+    /// Pending idle-expiry timers, counted per room (at most one each).
+    pub fn room_timers(&self) -> usize {
+        let mut n = 0;
+        for (_, t) in self.timers.iter() {
+            n += usize::from(matches!(t, Timer::Room(_)));
+        }
+        n
     }
 
     pub fn connections(&self) -> usize {

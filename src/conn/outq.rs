@@ -63,6 +63,12 @@ impl OutQueue {
         self.bytes == 0
     }
 
+    /// The queued frames in order, the front one possibly cut by a partial
+    /// write (read-only: for tests and fuzz oracles).
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.chunks.iter().map(|c| &c[..])
+    }
+
     /// Drops everything queued (the connection is being torn down).
     pub fn clear(&mut self) {
         self.chunks = VecDeque::new();

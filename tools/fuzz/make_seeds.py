@@ -138,7 +138,8 @@ http_stream = {
     "end--chunked-pipelined": stream(
         0,
         [40, 75, 90],
-        crlf('POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n3\n{"a\n4\n":1}\n0\n\n') + GET_HEALTH,
+        crlf('POST /api/rooms HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n1\n{\n1\n}\n0\n\n')
+        + GET_HEALTH,
     ),
     "more--chunked-trailer-pending": stream(
         0, [50], crlf("POST /api/rooms HTTP/1.1\nTransfer-Encoding: chunked\n\n2\n{}\n0\nX-T: 1\n")
@@ -246,6 +247,10 @@ ws_client_message = {
     "m1-r1-c1--rejoin-keeps-room": script("cR1 h", "0" + J("R1", "h", True), "x0", "t2", "1" + J("R1", "h", True), "t9"),
     "m1-r1-c1--slow-consumer": script("cR1 h", "0" + J("R1", "h", True), "1" + J("R1", "p"), "s1",
                                      *['0{"action":"broadcast","data":"%s"}' % ("d" * 900)] * 6),
+    # The slow consumer reads again: it gets what was kept of its queue,
+    # then the 1008, and answers the close.
+    "m1-r1-c1--slow-consumer-resumes": script("cR1 h", "0" + J("R1", "h", True), "1" + J("R1", "p"), "s1",
+                                             *['0{"action":"broadcast","data":"%s"}' % ("d" * 900)] * 6, "r1"),
     "m1-r1-c1--bad-utf8": script("cR1 h", "0" + J("R1", "p"), "1" + J("R1", "q")).encode() + b"\n1\xff\xfe",
     "m1-r1-c0--idle-forever": script("i0", "cR1 h", "0" + J("R1", "h", True), "t999999"),
     "m0-r1-c0--idle-hour": script("i3600", "cR1 h", "t3599"),
@@ -255,7 +260,12 @@ ws_client_message = {
                                            "0" + J("R1", "h", True)),
     "m2-r1-c0--big-metadata": script("cR1 h", "0" + J("R1", "a", False, '{"k":"' + "m" * 1000 + '"}'),
                                     "1" + J("R1", "b", False, '{"k":"' + "m" * 5000 + '"}'), "1" + J("R1", "b")),
-    "m0-r1-c1--room-info-over-bound": script("cR1 h", "0" + J("R1", "a", False, '{"k":"' + "m" * 4050 + '"}')),
+    # A room_info over MAX_OUTBOUND_BYTES: a client that reads takes it
+    # whole; one that stopped reading is closed with 1008.
+    "m1-r1-c0--room-info-over-bound-reader-keeps-up": script(
+        "cR1 h", "0" + J("R1", "a", False, '{"k":"' + "m" * 4050 + '"}')),
+    "m0-r1-c1--room-info-over-bound-not-reading": script(
+        "s0", "cR1 h", "0" + J("R1", "a", False, '{"k":"' + "m" * 4050 + '"}')),
     "m2-r1-c0--unicode-ids": script("cR1 h\u00e9", "0" + J("R1", "h\u00e9", True), "1" + J("R1", "\u0e02\u0e38\u0e19"),
                                    '1{"action":"broadcast","data":"\\u0000\\ud83d\\ude00"}'),
 }

@@ -245,3 +245,132 @@ pub fn server_message(f: &[u8]) -> Value {
 pub fn msg_type(v: &Value) -> &str {
     v["type"].as_str().unwrap_or_default()
 }
+
+/// One client frame as RFC 6455 §5.2 has a client send it: masked with
+/// `mask`, the length in its shortest encoding.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The `Sec-WebSocket-Key` the harnesses' clients send.
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// Its `Sec-WebSocket-Accept` (RFC 6455 §1.3's own example).
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A browser's upgrade request for `/ws`.
+pub fn upgrade_request() -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: sync.example\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\nOrigin: https://tracker.example\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The length of the complete server frame at the start of `buf`, if it
+/// is all there.
+pub fn server_frame_len(buf: &[u8]) -> Option<usize> {
+    let (len, head) = match *buf.get(1)? & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let total = head + len;
+    (buf.len() >= total).then_some(total)
+}
+
+/// One HTTP answer as a client reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// It says `Connection: close`.
+    pub close: bool,
+    /// The body; for a `101`, its `Sec-WebSocket-Accept` value.
+    pub body: Vec<u8>,
+}
+
+/// Reads the complete answers at the start of `buf`. `is_head(k)` says
+/// whether the k-th final answer (interim `1xx` ones not counted) answers a
+/// HEAD request, which has no body whatever its `Content-Length`. Interim
+/// `100 Continue` answers are skipped; a `101` ends the HTTP part. Returns
+/// the answers and the bytes they took. Asserts each head is well formed
+/// and carries a `Content-Length` (every final answer but a 101 or a 204
+/// does).
+pub fn http_answers(buf: &[u8], is_head: impl Fn(usize) -> bool) -> (Vec<HttpAnswer>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head = match resp.parse(&buf[pos..]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => break,
+            Err(e) => panic!("server wrote a malformed answer ({e}): {:?}", &buf[pos..]),
+        };
+        let status = resp.code.expect("status code");
+        let header = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if status == 100 {
+            pos += head;
+            continue;
+        }
+        if status == 101 {
+            // The accept key of whatever key was sent: base64 of a SHA-1.
+            let accept = header("sec-websocket-accept").expect("101 without an accept key");
+            assert_eq!(accept.len(), 28, "accept key {accept:?}");
+            out.push(HttpAnswer {
+                status,
+                close,
+                body: accept.into_bytes(),
+            });
+            pos += head;
+            break;
+        }
+        // RFC 9110 §8.6: a 204 has no body and must not say how long it is.
+        let len: usize = if status == 204 {
+            assert_eq!(header("content-length"), None, "a 204 with Content-Length");
+            0
+        } else {
+            header("content-length")
+                .unwrap_or_else(|| panic!("answer {status} without Content-Length"))
+                .parse()
+                .expect("numeric Content-Length")
+        };
+        let len = if is_head(out.len()) { 0 } else { len };
+        if buf.len() < pos + head + len {
+            break;
+        }
+        out.push(HttpAnswer {
+            status,
+            close,
+            body: buf[pos + head..pos + head + len].to_vec(),
+        });
+        pos += head + len;
+    }
+    (out, pos)
+}

@@ -1,21 +1,25 @@
 //! Fuzz harnesses for the sync server's sans-io cores.
 //!
-//! Each module is one fuzz target: `run(data)` feeds the fuzzer's bytes
-//! through the server's own entry points (the same calls the mio shell in
-//! `src/server.rs` makes), checks the target's invariants with `assert!`,
-//! and returns a short summary of what happened. The libFuzzer binaries in
+//! Each target module has `run(data)`: it turns the fuzzer's bytes into
+//! input for the server's own code (a sans-io core, or the whole connection
+//! engine `sync_server::conn::Engine` through the in-memory sockets of
+//! [`mem`]), checks the target's invariants with `assert!`, and returns a
+//! short summary of what happened. The libFuzzer binaries in
 //! `fuzz_targets/` call `run`; `tests/fuzz_regressions.rs` in the root crate
 //! includes this file with `#[path]` and calls the very same `run` on every
 //! seed and regression file, so a fix stays fixed without the fuzzer.
 //!
-//! This file and its modules use only `sync_server`, `serde_json` and std,
-//! which both the fuzz crate and the root crate's tests have.
+//! This file and its modules use only `sync_server`, `serde_json`,
+//! `httparse`, `mio` and std, which both the fuzz crate and the root
+//! crate's tests have. They hold inputs, oracles and adapters; the server's
+//! behaviour comes from `sync_server` alone.
 
 pub mod api_rooms;
 pub mod common;
 pub mod http_head;
 pub mod http_query;
 pub mod http_stream;
+pub mod mem;
 pub mod ratelimit;
 pub mod ws_client_message;
 pub mod ws_frames;

@@ -1,30 +1,44 @@
 //! `ws_client_message`: arbitrary bytes as client text messages into the
-//! JSON action decoder (`protocol::decode`) and the room state machine
-//! (`rooms::Rooms`), with four connections and any number of rooms, driven
-//! the way `src/server.rs` drives them (effects applied in order, closes
-//! deferred and then carried out by leaving the room, outbound queues
-//! bounded, idle rooms expired by `timers::Timers`).
+//! real connection engine (`sync_server::conn::Engine`, through the
+//! in-memory sockets and fake clock of [`super::mem`]), from four clients
+//! that upgrade `/ws` as a browser does and send masked frames, with any
+//! number of rooms. What the engine writes to each client, and what it
+//! still holds queued for one that stopped reading, is decoded as a client
+//! decodes it and checked.
 //!
 //! The input is a script, one step per line:
-//! * `0`..`3` + text: connection N sends that text message (bytes that are
-//!   not UTF-8 close it with 1007, as the frame decoder would); a closed
-//!   connection's slot reconnects as a new connection (new generation);
-//! * `c` + `code host`: `POST /api/rooms` with that desired code and host
-//!   id (either may be empty: drawn at random);
-//! * `xN`: connection N drops (TCP close); `sN` / `rN`: it stops / resumes
-//!   reading, so its queue fills up;
-//! * `tN`: N seconds pass and due room timers fire;
-//! * a first line `iN` sets `ROOM_IDLE_TIMEOUT_SECONDS` (0 = forever).
+//! * `0`..`3` + text: client N sends that text as one text frame (bytes
+//!   that are not UTF-8 too: the engine must close with 1007); a closed
+//!   client connects again (a new connection, a new upgrade);
+//! * `c` + `code host`: `POST /api/rooms` on a connection of its own with
+//!   that desired code and host id (either may be empty: then the server
+//!   draws it);
+//! * `xN`: client N closes its connection (FIN); `sN` / `rN`: it stops /
+//!   resumes reading, so its queue fills up;
+//! * `tN`: N seconds pass on the fake clock and due timers fire;
+//! * a first line `iN` sets `ROOM_IDLE_TIMEOUT_SECONDS` (0 = forever; at
+//!   most the configuration's one-year bound).
+//!
+//! The engine runs with `MAX_OUTBOUND_BYTES` at 4 KiB (so slow readers hit
+//! it), and with the message rate, the room creation and lookup budgets and
+//! the keepalive out of the way (the fake clock may jump days at once).
 //!
 //! After every step:
-//! * every room member is a live (open, current-generation) connection
-//!   whose session names that room; a connection is in at most one room
-//!   and a closed one in none; peer ids are unique per room; the code index
-//!   finds every room;
-//! * no outbound queue is over its bound (4 KiB here), and the timer heap
-//!   holds at most one expiry per room;
-//! * every frame queued is one unmasked text frame holding a JSON object
-//!   with a §2 message type;
+//! * each client is sent the `101` with the right accept key, then final,
+//!   unmasked text frames each holding a JSON object with a §2 message type
+//!   (keepalive pings aside), ended by at most one close frame (1000, 1007
+//!   or 1008 here) after which nothing comes; what was seen queued for a
+//!   client that stopped reading is what it reads when it resumes, save
+//!   what a 1008 cut from the queue's tail;
+//! * every room member is an open WebSocket connection of a client whose
+//!   session names that room; a connection is in at most one room and a
+//!   closed one in none; peer ids are unique per room and the peers list
+//!   is in join order; the code index finds every room;
+//! * no open connection's queue costs more than `MAX_OUTBOUND_BYTES` once
+//!   the engine's flush is done (past it the client is closed with 1008),
+//!   and the timer heap holds at most one expiry per room; a room expires
+//!   only empty;
+//! * each client's `seq` strictly increases from its `room_info` on;
 //! * the step obeys §2: a join is answered `room_info` (listing the joiner
 //!   once), `connected`, then `document_sync` when there is a document, the
 //!   other members get `peer_joined` and the joiner does not; an unknown
@@ -33,155 +47,323 @@
 //!   syncs a document and `request_sync` returns the stored one (or `""`);
 //!   not joined gives `Not in a room`; bad input gives
 //!   `Invalid message format: …`; every failure answers only the sender and
-//!   changes no membership.
+//!   changes no membership; `leave` is answered by a close (1000);
+//! * room creation answers 200 with a valid new room (its code and host id
+//!   as asked), or restores a room only for its secret host id, or refuses
+//!   (400, 409) and creates nothing.
 //!
-//! At the end every connection drops and, with a finite idle timeout, the
+//! At the end every client closes and, with a finite idle timeout, the
 //! timeout passes: then no room may be left.
 //!
 //! The summary is `m<members>-r<rooms>-c<closes>` before that cleanup.
 
-use super::common::{lenient_json, msg_type, server_message, Rng};
+use super::common::{
+    client_frame, http_answers, lenient_json, msg_type, server_frame, server_frame_len,
+    server_message, upgrade_request, Rng, WS_ACCEPT,
+};
+use super::mem::{self, Net};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+use sync_server::config::MAX_TIMER_SECONDS;
+use sync_server::conn::Phase;
 use sync_server::protocol::{self, Action};
-use sync_server::rooms::{self, ConnRef, Effect, RoomRef, Rooms, Session};
-use sync_server::timers::Timers;
-use sync_server::ws::Frame;
+use sync_server::rooms::{self, ConnRef, RoomRef, Rooms};
 
-/// Connections in the script.
+/// Clients in the script.
 pub const CONNS: usize = 4;
-/// The per-connection output bound (`MAX_OUTBOUND_BYTES`), small so that
-/// slow readers hit it.
+/// `MAX_OUTBOUND_BYTES`, small so that slow readers hit it.
 pub const MAX_OUTBOUND: usize = 4096;
 /// Steps run from one input; the rest is ignored.
 const MAX_STEPS: usize = 256;
 /// The idle timeout when the script does not set one.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Open,
-    /// Will be closed with this code at the end of the step.
-    Doomed(u16),
-    Closed,
-}
+const CLIENTS: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5));
+const CREATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
 
-struct Conn {
-    gen: u32,
-    state: State,
-    session: Session,
-    queue: Vec<Frame>,
-    queued: usize,
-    reading: bool,
-    /// Messages queued during the current step, checked and decoded.
+/// One client and what it has been sent on its current connection.
+struct Slot {
+    cref: ConnRef,
+    /// From the client's side: no close seen or made yet.
+    open: bool,
+    /// Bytes of `from_server` decoded so far.
+    cursor: usize,
+    /// The `101` was read.
+    upgraded: bool,
+    /// Text payloads written to it, in order.
+    written: Vec<Vec<u8>>,
+    /// A close frame was written; its code.
+    close_written: Option<u16>,
+    /// Text payloads sent to it so far, written or queued, in order.
+    seen: Vec<Vec<u8>>,
+    /// Messages first seen during the current step, checked and decoded.
     step_log: Vec<Value>,
-    /// The last stream position this connection was told of: `room_info`'s
-    /// `seq`, then each numbered event's.
+    /// The last stream position it was told of: `room_info`'s `seq`, then
+    /// each numbered event's.
     seq: u64,
 }
 
-impl Conn {
-    fn new(gen: u32) -> Conn {
-        Conn {
-            gen,
-            state: State::Open,
-            session: Session::default(),
-            queue: Vec::new(),
-            queued: 0,
-            reading: true,
+impl Slot {
+    fn new(cref: ConnRef) -> Slot {
+        Slot {
+            cref,
+            open: true,
+            cursor: 0,
+            upgraded: false,
+            written: Vec::new(),
+            close_written: None,
+            seen: Vec::new(),
             step_log: Vec::new(),
             seq: 0,
         }
     }
 }
 
-/// The server's state around `Rooms`, reduced to what the room machine
-/// touches.
+/// The engine, its clients, and what the checks remember.
 pub struct World {
-    pub rooms: Rooms,
-    conns: Vec<Conn>,
-    timers: Timers<RoomRef>,
+    net: Net,
+    slots: Vec<Slot>,
     idle: Option<Duration>,
-    now: Instant,
-    wall: SystemTime,
     rng: Rng,
-    fx: Vec<Effect>,
-    doomed: Vec<usize>,
     /// Documents stored per room, as the JSON string value.
     documents: HashMap<RoomRef, Value>,
-    /// Connection closes so far.
+    /// Connections closed so far (by the server or the client).
     pub closes: usize,
 }
 
 impl World {
     pub fn new(idle: Option<Duration>) -> World {
-        World {
-            rooms: Rooms::new(idle),
-            conns: (0..CONNS).map(|_| Conn::new(1)).collect(),
-            timers: Timers::default(),
+        let idle = idle.map(|d| d.min(Duration::from_secs(MAX_TIMER_SECONDS)));
+        let idle_secs = idle.map_or(0, |d| d.as_secs().max(1)).to_string();
+        let outbound = MAX_OUTBOUND.to_string();
+        let cfg = mem::config(&[
+            ("ROOM_IDLE_TIMEOUT_SECONDS", &idle_secs),
+            ("MAX_OUTBOUND_BYTES", &outbound),
+            ("PING_INTERVAL_SECONDS", &MAX_TIMER_SECONDS.to_string()),
+            ("MESSAGE_RATE", "1000000000"),
+            ("MESSAGE_BURST", "1000000000"),
+            ("ROOM_CREATE_RATE", "1000000"),
+            ("ROOM_CREATE_BURST", "1000000"),
+            ("ROOM_MISS_RATE", "1000000"),
+            ("ROOM_MISS_BURST", "1000000"),
+        ]);
+        let mut w = World {
+            net: Net::new(cfg),
+            slots: Vec::new(),
             idle,
-            now: Instant::now(),
-            wall: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
             rng: Rng::new(0x5eed),
-            fx: Vec::new(),
-            doomed: Vec::new(),
             documents: HashMap::new(),
             closes: 0,
+        };
+        for _ in 0..CONNS {
+            let s = w.connect();
+            w.slots.push(s);
         }
+        w.check_invariants();
+        w
     }
 
-    fn cref(&self, i: usize) -> ConnRef {
-        ConnRef {
-            key: i as u32,
-            gen: self.conns[i].gen,
-        }
+    /// The engine's rooms.
+    pub fn rooms(&self) -> &Rooms {
+        self.net.engine.rooms()
     }
 
-    /// The slot of a live connection reference, if it is one.
-    fn live(&self, c: ConnRef) -> Option<usize> {
-        let i = c.key as usize;
-        (i < CONNS && self.conns[i].gen == c.gen && self.conns[i].state != State::Closed)
-            .then_some(i)
+    /// A new client connection, upgraded to WebSocket.
+    fn connect(&mut self) -> Slot {
+        let cref = self.net.connect(CLIENTS).expect("under MAX_CONNECTIONS");
+        self.net.send(cref, &upgrade_request());
+        let mut slot = Slot::new(cref);
+        self.read(&mut slot);
+        assert!(slot.upgraded, "no 101 for the upgrade");
+        assert_eq!(self.net.engine.phase(cref), Some(Phase::WebSocket));
+        slot
     }
 
     fn begin_step(&mut self) {
-        for c in &mut self.conns {
-            c.step_log.clear();
+        for s in &mut self.slots {
+            s.step_log.clear();
         }
+    }
+
+    /// Lets the engine finish, lets the clients read and answer a close,
+    /// until neither has anything left; then checks the invariants.
+    fn finish_step(&mut self) {
+        loop {
+            let mut slots = std::mem::take(&mut self.slots);
+            let mut acted = false;
+            for s in &mut slots {
+                acted |= self.read(s);
+            }
+            self.slots = slots;
+            if !acted {
+                break;
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// What `slot`'s client has been sent since last looked: decodes and
+    /// checks it, and answers a close frame as a client does (a close of
+    /// its own and a FIN). Returns whether the client did something.
+    fn read(&mut self, slot: &mut Slot) -> bool {
+        let cref = slot.cref;
+        let pipe = self.net.pipe(cref);
+        let buf = &pipe.from_server;
+        if !slot.upgraded {
+            let (answers, used) = http_answers(buf, |_| false);
+            if let Some(a) = answers.first() {
+                assert_eq!(a.status, 101, "upgrade answered {a:?}");
+                assert_eq!(a.body, WS_ACCEPT.as_bytes(), "wrong accept key");
+                slot.upgraded = true;
+                slot.cursor = used;
+            }
+        }
+        if slot.upgraded {
+            while let Some(n) = server_frame_len(&buf[slot.cursor..]) {
+                let f = &buf[slot.cursor..slot.cursor + n];
+                slot.cursor += n;
+                assert!(slot.close_written.is_none(), "a frame after the close");
+                match server_frame(f) {
+                    (1, text) => slot.written.push(text.to_vec()),
+                    (8, p) => slot.close_written = Some(close_code(p)),
+                    (9, _) => {}
+                    (op, _) => panic!("server sent opcode {op}"),
+                }
+            }
+        }
+        // What waits in its queue: whole frames (a write lands whole or not
+        // at all here), the 101 first if even that was not read.
+        let mut queued = Vec::new();
+        let mut queued_close = None;
+        if let Some(frames) = self.net.engine.queued_frames(cref) {
+            for f in frames {
+                if !slot.upgraded && f.starts_with(b"HTTP/1.1 101 ") {
+                    continue;
+                }
+                assert!(queued_close.is_none(), "a frame queued after the close");
+                match server_frame(f) {
+                    (1, text) => queued.push(text),
+                    (8, p) => queued_close = Some(close_code(p)),
+                    (9, _) => {}
+                    (op, _) => panic!("server queued opcode {op}"),
+                }
+            }
+        }
+        let sent: Vec<&[u8]> = slot
+            .written
+            .iter()
+            .map(Vec::as_slice)
+            .chain(queued)
+            .collect();
+        let k = slot.seen.len();
+        if sent.len() >= k {
+            assert!(
+                sent[..k].iter().eq(slot.seen.iter()),
+                "what a client was sent changed"
+            );
+            for text in &sent[k..] {
+                let msg = server_message(&client_view(text));
+                check_seq(&mut slot.seq, &msg);
+                slot.step_log.push(msg);
+                slot.seen.push(text.to_vec());
+            }
+        } else {
+            // A 1008 keeps only the frame being written and drops the rest;
+            // a connection that is gone (after its client closed, or its
+            // linger) takes its queue along.
+            let gone = self.net.engine.phase(cref).is_none();
+            let cut = slot.close_written.or(queued_close) == Some(1008);
+            assert!(gone || cut, "queued frames vanished");
+            assert!(sent.iter().eq(slot.seen[..sent.len()].iter()));
+        }
+        let close = slot.close_written.or(queued_close);
+        if let Some(code) = close {
+            assert!(matches!(code, 1000 | 1007 | 1008), "close {code}");
+            if slot.open {
+                slot.open = false;
+                self.closes += 1;
+            }
+        }
+        let pipe = self.net.pipe(cref);
+        if slot.close_written.is_some() && !pipe.client_fin && !pipe.dropped {
+            let mask = self.mask();
+            self.net.send(cref, &client_frame(8, true, &[], mask));
+            self.net.fin(cref);
+            return true;
+        }
+        false
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        let m = self.rng.next_u64().to_le_bytes();
+        [m[0], m[1], m[2], m[3]]
+    }
+
+    /// Client `i`'s connection, connecting again if it was closed.
+    fn open_slot(&mut self, i: usize) -> ConnRef {
+        if !self.slots[i].open {
+            let old = self.slots[i].cref;
+            // The client gives up on what is left of the old connection.
+            self.net.reset(old);
+            self.slots[i] = self.connect();
+        }
+        self.slots[i].cref
     }
 
     /// `POST /api/rooms` with a desired code and host id.
     pub fn create(&mut self, code: Option<&str>, host: Option<&str>) {
         self.begin_step();
-        let rng = &mut self.rng;
-        let before = self.rooms.len();
+        let before = self.rooms().len();
         let existed = code
-            .and_then(|c| self.rooms.find(c))
+            .and_then(|c| self.rooms().find(c))
             .map(|(r, room)| (r, room.host_id().to_owned()));
-        let result = self.rooms.create(
-            code,
-            host,
-            self.now,
-            self.wall,
-            &mut |b: &mut [u8]| rng.fill(b),
-            &mut self.fx,
+        let mut body = serde_json::Map::new();
+        if let Some(c) = code {
+            body.insert("desired_room_code".into(), c.into());
+        }
+        if let Some(h) = host {
+            body.insert("desired_host_id".into(), h.into());
+        }
+        let body = Value::Object(body).to_string();
+        let req = format!(
+            "POST /api/rooms HTTP/1.1\r\nHost: sync.example\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
-        match result {
-            Ok(created) => {
-                let room = self.rooms.get(created.room).expect("created room exists");
+        let cref = self.net.connect(CREATOR).expect("under MAX_CONNECTIONS");
+        self.net.send(cref, req.as_bytes());
+        let (answers, used) = http_answers(&self.net.pipe(cref).from_server, |_| false);
+        assert_eq!(answers.len(), 1, "one answer to one request");
+        assert_eq!(used, self.net.pipe(cref).from_server.len());
+        self.net.fin(cref);
+        assert!(
+            self.net.pipe(cref).dropped,
+            "the connection outlived its answer"
+        );
+        let a = &answers[0];
+        let reply: Value = serde_json::from_slice(&a.body).expect("JSON answer");
+        match a.status {
+            200 => {
+                let got = reply["room_code"].as_str().expect("room_code");
+                let (r, room) = self.rooms().find(got).expect("created room exists");
                 assert!(rooms::valid_room_code(room.code()));
+                assert_eq!(reply["host_id"], room.host_id());
                 let host_chars = room.host_id().chars().count();
                 assert!((1..=128).contains(&host_chars));
                 assert_ne!(room.host_public_id(), room.host_id());
-                assert_eq!(created.restored, existed.is_some());
-                if let Some((r, h)) = existed {
+                assert_eq!(
+                    reply["restored"].as_bool().unwrap_or(false),
+                    existed.is_some()
+                );
+                if let Some((was, h)) = existed {
                     // Rule 11: only the secret host id restores a room.
                     assert_eq!(host, Some(h.as_str()));
-                    assert_eq!(r, created.room);
-                    assert_eq!(self.rooms.len(), before);
+                    assert_eq!(r, was);
+                    assert_eq!(self.rooms().len(), before);
                 } else {
-                    assert_eq!(self.rooms.len(), before + 1);
+                    assert_eq!(self.rooms().len(), before + 1);
                     if let Some(c) = code {
                         assert_eq!(room.code(), c);
                     }
@@ -190,80 +372,51 @@ impl World {
                     }
                 }
             }
-            Err(e) => {
-                assert_eq!(self.rooms.len(), before);
+            status => {
+                assert!(
+                    matches!(status, 400 | 409),
+                    "create answered {status}: {reply}"
+                );
+                assert_eq!(self.rooms().len(), before);
                 if existed.is_some() {
-                    assert!(matches!(
-                        e,
-                        rooms::CreateError::Taken | rooms::CreateError::BadHostId
-                    ));
+                    let e = reply["error"].as_str().unwrap_or_default();
+                    assert!(
+                        status == 409 || e.starts_with("desired_host_id"),
+                        "an existing code refused with {status} {e}"
+                    );
                 }
             }
         }
         self.finish_step();
     }
 
-    /// Connection `i` sends one text message.
+    /// Client `i` sends one text message.
     pub fn message(&mut self, i: usize, text: &str) {
         self.begin_step();
-        if self.conns[i].state == State::Closed {
-            let gen = self.conns[i].gen.wrapping_add(1);
-            self.conns[i] = Conn::new(gen);
-        }
-        let me = self.cref(i);
+        let me = self.open_slot(i);
         let before = self.membership();
-        let my_room = self.conns[i].session.room;
-        match protocol::decode(text) {
-            Err(detail) => {
-                self.send(
-                    me,
-                    sync_server::protocol::out::error_frame(&format!(
-                        "Invalid message format: {detail}"
-                    )),
-                );
-                self.finish_step();
-                self.expect_only_error(i, "Invalid message format: ", &before);
-            }
-            Ok(Action::Ping) => {
-                self.send(me, sync_server::protocol::out::pong_frame());
-                self.finish_step();
-                self.expect_only(i, &["pong"], &before);
-            }
+        let my_room = self.net.engine.session(me).and_then(|s| s.room);
+        let mask = self.mask();
+        let frame = client_frame(1, true, text.as_bytes(), mask);
+        // What the check of each action needs from before it.
+        let decoded = protocol::decode(text);
+        let sender = self.peer_id_of(i);
+        let is_host = self.net.engine.session(me).is_some_and(|s| s.is_host);
+        let target = match &decoded {
+            Ok(Action::Join { room_code, .. }) => self.rooms().find(room_code).map(|(r, _)| r),
+            _ => None,
+        };
+        self.net.send(me, &frame);
+        self.finish_step();
+        match decoded {
+            Err(_) => self.expect_only_error(i, "Invalid message format: ", &before),
+            Ok(Action::Ping) => self.expect_only(i, &["pong"], &before),
             Ok(Action::Join {
-                room_code,
-                peer_id,
-                is_host,
-                metadata,
-                token: _,
-                since,
-            }) => {
-                let target = self.rooms.find(&room_code).map(|(r, _)| r);
-                let mut session = std::mem::take(&mut self.conns[i].session);
-                self.rooms.join(
-                    me,
-                    &mut session,
-                    &room_code,
-                    &peer_id,
-                    is_host,
-                    metadata,
-                    since,
-                    self.now,
-                    self.wall,
-                    &mut self.fx,
-                );
-                self.conns[i].session = session;
-                self.apply_effects();
-                self.finish_step();
-                self.check_join(i, target, &room_code, &peer_id, &before);
-            }
+                room_code, peer_id, ..
+            }) => self.check_join(i, target, &room_code, &peer_id, &before),
             Ok(Action::Broadcast { data }) => {
                 let value = lenient_json(data.get().as_bytes()).expect("data is JSON");
                 assert!(value.is_string(), "data {value}");
-                let sender = self.peer_id_of(me);
-                self.rooms
-                    .broadcast(me, &self.conns[i].session, data, self.now, &mut self.fx);
-                self.apply_effects();
-                self.finish_step();
                 match sender {
                     None => self.expect_only_error(i, "Not in a room", &before),
                     Some((room, from)) => {
@@ -276,16 +429,11 @@ impl World {
             Ok(Action::SyncDocument { document }) => {
                 let value = lenient_json(document.get().as_bytes()).expect("document is JSON");
                 assert!(value.is_string(), "document {value}");
-                let is_host = self.conns[i].session.is_host;
-                self.rooms
-                    .sync_document(me, &self.conns[i].session, document, &mut self.fx);
-                self.apply_effects();
-                self.finish_step();
-                match (my_room.filter(|r| self.rooms.get(*r).is_some()), is_host) {
+                match (my_room.filter(|r| self.rooms().get(*r).is_some()), is_host) {
                     (None, _) => self.expect_only_error(i, "Not in a room", &before),
                     (Some(_), false) => self.expect_only_error(i, "Only the host", &before),
                     (Some(room), true) => {
-                        assert!(self.rooms.get(room).is_some_and(|r| r.has_document()));
+                        assert!(self.rooms().get(room).is_some_and(|r| r.has_document()));
                         self.documents.insert(room, value.clone());
                         self.expect_fanout(i, room, &before, |m| {
                             msg_type(m) == "document_sync" && m["document"] == value
@@ -293,36 +441,24 @@ impl World {
                     }
                 }
             }
-            Ok(Action::RequestSync) => {
-                self.rooms
-                    .request_sync(me, &self.conns[i].session, &mut self.fx);
-                self.apply_effects();
-                self.finish_step();
-                match my_room.filter(|r| self.rooms.get(*r).is_some()) {
-                    None => self.expect_only_error(i, "Not in a room", &before),
-                    Some(room) => {
-                        let doc = self.documents.get(&room).cloned();
-                        let doc = doc.unwrap_or_else(|| Value::String(String::new()));
-                        self.expect_only(i, &["document_sync"], &before);
-                        if self.conns[i].state == State::Open {
-                            assert_eq!(self.conns[i].step_log[0]["document"], doc);
-                        }
+            Ok(Action::RequestSync) => match my_room.filter(|r| self.rooms().get(*r).is_some()) {
+                None => self.expect_only_error(i, "Not in a room", &before),
+                Some(room) => {
+                    let doc = self.documents.get(&room).cloned();
+                    let doc = doc.unwrap_or_else(|| Value::String(String::new()));
+                    self.expect_only(i, &["document_sync"], &before);
+                    if self.slots[i].open {
+                        assert_eq!(self.slots[i].step_log[0]["document"], doc);
                     }
                 }
-            }
+            },
             Ok(Action::Leave) => {
-                let left = self.peer_id_of(me);
-                let mut session = std::mem::take(&mut self.conns[i].session);
-                self.rooms.leave(me, &mut session, self.now, &mut self.fx);
-                self.conns[i].session = session;
-                self.apply_effects();
-                self.doom(me, 1000);
-                self.finish_step();
                 assert!(
-                    self.conns[i].step_log.is_empty(),
+                    self.slots[i].step_log.is_empty(),
                     "leave is answered by a close"
                 );
-                if let Some((room, id)) = left {
+                assert!(!self.slots[i].open, "leave did not close");
+                if let Some((room, id)) = sender {
                     self.expect_fanout(i, room, &before, |m| {
                         msg_type(m) == "peer_left" && m["peer_id"] == *id
                     });
@@ -331,210 +467,128 @@ impl World {
         }
     }
 
-    /// Connection `i` sends a text frame that is not UTF-8: the decoder
-    /// answers 1007 and the connection closes.
-    pub fn bad_utf8(&mut self, i: usize) {
+    /// Client `i` sends a text frame that is not UTF-8: the engine closes
+    /// it with 1007.
+    pub fn bad_utf8(&mut self, i: usize, bytes: &[u8]) {
         self.begin_step();
-        if self.conns[i].state == State::Open {
-            self.doom(self.cref(i), 1007);
+        if self.slots[i].open {
+            let mask = self.mask();
+            self.net
+                .send(self.slots[i].cref, &client_frame(1, true, bytes, mask));
+            self.finish_step();
+            assert!(!self.slots[i].open, "bad UTF-8 did not close");
+            let code = self.slots[i].close_written.or_else(|| {
+                // It stopped reading: the close waits in its queue.
+                let frames = self.net.engine.queued_frames(self.slots[i].cref)?;
+                frames.last().map(|f| close_code(server_frame(f).1))
+            });
+            assert_eq!(code, Some(1007));
+        } else {
+            self.finish_step();
         }
-        self.finish_step();
     }
 
-    /// Connection `i` drops (TCP close, keepalive timeout).
+    /// Client `i` closes its connection.
     pub fn drop_conn(&mut self, i: usize) {
         self.begin_step();
-        if self.conns[i].state == State::Open {
-            self.doom(self.cref(i), 1006);
+        if self.slots[i].open {
+            self.slots[i].open = false;
+            self.closes += 1;
+            self.net.fin(self.slots[i].cref);
         }
         self.finish_step();
     }
 
-    /// Connection `i` stops or resumes reading.
+    /// Client `i` stops or resumes reading.
     pub fn set_reading(&mut self, i: usize, reading: bool) {
         self.begin_step();
-        self.conns[i].reading = reading;
+        self.net.set_reading(self.slots[i].cref, reading);
         self.finish_step();
     }
 
-    /// `secs` seconds pass; due room timers fire.
+    /// `secs` seconds pass; due timers fire. Only an empty room expires.
     pub fn advance(&mut self, secs: u64) {
         self.begin_step();
-        let d = Duration::from_secs(secs);
-        self.now += d;
-        self.wall += d;
-        while let Some((at, room)) = self.timers.pop_due(self.now) {
-            assert!(at <= self.now);
-            let had = self.rooms.get(room).map(|r| r.peer_count());
-            let removed = self.rooms.expire(room, self.now, &mut self.fx);
-            if removed {
-                assert_eq!(had, Some(0), "only an empty room expires");
-                self.documents.remove(&room);
+        let had: HashMap<RoomRef, usize> = self
+            .rooms()
+            .iter()
+            .map(|(r, room)| (r, room.peer_count()))
+            .collect();
+        self.net.advance(Duration::from_secs(secs));
+        for (r, n) in had {
+            if self.rooms().get(r).is_none() {
+                assert_eq!(n, 0, "only an empty room expires");
+                self.documents.remove(&r);
             }
-            // A re-armed timer is due strictly later (checked there).
-            self.apply_effects();
         }
         self.finish_step();
     }
 
-    /// Every connection drops, then the idle timeout passes: no room may be
+    /// Every client closes, then the idle timeout passes: no room may be
     /// left. Without a finite timeout rooms stay, which is checked too.
     pub fn drop_all_and_expire(&mut self) {
         for i in 0..CONNS {
             self.drop_conn(i);
         }
-        let count = self.rooms.len();
+        let count = self.rooms().len();
         match self.idle {
             Some(t) if t.as_secs() < 1_000_000 => {
                 self.advance(t.as_secs() + 1);
-                assert_eq!(self.rooms.len(), 0, "empty rooms outlived the idle timeout");
+                assert_eq!(
+                    self.rooms().len(),
+                    0,
+                    "empty rooms outlived the idle timeout"
+                );
             }
             Some(_) => {}
             None => {
                 self.advance(1_000_000);
-                assert_eq!(self.rooms.len(), count, "rooms kept forever expired");
+                assert_eq!(self.rooms().len(), count, "rooms kept forever expired");
             }
         }
     }
 
     pub fn summary(&self) -> String {
-        let members: usize = self.rooms.iter().map(|(_, r)| r.peer_count()).sum();
-        format!("m{members}-r{}-c{}", self.rooms.len(), self.closes)
-    }
-
-    // ---- the server's effect handling ---------------------------------
-
-    fn send(&mut self, to: ConnRef, frame: Frame) {
-        let Some(i) = self.live(to) else { return };
-        let c = &mut self.conns[i];
-        if c.state != State::Open {
-            // On the way out: its stream ends here, cleanly.
-            return;
-        }
-        let msg = server_message(&frame);
-        if c.queued + frame.len() > MAX_OUTBOUND {
-            self.doom(to, 1008);
-            return;
-        }
-        // §6: one numbering per room, strictly increasing for each member.
-        match msg_type(&msg) {
-            "room_info" => {
-                let seq = msg["seq"].as_u64().expect("room_info carries seq");
-                assert!(msg["epoch"].is_string(), "room_info carries epoch: {msg}");
-                c.seq = seq;
-            }
-            t @ ("peer_joined" | "peer_left" | "data" | "document_sync") => {
-                match msg["seq"].as_u64() {
-                    Some(seq) => {
-                        assert!(seq > c.seq, "{t} seq {seq} after {}: {msg}", c.seq);
-                        c.seq = seq;
-                    }
-                    // Only a snapshot of the document has no number.
-                    None => assert_eq!(t, "document_sync", "{t} without seq: {msg}"),
-                }
-            }
-            _ => {}
-        }
-        c.queued += frame.len();
-        c.queue.push(frame);
-        c.step_log.push(msg);
-    }
-
-    fn doom(&mut self, to: ConnRef, code: u16) {
-        if let Some(i) = self.live(to) {
-            if self.conns[i].state == State::Open {
-                self.conns[i].state = State::Doomed(code);
-                self.doomed.push(i);
-            }
-        }
-    }
-
-    fn apply_effects(&mut self) {
-        let fx = std::mem::take(&mut self.fx);
-        for e in fx {
-            match e {
-                Effect::Send(to, frame) => self.send(to, frame),
-                Effect::Fanout { to, frame } => {
-                    for to in to {
-                        self.send(to, frame.clone());
-                    }
-                }
-                Effect::Close(to, code, _) => {
-                    assert!(matches!(code, 1000 | 1008), "close code {code}");
-                    if let Some(i) = self.live(to) {
-                        self.conns[i].session = Session::default();
-                    }
-                    self.doom(to, code);
-                }
-                Effect::Publish { .. } => unreachable!("the fuzzed server is not in cluster mode"),
-                Effect::ExpireAt(room, at) => {
-                    assert!(at >= self.now);
-                    self.timers.arm(at, room);
-                }
-                // The room store is not part of this model.
-                Effect::Persist(_) => {}
-            }
-        }
-    }
-
-    /// Carries out deferred closes (which may doom more), delivers what the
-    /// reading connections have queued, and checks the invariants.
-    fn finish_step(&mut self) {
-        self.apply_effects();
-        while let Some(i) = self.doomed.pop() {
-            let me = self.cref(i);
-            let mut session = std::mem::take(&mut self.conns[i].session);
-            if session.in_room() {
-                self.rooms.leave(me, &mut session, self.now, &mut self.fx);
-                self.apply_effects();
-            }
-            let c = &mut self.conns[i];
-            let State::Doomed(code) = c.state else {
-                unreachable!("only doomed connections are reaped")
-            };
-            assert!(matches!(code, 1000 | 1006 | 1007 | 1008), "close {code}");
-            c.state = State::Closed;
-            c.queue.clear();
-            c.queued = 0;
-            self.closes += 1;
-        }
-        for c in &mut self.conns {
-            if c.reading {
-                c.queue.clear();
-                c.queued = 0;
-            }
-        }
-        self.check_invariants();
+        let members: usize = self.rooms().iter().map(|(_, r)| r.peer_count()).sum();
+        format!("m{members}-r{}-c{}", self.rooms().len(), self.closes)
     }
 
     // ---- invariants ------------------------------------------------------
 
-    /// Which room each connection is a member of, by slot.
+    /// The slot whose current connection `c` is.
+    fn slot_of(&self, c: ConnRef) -> Option<usize> {
+        self.slots.iter().position(|s| s.cref == c)
+    }
+
+    /// Which room each client is a member of, by slot.
     fn membership(&self) -> Vec<Option<(RoomRef, String)>> {
         let mut out = vec![None; CONNS];
-        for (r, room) in self.rooms.iter() {
+        for (r, room) in self.rooms().iter() {
             for (c, id) in room.member_conns().zip(room.member_peer_ids()) {
-                out[c.key as usize] = Some((r, id.to_owned()));
+                let i = self
+                    .slot_of(c)
+                    .unwrap_or_else(|| panic!("member {c:?} is no client's connection"));
+                out[i] = Some((r, id.to_owned()));
             }
         }
         out
     }
 
-    fn peer_id_of(&self, c: ConnRef) -> Option<(RoomRef, String)> {
-        self.membership()[c.key as usize].clone()
+    fn peer_id_of(&self, i: usize) -> Option<(RoomRef, String)> {
+        self.membership()[i].clone()
     }
 
     pub fn check_invariants(&self) {
+        let engine = &self.net.engine;
         let mut member_of: Vec<Option<RoomRef>> = vec![None; CONNS];
         let mut total = 0;
-        for (r, room) in self.rooms.iter() {
+        for (r, room) in self.rooms().iter() {
             total += 1;
             let (found, _) = self
-                .rooms
+                .rooms()
                 .find(room.code())
                 .expect("every room is indexed by its code");
             assert_eq!(found, r, "code index points elsewhere");
-            assert!(self.rooms.get(r).is_some());
             let conns: Vec<ConnRef> = room.member_conns().collect();
             let ids: Vec<&str> = room.member_peer_ids().collect();
             assert_eq!(conns.len(), ids.len());
@@ -547,39 +601,41 @@ impl World {
             }
             for c in conns {
                 let i = self
-                    .live(c)
-                    .unwrap_or_else(|| panic!("member {c:?} is not a live connection"));
-                assert_eq!(self.conns[i].state, State::Open, "member {c:?} is closing");
+                    .slot_of(c)
+                    .unwrap_or_else(|| panic!("member {c:?} is no client's connection"));
+                assert!(self.slots[i].open, "member {c:?} is closed");
+                assert_eq!(engine.phase(c), Some(Phase::WebSocket), "member {c:?}");
                 assert!(member_of[i].is_none(), "connection {c:?} in two rooms");
                 member_of[i] = Some(r);
-                assert_eq!(
-                    self.conns[i].session.room,
-                    Some(r),
-                    "session of {c:?} names another room"
-                );
             }
         }
-        assert_eq!(total, self.rooms.len());
+        assert_eq!(total, self.rooms().len());
         // Rooms go only when their timer fires, and each has at most one
         // pending: a member cannot grow the timer heap by re-joining.
         assert!(
-            self.timers.len() <= self.rooms.len(),
+            engine.room_timers() <= self.rooms().len(),
             "{} room timers for {} rooms",
-            self.timers.len(),
-            self.rooms.len()
+            engine.room_timers(),
+            self.rooms().len()
         );
-        for (i, c) in self.conns.iter().enumerate() {
-            assert_eq!(c.session.room, member_of[i], "session of slot {i} is stale");
-            assert!(matches!(c.state, State::Open | State::Closed));
-            assert!(c.queued <= MAX_OUTBOUND, "queue over its bound");
-            assert_eq!(c.queued, c.queue.iter().map(|f| f.len()).sum::<usize>());
+        for (i, s) in self.slots.iter().enumerate() {
+            let room = engine.session(s.cref).and_then(|x| x.room);
+            assert_eq!(room, member_of[i], "session of slot {i} is stale");
+            if s.open {
+                assert_eq!(engine.phase(s.cref), Some(Phase::WebSocket), "slot {i}");
+                let cost = engine.queued_cost(s.cref).unwrap_or(0);
+                assert!(
+                    cost <= MAX_OUTBOUND,
+                    "slot {i}: queue of {cost} over its bound"
+                );
+            }
         }
     }
 
     // ---- §2 checks for one step ------------------------------------------
 
     fn others_unchanged_and_silent(&self, i: usize, before: &[Option<(RoomRef, String)>]) {
-        if self.conns[i].state != State::Open {
+        if !self.slots[i].open {
             // The sender overflowed its own queue and was closed: the others
             // rightly heard it leave.
             return;
@@ -588,10 +644,10 @@ impl World {
         for j in 0..CONNS {
             if j != i {
                 assert!(
-                    self.conns[j].step_log.is_empty(),
+                    self.slots[j].step_log.is_empty(),
                     "slot {j} heard a failure"
                 );
-                if self.conns[j].state == State::Open {
+                if self.slots[j].open {
                     assert_eq!(now[j], before[j], "a failure moved slot {j}");
                 }
             }
@@ -602,8 +658,8 @@ impl World {
     /// nobody else hears anything and nobody moves.
     fn expect_only_error(&self, i: usize, prefix: &str, before: &[Option<(RoomRef, String)>]) {
         self.expect_only(i, &["error"], before);
-        if self.conns[i].state == State::Open {
-            let m = self.conns[i].step_log[0]["message"]
+        if self.slots[i].open {
+            let m = self.slots[i].step_log[0]["message"]
                 .as_str()
                 .unwrap_or_default();
             assert!(m.starts_with(prefix), "error {m:?}, expected {prefix:?}");
@@ -613,8 +669,8 @@ impl World {
 
     /// The sender hears exactly these types and nobody else anything.
     fn expect_only(&self, i: usize, types: &[&str], before: &[Option<(RoomRef, String)>]) {
-        if self.conns[i].state == State::Open {
-            let got: Vec<&str> = self.conns[i].step_log.iter().map(msg_type).collect();
+        if self.slots[i].open {
+            let got: Vec<&str> = self.slots[i].step_log.iter().map(msg_type).collect();
             assert_eq!(got, types, "slot {i}");
         }
         self.others_unchanged_and_silent(i, before);
@@ -631,17 +687,17 @@ impl World {
         before: &[Option<(RoomRef, String)>],
         is_it: impl Fn(&Value) -> bool,
     ) {
-        let own = &self.conns[i].step_log;
+        let own = &self.slots[i].step_log;
         assert!(
             own.iter().all(|m| msg_type(m) == "peer_left"),
             "sender heard its own fan-out: {own:?}"
         );
         let now = self.membership();
         for j in 0..CONNS {
-            if j == i || self.conns[j].state != State::Open {
+            if j == i || !self.slots[j].open {
                 continue;
             }
-            let log = &self.conns[j].step_log;
+            let log = &self.slots[j].step_log;
             let was_member = before[j].as_ref().is_some_and(|(r, _)| *r == room);
             if was_member && now[j].as_ref().is_some_and(|(r, _)| *r == room) {
                 assert_eq!(
@@ -667,10 +723,10 @@ impl World {
         peer_id: &str,
         before: &[Option<(RoomRef, String)>],
     ) {
-        if self.conns[i].state != State::Open {
+        if !self.slots[i].open {
             return;
         }
-        let log = &self.conns[i].step_log;
+        let log = &self.slots[i].step_log;
         let Some(target) = target else {
             assert_eq!(log.len(), 1);
             assert_eq!(log[0]["message"], "Room not found", "rule 1 wording");
@@ -682,7 +738,7 @@ impl World {
             return;
         }
         // Joined. Others know the host by its public id only (rule 11).
-        let room = self.rooms.get(target).expect("joined room exists");
+        let room = self.rooms().get(target).expect("joined room exists");
         assert_ne!(peer_id, room.host_public_id(), "joined as the public id");
         let shown = if peer_id == room.host_id() {
             room.host_public_id()
@@ -713,7 +769,7 @@ impl World {
             assert_eq!(msg_type(m), "peer_left", "joiner heard {m}");
             let gone = (0..CONNS).any(|j| {
                 j != i
-                    && self.conns[j].state == State::Closed
+                    && !self.slots[j].open
                     && before[j]
                         .as_ref()
                         .is_some_and(|(r, id)| *r == target && m["peer_id"] == **id)
@@ -747,8 +803,8 @@ impl World {
         // Members of the target room hear `peer_joined` once; members of
         // the room the joiner left (or of either room, when a slow member
         // was closed meanwhile) hear `peer_left`; nobody else hears a thing.
-        for (j, (c, now_j)) in self.conns.iter().zip(&now).enumerate() {
-            if j == i || c.state != State::Open {
+        for (j, (c, now_j)) in self.slots.iter().zip(&now).enumerate() {
+            if j == i || !c.open {
                 continue;
             }
             let in_target = now_j.as_ref().is_some_and(|(r, _)| *r == target);
@@ -764,6 +820,54 @@ impl World {
                 "slot {j} heard {log:?} during a join"
             );
         }
+    }
+}
+
+/// The close code a close frame's payload carries.
+fn close_code(payload: &[u8]) -> u16 {
+    assert!(payload.len() >= 2, "close frame without a code");
+    assert!(
+        std::str::from_utf8(&payload[2..]).is_ok(),
+        "close reason not UTF-8"
+    );
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
+/// A text payload as one frame again, for [`server_message`]'s checks.
+fn client_view(text: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    match text.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= 0xffff => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(text);
+    f
+}
+
+/// §6: one numbering per room, strictly increasing for each member.
+fn check_seq(last: &mut u64, msg: &Value) {
+    match msg_type(msg) {
+        "room_info" => {
+            let seq = msg["seq"].as_u64().expect("room_info carries seq");
+            assert!(msg["epoch"].is_string(), "room_info carries epoch: {msg}");
+            *last = seq;
+        }
+        t @ ("peer_joined" | "peer_left" | "data" | "document_sync") => match msg["seq"].as_u64() {
+            Some(seq) => {
+                assert!(seq > *last, "{t} seq {seq} after {last}: {msg}");
+                *last = seq;
+            }
+            // Only a snapshot of the document has no number.
+            None => assert_eq!(t, "document_sync", "{t} without seq: {msg}"),
+        },
+        _ => {}
     }
 }
 
@@ -798,7 +902,7 @@ pub fn run(data: &[u8]) -> String {
                 let i = (d - b'0') as usize % CONNS;
                 match std::str::from_utf8(text) {
                     Ok(t) => w.message(i, t),
-                    Err(_) => w.bad_utf8(i),
+                    Err(_) => w.bad_utf8(i, text),
                 }
             }
             [b'c', rest @ ..] => {

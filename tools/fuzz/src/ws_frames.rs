@@ -1,7 +1,9 @@
 //! `ws_frames`: arbitrary bytes as the raw stream of a WebSocket connection
-//! after the upgrade, through `ws::Decoder` the way the server drives it
-//! (append what arrived, decode events until "need more", drop what was
-//! used; stop at the peer's close frame or at a protocol error).
+//! after the upgrade, into the frame decoder alone (`ws::Decoder`), called
+//! as its contract asks of any caller: the bytes not yet consumed, events
+//! taken until it needs more, stopping at the peer's close frame or at a
+//! protocol error. The engine's own use of the decoder, from the upgrade
+//! on, is fuzzed by `ws_client_message` and the property tests.
 //!
 //! Input layout: a limit byte (bit 7: the default 16 MiB message limit;
 //! otherwise 64 + 16 × the low bits, so the limit is within reach), a cut
@@ -88,7 +90,7 @@ pub fn run(data: &[u8]) -> String {
     format!("{end} {kinds:?}")
 }
 
-/// The server's read loop over a sequence of arrivals.
+/// Decodes a sequence of arrivals, each appended to what is not consumed.
 fn feed(arrivals: &[&[u8]], max_message: usize) -> (Vec<Ev>, End) {
     let mut decoder = Decoder::default();
     let mut inbuf: Vec<u8> = Vec::new();
