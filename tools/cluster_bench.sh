@@ -63,7 +63,8 @@ start_node() { # name [cluster]: prints "port pid"
     local name="$1" cluster="${2:-}"
     local port
     port="$("$LOADGEN" free-port)"
-    local env=(HOST=127.0.0.1 PORT="$port" MAX_CONNECTIONS=50000 RUST_LOG=warn)
+    local env=(HOST=127.0.0.1 PORT="$port" MAX_CONNECTIONS=50000 RUST_LOG=warn
+        ROOM_CREATE_RATE=100000 ROOM_CREATE_BURST=100000)
     if [ -n "$cluster" ]; then
         env+=(ROOM_STORE=mongodb MONGODB_URI="$SYNC_TEST_MONGODB_URI" DB_NAME="$DB"
             JWT_SECRET=cluster-bench-secret-0123456789abcdef
@@ -95,10 +96,17 @@ read -r P2 PID2 < <(start_node node-b cluster)
 read -r P3 PID3 < <(start_node node-c cluster)
 ALSO=(--also "127.0.0.1:$P2" --also "127.0.0.1:$P3" --also-pid "$PID2" --also-pid "$PID3")
 R0="$(ticks "$REDIS_PID")"
+thread_ticks() { # pid: "<thread name> <ticks>" per thread name
+    for t in /proc/"$1"/task/*; do
+        echo "$(cat "$t/comm") $(awk '{ print $14 + $15 }' "$t/stat")"
+    done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
+}
+thread_ticks "$PID1" >"$OUT/cluster-threads-before.txt"
 "${PIN_LOADGEN[@]}" "$LOADGEN" --port "$P1" --server-pid "$PID1" "${ALSO[@]}" --md "$MD" \
     --label "three nodes: fanout R=10 P=100 S=1 spread round-robin, closed loop" \
     "${FANOUT[@]}" >"$OUT/cluster-three.json"
 R1="$(ticks "$REDIS_PID")"
+thread_ticks "$PID1" >"$OUT/cluster-threads-after.txt"
 "${PIN_LOADGEN[@]}" "$LOADGEN" --port "$P1" --server-pid "$PID1" "${ALSO[@]}" --md "$MD" \
     --label "three nodes: 100k deliveries/s across nodes, open loop" \
     "${LATENCY[@]}" >"$OUT/cluster-latency.json"
@@ -117,6 +125,10 @@ print(f"- server CPU per delivery: one node {single['server_cpu_us_per_delivery'
       f"three nodes summed {three['server_cpu_us_per_delivery']:.3f} µs ({ratio:.2f}x; target at most 2x)")
 print(f"- Redis CPU per event: {redis_us:.1f} µs ({events:,} events, {(r1 - r0) / hz:.2f} s of Redis CPU)")
 PY
+
+echo "- node-a CPU ticks by thread during the closed-loop run:" | tee -a "$MD"
+join "$OUT/cluster-threads-before.txt" "$OUT/cluster-threads-after.txt" \
+    | awk '{ printf "  - %s: %d\n", $1, $3 - $2 }' | tee -a "$MD"
 
 echo
 echo "SIGKILL of a node -> peer_left on the others:"
