@@ -613,11 +613,12 @@ fn a_killed_node_s_peers_leave_within_the_ttl() {
     let left = recv_until(&mut stay, "peer_left", |m| m["type"] == "peer_left");
     assert_eq!(left["peer_id"], "doomed");
     let took = killed.elapsed();
-    // The TTL, plus at most one heartbeat period of the survivor.
+    // Within the TTL: the dead node's alive key lasts two thirds of it,
+    // and the survivor's next heartbeat comes at most a third later (plus
+    // the script and the delivery, a few ms, on a machine that may be
+    // busy).
     assert!(
-        took <= Duration::from_secs(TTL)
-            + Duration::from_secs(TTL) / 3
-            + Duration::from_millis(700),
+        took <= Duration::from_secs(TTL) + Duration::from_millis(500),
         "peer_left after {took:?}"
     );
     eprintln!("SIGKILL -> peer_left: {took:?}");

@@ -298,6 +298,16 @@ fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
+/// How long, in milliseconds, a node's alive key outlives its last
+/// heartbeat: two thirds of `NODE_TTL_SECONDS`. Heartbeats come every
+/// third, so one late beat is tolerated; and a node that dies leaves its
+/// key at most two thirds of the TTL, after which the survivors' next
+/// heartbeat (at most a third later) removes its peers: `peer_left`
+/// reaches everyone within the TTL.
+fn alive_ms(node_ttl: Duration) -> u64 {
+    (node_ttl.as_millis() as u64 * 2 / 3).max(1)
+}
+
 fn commands(
     client: redis::Client,
     cfg: BrokerConfig,
@@ -316,7 +326,7 @@ fn commands(
     // A command taken from the queue behind a batch of publishes.
     let mut carried: Option<Cmd> = None;
     let maxlen = cfg.maxlen.to_string();
-    let ttl = cfg.node_ttl.as_secs().max(1).to_string();
+    let ttl = alive_ms(cfg.node_ttl).to_string();
     loop {
         let now = Instant::now();
         // Connect when due (at once for the first time, then backing off).
@@ -603,7 +613,7 @@ fn run(
             let r: redis::RedisResult<u64> = s
                 .heartbeat
                 .arg(&cfg.node_id)
-                .arg(cfg.node_ttl.as_secs().max(1))
+                .arg(alive_ms(cfg.node_ttl))
                 .arg(epoch_candidate())
                 .arg(maxlen)
                 .arg("1")
@@ -611,7 +621,7 @@ fn run(
             let r = r.and_then(|n| {
                 s.heartbeat
                     .arg(&cfg.node_id)
-                    .arg(cfg.node_ttl.as_secs().max(1))
+                    .arg(alive_ms(cfg.node_ttl))
                     .arg(epoch_candidate())
                     .arg(maxlen)
                     .arg("0")

@@ -165,7 +165,8 @@ pub fn doc_key(code: &str, epoch: &str, seq: u64) -> String {
     format!("{}r:{code}:d:{epoch}:{seq}", super::PREFIX)
 }
 
-/// The node is alive (ARGV: node, ttl seconds); then every node whose
+/// The node is alive (ARGV: node, how long its alive key lasts in
+/// milliseconds); then every node whose
 /// key is gone loses its peers, each with a `peer_left` (ARGV: epoch
 /// candidate, maxlen). With ARGV[5] = '1' the node removes its own peers
 /// instead (graceful stop, or a start under a reused NODE_ID). Returns the
@@ -178,7 +179,7 @@ if own == '1' then
   nodes = {me}
   redis.call('DEL', P .. 'n:' .. me)
 else
-  redis.call('SET', P .. 'n:' .. me, '1', 'EX', ttl)
+  redis.call('SET', P .. 'n:' .. me, '1', 'PX', ttl)
   redis.call('SADD', P .. 'nodes', me)
   nodes = redis.call('SMEMBERS', P .. 'nodes')
 end
