@@ -308,6 +308,25 @@ fn alive_ms(node_ttl: Duration) -> u64 {
     (node_ttl.as_millis() as u64 * 2 / 3).max(1)
 }
 
+/// Runs the heartbeat script: this node is alive and dead nodes' peers
+/// leave; with `own`, this node's own peers leave instead. Returns how
+/// many peers were removed.
+fn heartbeat(
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+    cfg: &BrokerConfig,
+    own: bool,
+) -> redis::RedisResult<u64> {
+    scripts
+        .heartbeat
+        .arg(&cfg.node_id)
+        .arg(alive_ms(cfg.node_ttl))
+        .arg(epoch_candidate())
+        .arg(cfg.maxlen)
+        .arg(if own { "1" } else { "0" })
+        .invoke(c)
+}
+
 fn commands(
     client: redis::Client,
     cfg: BrokerConfig,
@@ -326,7 +345,6 @@ fn commands(
     // A command taken from the queue behind a batch of publishes.
     let mut carried: Option<Cmd> = None;
     let maxlen = cfg.maxlen.to_string();
-    let ttl = alive_ms(cfg.node_ttl).to_string();
     loop {
         let now = Instant::now();
         // Connect when due (at once for the first time, then backing off).
@@ -356,26 +374,12 @@ fn commands(
             // registers any.
             let mut ok = true;
             if !cleared_own {
-                let r: redis::RedisResult<u64> = scripts
-                    .heartbeat
-                    .arg(&cfg.node_id)
-                    .arg(&ttl)
-                    .arg(epoch_candidate())
-                    .arg(&maxlen)
-                    .arg("1")
-                    .invoke(c);
+                let r: redis::RedisResult<u64> = heartbeat(&scripts, c, &cfg, true);
                 ok = r.is_ok();
                 cleared_own = ok;
             }
             let r: redis::RedisResult<u64> = if ok {
-                scripts
-                    .heartbeat
-                    .arg(&cfg.node_id)
-                    .arg(&ttl)
-                    .arg(epoch_candidate())
-                    .arg(&maxlen)
-                    .arg("0")
-                    .invoke(c)
+                heartbeat(&scripts, c, &cfg, false)
             } else {
                 Err(redis::RedisError::from((
                     redis::ErrorKind::IoError,
@@ -469,14 +473,7 @@ fn commands(
     }
     // Graceful stop: this node's peers go at once, not a TTL later.
     if let Some(mut c) = con.or_else(|| connect(&client).ok()) {
-        let r: redis::RedisResult<u64> = scripts
-            .heartbeat
-            .arg(&cfg.node_id)
-            .arg(&ttl)
-            .arg(epoch_candidate())
-            .arg(&maxlen)
-            .arg("1")
-            .invoke(&mut c);
+        let r: redis::RedisResult<u64> = heartbeat(&scripts, &mut c, &cfg, true);
         if let Err(e) = r {
             warn!("redis: could not remove this node's peers at shutdown: {e}");
         }
@@ -610,24 +607,8 @@ fn run(
 ) -> (Reply, bool) {
     match cmd {
         Cmd::ClearOwn => {
-            let r: redis::RedisResult<u64> = s
-                .heartbeat
-                .arg(&cfg.node_id)
-                .arg(alive_ms(cfg.node_ttl))
-                .arg(epoch_candidate())
-                .arg(maxlen)
-                .arg("1")
-                .invoke(c);
-            let r = r.and_then(|n| {
-                s.heartbeat
-                    .arg(&cfg.node_id)
-                    .arg(alive_ms(cfg.node_ttl))
-                    .arg(epoch_candidate())
-                    .arg(maxlen)
-                    .arg("0")
-                    .invoke::<u64>(c)
-                    .map(|m| n + m)
-            });
+            let r: redis::RedisResult<u64> = heartbeat(s, c, cfg, true);
+            let r = r.and_then(|n| heartbeat(s, c, cfg, false).map(|m| n + m));
             match r {
                 Ok(n) => {
                     info!("redis: cleared this node's presence ({n} peers)");
