@@ -72,6 +72,10 @@ const WRITE_BUDGET: usize = 4 * 1024 * 1024;
 /// other rooms wait; past this the rest is written next turn, the ones left
 /// waiting first, right after that turn's events.
 const TURN_WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// A write queue at most this long (a pong, an HTTP answer, small
+/// broadcasts) is flushed ahead of the long ones, with at most half of
+/// `TURN_WRITE_BUDGET`.
+const SHORT_QUEUE: usize = 64 * 1024;
 /// Most bytes the shell reads at once (its shared scratch buffer); data
 /// lands there first so idle connections hold none.
 pub const SCRATCH: usize = 64 * 1024;
@@ -403,6 +407,9 @@ pub struct Engine {
     next_job: u32,
     fx: Vec<Effect>,
     dirty: Vec<ConnRef>,
+    /// Scratch for [`Engine::flush_dirty`]: a turn's long queues, and the
+    /// short ones its first half did not reach.
+    dirty_scratch: [Vec<ConnRef>; 2],
     again: Vec<ConnRef>,
     doomed: Vec<(ConnRef, Close)>,
     io: Vec<Io>,
@@ -466,6 +473,7 @@ impl Engine {
             next_job: 0,
             fx: Vec::new(),
             dirty: Vec::new(),
+            dirty_scratch: [Vec::new(), Vec::new()],
             again: Vec::new(),
             doomed: Vec::new(),
             io: Vec::new(),
