@@ -181,17 +181,7 @@ fn statuses(mut out: &[u8]) -> Vec<u16> {
 
 /// A masked client text frame.
 fn text_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [1, 2, 3, 4];
-    let mut f = vec![0x81];
-    if payload.len() < 126 {
-        f.push(0x80 | payload.len() as u8);
-    } else {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    crate::ws::client_frame(0x1, true, payload, [1, 2, 3, 4])
 }
 
 /// The server frames after the 101: (opcode, payload).

@@ -523,27 +523,30 @@ pub fn ping() -> Frame {
     Bytes::from_static(&[0x89, 0x00])
 }
 
+/// One frame as a client sends it (RFC 6455 §5.2: masked with `mask`, the
+/// length in its shortest form), written by tungstenite's encoder. For
+/// tests, fuzz harnesses and tools that must send what a conforming client
+/// library would refuse to (fragments, reserved opcodes, odd sizes).
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let header = FrameHeader {
+        is_final: fin,
+        opcode: OpCode::from(opcode),
+        mask: Some(mask),
+        ..FrameHeader::default()
+    };
+    let frame = tungstenite::protocol::frame::Frame::from_payload(header, payload.to_vec().into());
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n < 65536 => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        v
+        super::client_frame(opcode, fin, payload, [0x12, 0x34, 0x56, 0x78])
     }
 
     fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<String>, WsError> {

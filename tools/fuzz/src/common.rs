@@ -249,21 +249,7 @@ pub fn msg_type(v: &Value) -> &str {
 /// One client frame as RFC 6455 §5.2 has a client send it: masked with
 /// `mask`, the length in its shortest encoding.
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    sync_server::ws::client_frame(opcode, fin, payload, mask)
 }
 
 /// The `Sec-WebSocket-Key` the harnesses' clients send.
