@@ -75,21 +75,15 @@ pub fn random_string(alphabet: &[u8], n: usize, rand: &mut dyn FnMut(&mut [u8]))
     out
 }
 
-/// A random UUID version 4 string.
+/// A random UUID version 4 string (the `uuid` crate sets the version and
+/// variant bits of 16 random bytes).
 pub fn uuid_v4(rand: &mut dyn FnMut(&mut [u8])) -> String {
     let mut b = [0u8; 16];
     rand(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// `s` as a JSON string literal, quotes included.

@@ -469,42 +469,14 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
-/// The percent-decoded value of `name` in a raw query string.
+/// The decoded value of `name` in a raw query string, as a browser's
+/// `URLSearchParams` reads it (`application/x-www-form-urlencoded`: `+` is
+/// a space, `%XX` a byte, a `%` without two hex digits stays as it is, and
+/// invalid UTF-8 becomes U+FFFD), by `form_urlencoded`.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k)? == name)
-            .then(|| percent_decode(v))
-            .flatten()
-    })
-}
-
-/// Decodes `%XX` escapes and `+` (as a space); `None` on bad escapes or
-/// invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hi = (hex[0] as char).to_digit(16)?;
-                let lo = (hex[1] as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The reason phrase for the status codes the server uses.
@@ -681,7 +653,11 @@ mod tests {
         );
         assert_eq!(query_param(Some("tokens=1"), "token"), None);
         assert_eq!(query_param(Some("token"), "token").as_deref(), Some(""));
-        assert_eq!(query_param(Some("token=%zz"), "token"), None);
+        // As URLSearchParams: a stray `%` is kept, never an error.
+        assert_eq!(
+            query_param(Some("token=%zz"), "token").as_deref(),
+            Some("%zz")
+        );
         assert_eq!(query_param(None, "token"), None);
     }
 

@@ -340,8 +340,8 @@ http_query = {
     "b0t0--bearer-empty": "Bearer ",
     "b0t1--query-token": "token=a%2Bb+c&x=1",
     "b0t1--query-second": "x=%zz&token=%E0%B8%82",
-    "b0t0--query-bad-escape": "token=%zz",
-    "b0t0--query-bad-utf8": "token=%ff",
+    "b0t1--query-bad-escape-kept": "token=%zz",
+    "b0t1--query-bad-utf8-replaced": "token=%ff",
     "b0t1--query-empty-value": "token",
     "b0t0--plain": "hello world",
 }
