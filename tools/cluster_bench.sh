@@ -14,8 +14,10 @@
 # shared room store on SecantusDB (run it as
 #   tools/with-secantus.sh tools/cluster_bench.sh
 # which exports SYNC_TEST_MONGODB_URI). Nodes and Redis are pinned to CPU 0
-# and the load generator to CPU 1, as in tools/bench.sh. Results go to
-# stdout and <target>/bench/cluster.md.
+# and the load generator to CPU 1, as in tools/bench.sh; with UNPINNED=1
+# nothing is pinned and the generator does not busy-poll, so on a 2-CPU
+# machine the nodes can use both cores. Results go to stdout and
+# <target>/bench/cluster.md.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -33,9 +35,13 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 PIN_SERVER=(taskset -c 0)
 PIN_LOADGEN=(taskset -c 1)
-if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
+BUSY_POLL=(--busy-poll)
+if [ -n "${UNPINNED:-}" ] || ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
     PIN_SERVER=()
     PIN_LOADGEN=()
+fi
+if [ -n "${UNPINNED:-}" ]; then
+    BUSY_POLL=()
 fi
 
 PIDS=()
@@ -80,7 +86,7 @@ start_node() { # name [cluster]: prints "port pid"
 }
 
 FANOUT=(fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --window 64 --duration 10)
-LATENCY=(fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --rate 1010 --duration 10 --busy-poll)
+LATENCY=(fanout --rooms 10 --peers 100 --senders 1 --bytes 100 --rate 1010 --duration 10 "${BUSY_POLL[@]}")
 MD="$OUT/cluster.md"
 : >"$MD"
 
