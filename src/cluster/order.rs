@@ -68,6 +68,17 @@ pub struct Order<E> {
     fetch_timeout: Duration,
 }
 
+impl<E> Track<E> {
+    /// Asks for the stream from the first event not delivered yet.
+    fn read_on(&mut self, room: &str, now: Instant, out: &mut Vec<Out<E>>) {
+        self.fetching = Some(now);
+        out.push(Out::Fetch {
+            room: room.into(),
+            from: self.last + 1,
+        });
+    }
+}
+
 impl<E: Event> Order<E> {
     /// `limit`: events held ahead of a gap per room; `fetch_timeout`: how
     /// long a stream read may take.
@@ -209,11 +220,7 @@ impl<E: Event> Order<E> {
             .first_key_value()
             .is_some_and(|(&s, _)| s > t.last + 1);
         if gap && t.fetching.is_none() {
-            t.fetching = Some(now);
-            out.push(Out::Fetch {
-                room: room.into(),
-                from: t.last + 1,
-            });
+            t.read_on(room, now, out);
         }
     }
 
@@ -274,11 +281,7 @@ impl<E: Event> Order<E> {
             return;
         }
         // Progress, but a count cut the read short: read on.
-        t.fetching = Some(now);
-        out.push(Out::Fetch {
-            room: room.into(),
-            from: t.last + 1,
-        });
+        t.read_on(room, now, out);
     }
 
     /// The bytes of event `seq` (asked for by [`Out::Body`]): `fill` puts
@@ -356,11 +359,7 @@ impl<E: Event> Order<E> {
     pub fn catch_up(&mut self, now: Instant, out: &mut Vec<Out<E>>) {
         for (room, t) in &mut self.rooms {
             if t.fetching.is_none() {
-                t.fetching = Some(now);
-                out.push(Out::Fetch {
-                    room: room.clone(),
-                    from: t.last + 1,
-                });
+                t.read_on(room, now, out);
             }
         }
     }
@@ -370,11 +369,7 @@ impl<E: Event> Order<E> {
     pub fn check(&mut self, room: &str, now: Instant, out: &mut Vec<Out<E>>) {
         if let Some(t) = self.rooms.get_mut(room) {
             if t.fetching.is_none() {
-                t.fetching = Some(now);
-                out.push(Out::Fetch {
-                    room: room.into(),
-                    from: t.last + 1,
-                });
+                t.read_on(room, now, out);
             }
         }
     }
