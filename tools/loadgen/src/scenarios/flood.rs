@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::probe::{summary, Probes};
+use super::probe::{summary, Probes, Samples};
 use super::{check_fds, create_rooms, join_all, Ctx};
 use crate::net::{now_ns, Ev};
 use crate::report::{mib, thousands, Report};
@@ -207,17 +207,8 @@ pub fn run(ctx: &Ctx, a: &FloodArgs) -> Result<Report, String> {
         .set("reordered", late)
         .set("closed", seen.closed.first().cloned())
         .set("errors", seen.errors.first().cloned())
-        .set("pings", ph.count())
-        .set("pings_unanswered", pings.failed)
-        .set("ping_p50_ms", ms(ph.quantile(0.5)))
-        .set("ping_p99_ms", ms(ph.quantile(0.99)))
-        .set("ping_max_ms", ms(ph.max()))
-        .set("health_checks", hh.count())
-        .set("health_failed", health.failed)
-        .set("health_p50_ms", ms(hh.quantile(0.5)))
-        .set("health_p99_ms", ms(hh.quantile(0.99)))
-        .set("health_max_ms", ms(hh.max()))
         .set("met", met);
+    probe_fields(&mut r, &ph, &pings, &hh, &health);
     r.human = format!(
         "flood: {:.1} s: accepted {}/s from the flooder (its kernel took {}/s), server CPU {}; ping in another room {}; /health {}; {} unanswered pings, {} failed checks; receivers: {} gaps, {} reordered, closes: {}; met: {met}",
         secs,
@@ -372,17 +363,8 @@ pub fn run_doc(ctx: &Ctx, a: &FloodDocArgs) -> Result<Report, String> {
         .set("failure", failure.clone())
         .set("interval_ms", a.interval_ms)
         .set("server_cpu_util", cpu_util)
-        .set("pings", ph.count())
-        .set("pings_unanswered", pings.failed)
-        .set("ping_p50_ms", ms(ph.quantile(0.5)))
-        .set("ping_p99_ms", ms(ph.quantile(0.99)))
-        .set("ping_max_ms", ms(ph.max()))
-        .set("health_checks", hh.count())
-        .set("health_failed", health.failed)
-        .set("health_p50_ms", ms(hh.quantile(0.5)))
-        .set("health_p99_ms", ms(hh.quantile(0.99)))
-        .set("health_max_ms", ms(hh.max()))
         .set("met", met);
+    probe_fields(&mut r, &ph, &pings, &hh, &health);
     r.human = format!(
         "flooddoc: {} to {} peers, rounds of {rounds_txt} ms{}, server CPU {}; ping in another room {}; /health {}; {} unanswered pings, {} failed checks; met: {met}",
         mib(a.size as u64),
@@ -408,4 +390,19 @@ pub fn run_doc(ctx: &Ctx, a: &FloodDocArgs) -> Result<Report, String> {
         Some(met),
     );
     Ok(r)
+}
+
+/// The probes' figures in a report: the ping in another room and
+/// `/health`, counted and timed within the measured windows.
+fn probe_fields(r: &mut Report, ph: &Histogram, pings: &Samples, hh: &Histogram, health: &Samples) {
+    r.set("pings", ph.count())
+        .set("pings_unanswered", pings.failed)
+        .set("ping_p50_ms", ms(ph.quantile(0.5)))
+        .set("ping_p99_ms", ms(ph.quantile(0.99)))
+        .set("ping_max_ms", ms(ph.max()))
+        .set("health_checks", hh.count())
+        .set("health_failed", health.failed)
+        .set("health_p50_ms", ms(hh.quantile(0.5)))
+        .set("health_p99_ms", ms(hh.quantile(0.99)))
+        .set("health_max_ms", ms(hh.max()));
 }
