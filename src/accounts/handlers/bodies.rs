@@ -15,16 +15,9 @@ pub(super) struct InviteBody {
     pub(super) password: Option<String>,
     #[serde(default)]
     pub(super) role: Option<String>,
-    #[serde(default)]
-    pub(super) first_name: Option<String>,
-    #[serde(default)]
-    pub(super) last_name: Option<String>,
-    #[serde(default)]
-    pub(super) nickname: Option<String>,
-    #[serde(default)]
-    pub(super) position: Option<String>,
-    #[serde(default)]
-    pub(super) discord_id: Option<String>,
+    /// The new user's profile (absent or null: empty).
+    #[serde(flatten)]
+    pub(super) profile: ProfilePatch,
 }
 
 #[derive(Deserialize)]
@@ -39,8 +32,8 @@ pub(super) struct LoginBody {
     pub(super) password: String,
 }
 
-/// Profile fields that PUT routes may change; absent or null = unchanged,
-/// empty string = cleared.
+/// Profile fields: on an invite, the new user's; on the PUT routes, what
+/// changes (absent or null = unchanged, empty string = cleared).
 #[derive(Deserialize, Default)]
 pub(super) struct ProfilePatch {
     #[serde(default)]

@@ -51,12 +51,12 @@ impl Service {
             Some(r) => model::validate_role(r).map_err(|e| fail(400, e))?,
         };
         let profile = Profile {
-            first_name: opt_field(body.first_name.as_deref())?,
-            last_name: opt_field(body.last_name.as_deref())?,
-            nickname: opt_field(body.nickname.as_deref())?,
-            position: opt_field(body.position.as_deref())?,
+            first_name: opt_field(body.profile.first_name.as_deref())?,
+            last_name: opt_field(body.profile.last_name.as_deref())?,
+            nickname: opt_field(body.profile.nickname.as_deref())?,
+            position: opt_field(body.profile.position.as_deref())?,
         };
-        let discord_id = opt_field(body.discord_id.as_deref())?;
+        let discord_id = opt_field(body.profile.discord_id.as_deref())?;
         // An empty password means "send a setup link", as it did before.
         let password = body.password.filter(|p| !p.is_empty());
         if let Some(p) = &password {
