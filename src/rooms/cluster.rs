@@ -19,11 +19,7 @@ impl Rooms {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let Some(room) = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
-        else {
+        let Some(room) = live_room(&mut self.rooms, r) else {
             return;
         };
         room.epoch = epoch.into();

@@ -210,10 +210,7 @@ impl Rooms {
 
     /// Binds `conn`'s membership of `r` to an account (`REQUIRE_AUTH`).
     pub fn bind_account(&mut self, r: RoomRef, conn: ConnRef, account: &str) {
-        let member = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
+        let member = live_room(&mut self.rooms, r)
             .and_then(|room| room.members.iter_mut().find(|m| m.conn == conn));
         if let Some(m) = member {
             m.account = Some(account.into());
@@ -222,11 +219,7 @@ impl Rooms {
 
     /// Binds the room's host role to an account (`REQUIRE_AUTH`).
     pub fn set_owner(&mut self, r: RoomRef, owner: &str) {
-        if let Some(room) = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
-        {
+        if let Some(room) = live_room(&mut self.rooms, r) {
             room.owner = Some(owner.into());
         }
     }
@@ -316,13 +309,7 @@ impl Rooms {
             random_string(EPOCH_ALPHABET, 12, rand),
             now,
         );
-        let key = self.rooms.insert(room);
-        self.by_code.insert(code.into(), key);
-        let r = RoomRef {
-            key: key as u32,
-            gen: self.next_gen,
-        };
-        self.arm_expiry(r, now, fx);
+        let r = self.insert(room, now, fx);
         fx.push(Effect::Persist(r));
         Ok(Created {
             room: r,
@@ -499,11 +486,7 @@ impl Rooms {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
-        let Some(room) = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
-        else {
+        let Some(room) = live_room(&mut self.rooms, r) else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
@@ -576,11 +559,7 @@ impl Rooms {
 
     /// Handles `request_sync`: the stored document, or `""` if none.
     pub fn request_sync(&mut self, conn: ConnRef, session: &Session, fx: &mut Vec<Effect>) {
-        let Some(room) = session.room.and_then(|r| {
-            self.rooms
-                .get_mut(r.key as usize)
-                .filter(|room| room.gen == r.gen)
-        }) else {
+        let Some(room) = session.room.and_then(|r| live_room(&mut self.rooms, r)) else {
             fx.push(Effect::Send(conn, not_in_room()));
             return;
         };
@@ -602,11 +581,7 @@ impl Rooms {
         let Some(r) = session.room.take() else { return };
         session.is_host = false;
         session.data_prefix = Box::default();
-        let Some(room) = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
-        else {
+        let Some(room) = live_room(&mut self.rooms, r) else {
             return;
         };
         let Some(i) = room.members.iter().position(|m| m.conn == conn) else {
@@ -672,8 +647,15 @@ impl Rooms {
         );
         room.document = document.map(Doc::Snapshot);
         room.idle_before = idle_for;
+        self.insert(room, now, fx)
+    }
+
+    /// Adds a room made with the current `next_gen`, findable by its code,
+    /// with its expiry armed (it starts empty).
+    fn insert(&mut self, room: Room, now: Instant, fx: &mut Vec<Effect>) -> RoomRef {
+        let code = room.code.clone();
         let key = self.rooms.insert(room);
-        self.by_code.insert(code.into(), key);
+        self.by_code.insert(code, key);
         let r = RoomRef {
             key: key as u32,
             gen: self.next_gen,
@@ -712,11 +694,7 @@ impl Rooms {
         let Some(timeout) = self.idle_timeout else {
             return false;
         };
-        let Some(room) = self
-            .rooms
-            .get_mut(r.key as usize)
-            .filter(|room| room.gen == r.gen)
-        else {
+        let Some(room) = live_room(&mut self.rooms, r) else {
             return false;
         };
         room.expiry_armed = false;
@@ -739,6 +717,14 @@ impl Rooms {
             None => false,
         }
     }
+}
+
+/// The room `r` names, if it is still the same one (slab keys are reused;
+/// the generation tells rooms apart).
+fn live_room(rooms: &mut Slab<Room>, r: RoomRef) -> Option<&mut Room> {
+    rooms
+        .get_mut(r.key as usize)
+        .filter(|room| room.gen == r.gen)
 }
 
 /// Tells a member a newer connection took its peer id, and closes it.
