@@ -327,6 +327,22 @@ fn heartbeat(
         .invoke(c)
 }
 
+/// The command connection failed: drop it, reconnect at once, and tell the
+/// loop (once) that commands are down.
+fn lost(
+    con: &mut Option<redis::Connection>,
+    retry_at: &mut Instant,
+    up: &mut bool,
+    tx: &SyncSender<Reply>,
+    bell: &Bell,
+) {
+    *con = None;
+    *retry_at = Instant::now();
+    if std::mem::take(up) {
+        send(tx, bell, Reply::Commands(false));
+    }
+}
+
 fn commands(
     client: redis::Client,
     cfg: BrokerConfig,
@@ -440,12 +456,7 @@ fn commands(
                 None => (batch.into_iter().map(failed_reply).collect(), false),
             };
             if failed {
-                con = None;
-                retry_at = Instant::now();
-                if up {
-                    up = false;
-                    send(&tx, &bell, Reply::Commands(false));
-                }
+                lost(&mut con, &mut retry_at, &mut up, &tx, &bell);
             }
             if !replies.into_iter().all(|r| send(&tx, &bell, r)) {
                 break;
@@ -456,12 +467,7 @@ fn commands(
             Some(c) => {
                 let (reply, failed) = run(c, &scripts, &cfg, &maxlen, cmd);
                 if failed {
-                    con = None;
-                    retry_at = Instant::now();
-                    if up {
-                        up = false;
-                        send(&tx, &bell, Reply::Commands(false));
-                    }
+                    lost(&mut con, &mut retry_at, &mut up, &tx, &bell);
                 }
                 reply
             }

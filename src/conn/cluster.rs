@@ -15,6 +15,7 @@ use super::*;
 use crate::cluster::broker::{Broker, BrokerConfig, Cmd, Pub, Reply};
 use crate::cluster::order::{Order, Out};
 use crate::cluster::{self, ClusterConfig, Message};
+use crate::ops::metrics::ClusterGauges;
 use crate::rooms::{Delivery, Published};
 use std::collections::{HashMap, HashSet};
 
@@ -28,17 +29,6 @@ type SnapshotWait = (Instant, Vec<(ConnRef, u32)>);
 struct Flight {
     conn: Option<ConnRef>,
     kind: u8,
-}
-
-/// Figures for `/health` and `/metrics`.
-#[derive(Default, Clone, Copy)]
-pub(super) struct ClusterFigures {
-    pub published: u64,
-    pub publish_failed: u64,
-    pub delivered_events: u64,
-    pub gap_reads: u64,
-    pub resets: u64,
-    pub reaped_peers: u64,
 }
 
 pub(super) struct ClusterState {
@@ -60,7 +50,9 @@ pub(super) struct ClusterState {
     /// A [`Cmd::ClearOwn`] is under way.
     clearing: bool,
     nodes_seen: HashSet<Box<str>>,
-    pub figures: ClusterFigures,
+    /// The counters of `/metrics`; `redis_up` and `in_flight` are filled
+    /// in when asked ([`ClusterState::gauges`]).
+    pub figures: ClusterGauges,
 }
 
 impl ClusterState {
@@ -102,7 +94,7 @@ impl ClusterState {
             presence_dirty: false,
             clearing: false,
             nodes_seen,
-            figures: ClusterFigures::default(),
+            figures: ClusterGauges::default(),
         })
     }
 
@@ -149,17 +141,11 @@ impl ClusterState {
         })
     }
 
-    pub fn gauges(&self) -> crate::ops::metrics::ClusterGauges {
-        let f = self.figures;
-        crate::ops::metrics::ClusterGauges {
+    pub fn gauges(&self) -> ClusterGauges {
+        ClusterGauges {
             redis_up: self.up(),
-            published: f.published,
-            publish_failed: f.publish_failed,
-            delivered_events: f.delivered_events,
-            gap_reads: f.gap_reads,
-            resets: f.resets,
-            reaped_peers: f.reaped_peers,
             in_flight: self.inflight.len() as u64,
+            ..self.figures
         }
     }
 
