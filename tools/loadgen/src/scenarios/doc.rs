@@ -112,28 +112,19 @@ pub fn run(ctx: &Ctx, a: &DocArgs) -> Result<Report, String> {
     let t0 = now_ns();
     net.tx.text(host, &doc);
     drop(doc);
-    let mut done_ns = vec![0u64; net.len()];
-    let mut short = 0usize;
-    let mut received = 0usize;
     let mut closed: Vec<String> = Vec::new();
-    let end = Instant::now() + Duration::from_secs(a.timeout);
-    while received + closed.len() < peer_ids.len() && Instant::now() < end {
-        net.poll(Some(Duration::from_millis(1)), &mut |_, id, ev| match ev {
-            Ev::Text(msg, now) => {
-                if id != host && done_ns[id] == 0 && scan::kind_of(&msg) == Kind::DocumentSync {
-                    done_ns[id] = now - t0;
-                    received += 1;
-                    if msg.len < a.size as u64 {
-                        short += 1;
-                    }
-                }
-            }
-            Ev::Closed(info) => closed.push(info.label()),
-            Ev::Open => {}
-        })
-        .map_err(|e| format!("poll: {e}"))?;
-        sampler.tick();
-    }
+    let seen = super::await_documents(
+        &mut net,
+        host,
+        peer_ids.len(),
+        a.size,
+        Duration::from_secs(a.timeout),
+        Duration::from_millis(1),
+        &mut closed,
+        || sampler.tick(),
+    )?;
+    let (received, short) = (seen.received, seen.short);
+    let done_ns: Vec<u64> = seen.at_ns.iter().map(|&t| t.saturating_sub(t0)).collect();
     let all_ns = peer_ids.iter().map(|&i| done_ns[i]).max().unwrap_or(0);
     let first_ns = peer_ids
         .iter()

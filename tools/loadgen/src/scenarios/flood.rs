@@ -22,7 +22,7 @@
 //! loop does not show up as server latency (the generator's core is still
 //! shared between them; see the README of loadgen).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 
@@ -288,28 +288,21 @@ pub fn run_doc(ctx: &Ctx, a: &FloodDocArgs) -> Result<Report, String> {
     let mut short = 0usize;
     let mut failure: Option<String> = None;
     for round in 0..a.rounds {
-        let mut got = vec![false; net.len()];
-        let mut received = 0usize;
         let cpu0 = ctx.proc.cpu_secs();
         let start = now_ns();
         net.tx.text(host, &doc);
-        let end = Instant::now() + Duration::from_secs(a.timeout);
-        while received + closed.len() < a.peers && Instant::now() < end {
-            net.poll(Some(Duration::from_millis(5)), &mut |_, id, ev| match ev {
-                Ev::Text(msg, _) => {
-                    if id != host && !got[id] && scan::kind_of(&msg) == Kind::DocumentSync {
-                        got[id] = true;
-                        received += 1;
-                        if msg.len < a.size as u64 {
-                            short += 1;
-                        }
-                    }
-                }
-                Ev::Closed(info) => closed.push(info.label()),
-                Ev::Open => {}
-            })
-            .map_err(|e| format!("poll: {e}"))?;
-        }
+        let seen = super::await_documents(
+            &mut net,
+            host,
+            a.peers,
+            a.size,
+            Duration::from_secs(a.timeout),
+            Duration::from_millis(5),
+            &mut closed,
+            || {},
+        )?;
+        let received = seen.received;
+        short += seen.short;
         let stop = now_ns();
         cpu_busy = cpu_busy
             .zip(ctx.proc.cpu_secs().zip(cpu0))

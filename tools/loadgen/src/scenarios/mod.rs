@@ -124,6 +124,55 @@ pub fn host_and_guests(room: &str, guests: usize, prefix: &str) -> Vec<Member> {
     members
 }
 
+/// Who got the document a host just sent.
+pub struct DocsSeen {
+    /// Per connection, when (`now_ns`) its `document_sync` arrived; 0: not.
+    pub at_ns: Vec<u64>,
+    pub received: usize,
+    /// Documents that arrived shorter than sent.
+    pub short: usize,
+}
+
+/// Polls until each of the `expect` peers (every connection but `host`)
+/// has a `document_sync` or has closed (its label pushed to `closed`), or
+/// `timeout` passes; `tick` runs after every poll.
+#[allow(clippy::too_many_arguments)]
+pub fn await_documents(
+    net: &mut Net,
+    host: ConnId,
+    expect: usize,
+    size: usize,
+    timeout: Duration,
+    poll: Duration,
+    closed: &mut Vec<String>,
+    mut tick: impl FnMut(),
+) -> Result<DocsSeen, String> {
+    let mut seen = DocsSeen {
+        at_ns: vec![0; net.len()],
+        received: 0,
+        short: 0,
+    };
+    let end = Instant::now() + timeout;
+    while seen.received + closed.len() < expect && Instant::now() < end {
+        net.poll(Some(poll), &mut |_, id, ev| match ev {
+            Ev::Text(msg, now) => {
+                if id != host && seen.at_ns[id] == 0 && scan::kind_of(&msg) == Kind::DocumentSync {
+                    seen.at_ns[id] = now;
+                    seen.received += 1;
+                    if msg.len < size as u64 {
+                        seen.short += 1;
+                    }
+                }
+            }
+            Ev::Closed(info) => closed.push(info.label()),
+            Ev::Open => {}
+        })
+        .map_err(|e| format!("poll: {e}"))?;
+        tick();
+    }
+    Ok(seen)
+}
+
 /// The join message of a member.
 pub fn join_message(m: &Member) -> String {
     format!(
