@@ -264,6 +264,19 @@ fn unfinished_messages_have_a_total_bound() {
     a.ws.get_mut()
         .write_all(&client_frame(1, false, &first))
         .unwrap();
+    // The server has read all of it once it answers a ping sent after it
+    // (a control frame may come between fragments): only then is `a`'s
+    // share counted before `b`'s.
+    a.ws.get_mut()
+        .write_all(&client_frame(9, true, b"counted"))
+        .unwrap();
+    loop {
+        match a.ws.read().expect("pong") {
+            tungstenite::Message::Pong(p) if p.as_ref() == b"counted" => break,
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     // `b`'s 600 KB would pass the total: refused with 1013.
     b.ws.get_mut()
         .write_all(&client_frame(1, false, &first))
@@ -547,27 +560,26 @@ fn half_received_request_bodies_have_a_total_bound() {
     ]);
     let head = b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n";
     let body = vec![b' '; 60_000];
-    // The first one's 60 KB fit the total.
-    let mut a = TcpStream::connect(s.addr).unwrap();
-    a.write_all(head).unwrap();
-    a.write_all(&body).unwrap();
-    // Until the server has read them, the second could be counted first:
-    // wait for the fact (a health check on another connection is answered
-    // after every event before it).
-    let mut probe = TcpStream::connect(s.addr).unwrap();
-    probe
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut probe).unwrap().status, 200);
-    // The second one's would pass it.
-    let mut b = TcpStream::connect(s.addr).unwrap();
-    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    b.write_all(head).unwrap();
-    b.write_all(&body).unwrap();
-    let r = read_response(&mut b).expect("an answer before the close");
+    // Two bodies of 60 KB: whichever the server counts second would pass
+    // the total, so exactly one of them is refused; the other is still
+    // being read (no answer).
+    let mut conns: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.write_all(head).unwrap();
+            c.write_all(&body).unwrap();
+            c
+        })
+        .collect();
+    let answers: Vec<Option<Response>> = conns.iter_mut().map(read_response).collect();
+    let refused: Vec<usize> = (0..2).filter(|&i| answers[i].is_some()).collect();
+    assert_eq!(refused.len(), 1, "exactly one refused: {answers:?}");
+    let r = answers[refused[0]].as_ref().unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("unfinished request data"), "{}", r.text());
     assert_eq!(r.header("Connection"), Some("close"));
+    let a = conns.swap_remove(1 - refused[0]);
     // Small requests go on meanwhile.
     let r = http(s.addr, "GET", "/health", &[], b"");
     assert_eq!(r.status, 200);
